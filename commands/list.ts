@@ -1,0 +1,37 @@
+import {Flags} from '@oclif/core'
+import {BaseCommand} from '../src/cli/base.js'
+import {SnapshotRow} from '../src/catalogue/catalogue.js'
+import {formatBytes} from '../src/progress.js'
+import {listSnapshots} from '../src/services/inspect.js'
+import {withContext} from '../src/services/run.js'
+
+export default class List extends BaseCommand<typeof List> {
+  static override description = 'List snapshots: id, time, host, container/volumes, size, new data added'
+  static override flags = {
+    container: Flags.string({description: 'only snapshots of this container'}),
+    volume: Flags.string({description: 'only snapshots holding this volume'}),
+    tag: Flags.string({description: 'only snapshots with this tag'}),
+  }
+
+  async run(): Promise<SnapshotRow[]> {
+    const rows = await withContext(this.flags, async (ctx) => listSnapshots(ctx, this.flags))
+    if (rows.length === 0) this.say('no snapshots')
+    else {
+      this.say(['ID          ', 'TIME                ', 'HOST        ', 'KIND     ', 'NAME                ', 'SIZE      ', 'NEW'].join(' '))
+      for (const r of rows) {
+        this.say(
+          [
+            r.id.slice(0, 12),
+            r.time.slice(0, 19).replace('T', ' ').padEnd(20),
+            r.host.slice(0, 12).padEnd(12),
+            r.kind.padEnd(9),
+            (r.name + (r.volumes.length && r.kind === 'container' ? ` +${r.volumes.length}v` : '')).slice(0, 20).padEnd(20),
+            formatBytes(r.bytes).padEnd(10),
+            formatBytes(r.newBytes),
+          ].join(' '),
+        )
+      }
+    }
+    return rows
+  }
+}

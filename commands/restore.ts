@@ -1,0 +1,47 @@
+import {Args, Flags} from '@oclif/core'
+import {BaseCommand} from '../src/cli/base.js'
+import {formatBytes} from '../src/progress.js'
+import {resolveSnapshot} from '../src/services/inspect.js'
+import {restore, restorePath, RestoreResult} from '../src/services/restore.js'
+import {withContext} from '../src/services/run.js'
+
+export default class Restore extends BaseCommand<typeof Restore> {
+  static override description = 'Re-create a container (or volumes) from a snapshot, or copy paths out with --path/--target'
+  static override args = {snapshot: Args.string({description: 'id, unique id prefix, latest, or latest:NAME', required: true})}
+  static override flags = {
+    name: Flags.string({description: 'name of the restored container (or volume, for a one-volume snapshot)'}),
+    'volume-prefix': Flags.string({description: 'restore volumes under PREFIX+name so the originals can stay'}),
+    start: Flags.boolean({description: 'start the restored container'}),
+    force: Flags.boolean({description: 'replace an existing container, volume or target files'}),
+    path: Flags.string({description: 'restore only this path (as the container sees it) to --target', dependsOn: ['target']}),
+    target: Flags.string({description: 'host directory for --path', dependsOn: ['path']}),
+    'docker-host': Flags.string({description: 'Docker engine (default: DOCKER_HOST)'}),
+  }
+
+  async run(): Promise<RestoreResult | {source: string; target: string; files: number; bytes: number}> {
+    const f = this.flags
+    return withContext(f, async (ctx, engine) => {
+      const {id, manifest} = resolveSnapshot(ctx, this.args.snapshot)
+      if (f.path) {
+        const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, progress: this.progress()})
+        this.say(`restored ${f.path} (${r.files} files, ${formatBytes(r.bytes)}) from the ${r.source} into ${r.target}`)
+        return r
+      }
+      const r = await restore({
+        repo: ctx.repo,
+        engine,
+        snapshotId: id,
+        manifest,
+        name: f.name,
+        volumePrefix: f['volume-prefix'],
+        start: f.start,
+        force: f.force,
+        progress: this.progress(),
+      })
+      if (r.container) this.say(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)
+      for (const v of r.volumes) this.say(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
+      for (const b of r.binds) this.say(`restored bind mount ${b.source} at ${b.destination}`)
+      return r
+    })
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * A backend is a plain keyed blob store: the repository's files live under keys such as
+ * `config`, `keys/<id>`, `data/ab/<packid>`, `index/<id>`, `snapshots/<id>`, `locks/<id>`.
+ * Keys use `/` separators and never start with `/`. Objects are written once and never
+ * modified in place (except `config` at init). Implementations: LocalBackend (a directory),
+ * S3Backend (a bucket + prefix). Decorators (retry, limits) wrap any backend.
+ *
+ * Contract every implementation must satisfy (see test/unit/backend-conformance.test.ts):
+ * - put(key, data) is atomic: a reader sees the whole object or none; after it resolves the
+ *   object is durable. Putting an existing key with the same content is allowed.
+ * - get(key) returns the full content or throws BackendNotFound; never a partial object.
+ * - list(prefix) returns every key under prefix (recursive), with sizes; it must throw on any
+ *   listing error rather than return a partial list (prune relies on it).
+ * - stat(key) returns the size or undefined when the object does not exist.
+ * - delete(key) removes the key; deleting a missing key is not an error.
+ */
+export interface BackendEntry {
+  key: string
+  size: number
+}
+
+export interface Backend {
+  /** a human-readable location, e.g. `/srv/repo` or `s3://bucket/prefix` */
+  readonly location: string
+  get(key: string): Promise<Buffer>
+  /** read `length` bytes at `offset` (used to read one blob out of a pack) */
+  getRange(key: string, offset: number, length: number): Promise<Buffer>
+  put(key: string, data: Buffer): Promise<void>
+  stat(key: string): Promise<number | undefined>
+  list(prefix: string): Promise<BackendEntry[]>
+  delete(key: string): Promise<void>
+  close?(): Promise<void>
+}
+
+export class BackendNotFound extends Error {
+  constructor(readonly key: string, location: string) {
+    super(`${location}: object not found: ${key}`)
+    this.name = 'BackendNotFound'
+  }
+}
+
+export function isNotFound(e: unknown): e is BackendNotFound {
+  return e instanceof BackendNotFound
+}

@@ -1,0 +1,228 @@
+/**
+ * The narrow interface holyship uses of a Docker engine, over dockerode. Every call is
+ * logged under the `holyship:docker` debug namespace, and engine errors are mapped to the
+ * error taxonomy here, once.
+ */
+import {Readable} from 'node:stream'
+import debugFactory from 'debug'
+import Docker from 'dockerode'
+import {HolyshipError} from '../errors.js'
+
+const debug = debugFactory('holyship:docker')
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export type ContainerInspect = Docker.ContainerInspectInfo & {GraphDriver?: {Name: string; Data: Record<string, string>}}
+
+export interface Change {
+  Path: string
+  /** 0 modified, 1 added, 2 deleted */
+  Kind: 0 | 1 | 2
+}
+
+export class Engine {
+  readonly docker: Docker
+  readonly host: string
+
+  /** `host` like DOCKER_HOST; without it dockerode's default: DOCKER_HOST or the local socket */
+  constructor(host?: string) {
+    this.host = host ?? process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock'
+    this.docker = host ? new Docker(dockerOptions(host)) : new Docker()
+  }
+
+  /** true when the engine is reached over a local unix socket (its files may be on this host) */
+  get isLocalSocket(): boolean {
+    return this.host.startsWith('unix://') || this.host.startsWith('/')
+  }
+
+  private async call<T>(what: string, fn: () => Promise<T>, notFound?: () => HolyshipError): Promise<T> {
+    debug('%s', what)
+    try {
+      return await fn()
+    } catch (e) {
+      throw this.mapError(what, e, notFound)
+    }
+  }
+
+  mapError(what: string, e: unknown, notFound?: () => HolyshipError): Error {
+    if (e instanceof HolyshipError) return e
+    const err = e as {statusCode?: number; code?: string; message?: string; json?: {message?: string}}
+    debug('%s failed: %s', what, err?.message)
+    if (err?.code === 'ECONNREFUSED' || err?.code === 'ENOENT' || err?.code === 'EACCES' || err?.code === 'EHOSTUNREACH' || err?.code === 'ETIMEDOUT') {
+      return new HolyshipError('DOCKER_UNREACHABLE', `cannot reach the Docker engine at ${this.host} (${err.code})`, {
+        hint: 'is dockerd running? set DOCKER_HOST to the engine to use',
+        cause: e,
+      })
+    }
+    if (err?.statusCode === 404 && notFound) return notFound()
+    const msg = err?.json?.message ?? err?.message ?? String(e)
+    return new HolyshipError('DOCKER_FAILED', `docker ${what}: ${msg.trim()}`, {cause: e})
+  }
+
+  async ping(): Promise<void> {
+    await this.call('ping', () => this.docker.ping())
+  }
+
+  async info(): Promise<{ID: string; Name: string; Driver: string; DockerRootDir: string; ServerVersion: string}> {
+    return this.call('info', () => this.docker.info())
+  }
+
+  async inspectContainer(ref: string): Promise<ContainerInspect> {
+    return this.call(`inspect container ${ref}`, () => this.docker.getContainer(ref).inspect() as Promise<ContainerInspect>, () =>
+      new HolyshipError('CONTAINER_NOT_FOUND', `no container named ${JSON.stringify(ref)} on ${this.host}`),
+    )
+  }
+
+  async containerExists(ref: string): Promise<boolean> {
+    try {
+      await this.inspectContainer(ref)
+      return true
+    } catch (e) {
+      if (e instanceof HolyshipError && e.code === 'CONTAINER_NOT_FOUND') return false
+      throw e
+    }
+  }
+
+  async changes(id: string): Promise<Change[]> {
+    return this.call(`changes ${id.slice(0, 12)}`, async () => ((await this.docker.getContainer(id).changes()) as Change[] | null) ?? [])
+  }
+
+  async exportContainer(id: string): Promise<Readable> {
+    return this.call(`export ${id.slice(0, 12)}`, async () => (await this.docker.getContainer(id).export()) as unknown as Readable)
+  }
+
+  async getArchive(id: string, path: string): Promise<Readable> {
+    return this.call(`get archive ${id.slice(0, 12)}:${path}`, async () => (await this.docker.getContainer(id).getArchive({path})) as unknown as Readable)
+  }
+
+  async putArchive(id: string, path: string, tar: Readable): Promise<void> {
+    await this.call(`put archive ${id.slice(0, 12)}:${path}`, async () => {
+      const res = (await this.docker.getContainer(id).putArchive(tar as any, {path})) as unknown
+      if (res && typeof (res as Readable).resume === 'function') {
+        await drain(res as Readable)
+      }
+    })
+  }
+
+  async pause(id: string): Promise<void> {
+    await this.call(`pause ${id.slice(0, 12)}`, () => this.docker.getContainer(id).pause())
+  }
+
+  async unpause(id: string): Promise<void> {
+    await this.call(`unpause ${id.slice(0, 12)}`, () => this.docker.getContainer(id).unpause())
+  }
+
+  async stop(id: string, timeoutSeconds?: number): Promise<void> {
+    await this.call(`stop ${id.slice(0, 12)}`, () => this.docker.getContainer(id).stop(timeoutSeconds === undefined ? {} : {t: timeoutSeconds}))
+  }
+
+  async start(id: string): Promise<void> {
+    await this.call(`start ${id.slice(0, 12)}`, () => this.docker.getContainer(id).start())
+  }
+
+  async removeContainer(id: string, force = true): Promise<void> {
+    await this.call(`remove container ${id.slice(0, 12)}`, () => this.docker.getContainer(id).remove({force, v: false}))
+  }
+
+  async createContainer(opts: Docker.ContainerCreateOptions): Promise<string> {
+    return this.call(`create container ${opts.name ?? ''}`, async () => (await this.docker.createContainer(opts)).id)
+  }
+
+  async inspectImage(ref: string): Promise<Docker.ImageInspectInfo | undefined> {
+    try {
+      return await this.call(`inspect image ${ref.slice(0, 19)}`, () => this.docker.getImage(ref).inspect())
+    } catch (e) {
+      if (e instanceof HolyshipError && e.code === 'DOCKER_FAILED' && /no such image|not found/i.test(e.message)) return undefined
+      throw e
+    }
+  }
+
+  async saveImage(id: string): Promise<Readable> {
+    return this.call(`save image ${id.slice(0, 19)}`, async () => (await this.docker.getImage(id).get()) as unknown as Readable)
+  }
+
+  /** docker load; resolves with the loaded image references once the engine has finished */
+  async loadImage(tar: Readable): Promise<string[]> {
+    return this.call('load image', async () => {
+      const res = (await this.docker.loadImage(tar as any, {quiet: true})) as unknown as Readable
+      const body = (await drain(res)).toString('utf8')
+      const loaded: string[] = []
+      for (const line of body.split('\n')) {
+        if (!line.trim()) continue
+        let msg: {stream?: string; error?: string; errorDetail?: {message?: string}}
+        try {
+          msg = JSON.parse(line)
+        } catch {
+          continue
+        }
+        if (msg.error || msg.errorDetail) throw new Error(msg.errorDetail?.message ?? msg.error)
+        const m = /Loaded image(?: ID)?: (\S+)/.exec(msg.stream ?? '')
+        if (m) loaded.push(m[1])
+      }
+      return loaded
+    })
+  }
+
+  async removeImage(ref: string): Promise<void> {
+    await this.call(`remove image ${ref.slice(0, 19)}`, () => this.docker.getImage(ref).remove({force: false, noprune: false}))
+  }
+
+  async inspectVolume(name: string): Promise<Docker.VolumeInspectInfo & {CreatedAt?: string}> {
+    return this.call(`inspect volume ${name}`, () => this.docker.getVolume(name).inspect(), () =>
+      new HolyshipError('VOLUME_NOT_FOUND', `no volume named ${JSON.stringify(name)} on ${this.host}`),
+    )
+  }
+
+  async volumeExists(name: string): Promise<boolean> {
+    try {
+      await this.inspectVolume(name)
+      return true
+    } catch (e) {
+      if (e instanceof HolyshipError && e.code === 'VOLUME_NOT_FOUND') return false
+      throw e
+    }
+  }
+
+  async createVolume(name: string, driver?: string, labels?: Record<string, string>, options?: Record<string, string>): Promise<void> {
+    await this.call(`create volume ${name}`, () =>
+      this.docker.createVolume({Name: name, Driver: driver ?? 'local', Labels: labels ?? {}, DriverOpts: options ?? {}}),
+    )
+  }
+
+  async removeVolume(name: string): Promise<void> {
+    await this.call(`remove volume ${name}`, () => this.docker.getVolume(name).remove())
+  }
+
+  async listContainers(all = true): Promise<Docker.ContainerInfo[]> {
+    return this.call('list containers', () => this.docker.listContainers({all}))
+  }
+
+  async listImages(): Promise<Docker.ImageInfo[]> {
+    return this.call('list images', () => this.docker.listImages())
+  }
+
+  async inspectNetwork(name: string): Promise<Docker.NetworkInspectInfo | undefined> {
+    try {
+      return await this.call(`inspect network ${name}`, () => this.docker.getNetwork(name).inspect())
+    } catch (e) {
+      if (e instanceof HolyshipError && /not found|no such network/i.test(e.message)) return undefined
+      throw e
+    }
+  }
+
+  async createNetwork(opts: Docker.NetworkCreateOptions): Promise<void> {
+    await this.call(`create network ${opts.Name}`, () => this.docker.createNetwork(opts))
+  }
+}
+
+function dockerOptions(host: string): Docker.DockerOptions {
+  if (host.startsWith('unix://')) return {socketPath: host.slice('unix://'.length)}
+  if (host.startsWith('/')) return {socketPath: host}
+  const u = new URL(host.replace(/^tcp:/, 'http:'))
+  return {host: u.hostname, port: Number(u.port || 2375), protocol: 'http'}
+}
+
+export async function drain(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = []
+  for await (const c of stream) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c))
+  return Buffer.concat(parts)
+}

@@ -1,0 +1,146 @@
+/**
+ * FastCDC content-defined chunking (Xia et al., 2016) with normalized chunking.
+ *
+ * A gear hash rolls over the data; a cut point is where the hash has `bits` low zero bits.
+ * Before the average size a harder mask (more bits) is used, after it an easier one, which
+ * pulls chunk sizes towards the average. The gear table comes from a per-repository seed
+ * (stored in the repository config) so every host of one repository cuts identically.
+ */
+import {createHash} from 'node:crypto'
+
+export interface ChunkerParams {
+  min: number
+  avg: number
+  max: number
+  /** hex seed for the gear table; identical seeds give identical cut points */
+  seed: string
+}
+
+export const DEFAULT_CHUNKER: Omit<ChunkerParams, 'seed'> = {
+  min: 256 * 1024,
+  avg: 1024 * 1024,
+  max: 4 * 1024 * 1024,
+}
+
+const gearCache = new Map<string, Int32Array>()
+
+export function gearTable(seed: string): Int32Array {
+  let t = gearCache.get(seed)
+  if (t) return t
+  t = new Int32Array(256)
+  // expand the seed with SHA-256 in counter mode: 256 x 32-bit values
+  let filled = 0
+  for (let counter = 0; filled < 256; counter++) {
+    const block = createHash('sha256').update(`holyship-gear:${seed}:${counter}`).digest()
+    for (let i = 0; i + 4 <= block.length && filled < 256; i += 4) t[filled++] = block.readInt32LE(i)
+  }
+  gearCache.set(seed, t)
+  return t
+}
+
+/**
+ * The top `bits` bits of the 32-bit gear hash: with h = (h << 1) + gear[b], the high bits
+ * depend on the last 32 bytes, the low ones only on the last few, so cut on the high ones.
+ */
+function maskOf(bits: number): number {
+  return (0xffffffff << (32 - bits)) | 0
+}
+
+/** A streaming chunker: push() buffers of any size, finish() at the end. */
+export class Chunker {
+  private readonly gear: Int32Array
+  private readonly maskS: number
+  private readonly maskL: number
+  private pending: Buffer[] = []
+  private pendingLen = 0
+  private hash = 0
+
+  constructor(readonly params: ChunkerParams) {
+    if (!(params.min > 0 && params.min <= params.avg && params.avg <= params.max)) {
+      throw new Error(`invalid chunker parameters ${JSON.stringify(params)}`)
+    }
+    this.gear = gearTable(params.seed)
+    const bits = Math.round(Math.log2(params.avg))
+    this.maskS = maskOf(bits + 2)
+    this.maskL = maskOf(bits - 2)
+  }
+
+  /** Feed data; returns the chunks completed by it (each a fresh Buffer). */
+  push(data: Buffer): Buffer[] {
+    const out: Buffer[] = []
+    let pos = 0
+    while (pos < data.length) {
+      const cut = this.scan(data, pos)
+      if (cut < 0) {
+        // no cut in the rest of this buffer: keep it
+        this.pending.push(data.subarray(pos))
+        this.pendingLen += data.length - pos
+        break
+      }
+      this.pending.push(data.subarray(pos, cut))
+      this.pendingLen += cut - pos
+      out.push(this.take())
+      pos = cut
+    }
+    return out
+  }
+
+  /** End of stream: the last (possibly short) chunk, if any bytes remain. */
+  finish(): Buffer | undefined {
+    if (this.pendingLen === 0) return undefined
+    return this.take()
+  }
+
+  private take(): Buffer {
+    const chunk = this.pending.length === 1 ? Buffer.from(this.pending[0]) : Buffer.concat(this.pending, this.pendingLen)
+    this.pending = []
+    this.pendingLen = 0
+    this.hash = 0
+    return chunk
+  }
+
+  /** Scan data from pos; returns the absolute index just after the cut, or -1. */
+  private scan(data: Buffer, pos: number): number {
+    const {min, avg, max} = this.params
+    const gear = this.gear
+    let len = this.pendingLen
+    let i = pos
+    const end = data.length
+    // skip the minimum size: no cut can happen there (FastCDC's cut-point skipping)
+    if (len < min) {
+      const skip = Math.min(min - len, end - i)
+      i += skip
+      len += skip
+      if (len < min) return -1
+    }
+    let h = this.hash
+    const maskS = this.maskS
+    const maskL = this.maskL
+    // before the average size: the harder mask
+    let limit = Math.min(end, i + Math.max(0, avg - len))
+    for (; i < limit; i++) {
+      h = ((h << 1) + gear[data[i]]) | 0
+      if ((h & maskS) === 0) {
+        this.hash = h
+        return i + 1
+      }
+    }
+    len = this.pendingLen + (i - pos)
+    if (len < avg) {
+      this.hash = h
+      return -1
+    }
+    limit = Math.min(end, i + Math.max(0, max - len))
+    for (; i < limit; i++) {
+      h = ((h << 1) + gear[data[i]]) | 0
+      if ((h & maskL) === 0) {
+        this.hash = h
+        return i + 1
+      }
+    }
+    len = this.pendingLen + (i - pos)
+    this.hash = h
+    if (len >= max) return i
+    return -1
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * Repository format version 1. FORMAT.md is the normative description; keep them in step.
+ */
+export const FORMAT_NAME = 'holyship'
+export const FORMAT_VERSION = 1
+
+export type BlobType = 'data' | 'tree'
+
+export interface RepoConfig {
+  format: typeof FORMAT_NAME
+  version: number
+  id: string
+  created: string
+  chunker: {min: number; avg: number; max: number; seed: string}
+  compression: {algorithm: 'zstd'; level: number}
+  packSize: number
+  encryption: null
+}
+
+/** One blob's place inside a pack. `length` counts the stored bytes (encoding byte included). */
+export interface PackBlob {
+  id: string
+  type: BlobType
+  offset: number
+  length: number
+  /** plaintext length */
+  raw: number
+}
+
+export interface IndexFile {
+  version: 1
+  packs: {id: string; size: number; blobs: PackBlob[]}[]
+}
+
+export type NodeType = 'file' | 'dir' | 'symlink' | 'hardlink' | 'chardev' | 'blockdev' | 'fifo' | 'whiteout'
+
+/** One entry of a directory; a tree blob is `{"nodes": TreeNode[]}` sorted by name. */
+export interface TreeNode {
+  name: string
+  type: NodeType
+  /** permission bits including setuid, setgid and sticky (mode & 0o7777) */
+  mode: number
+  uid: number
+  gid: number
+  /** modification time: [seconds since the epoch, nanoseconds] */
+  mtime: [number, number]
+  /** regular files: length in bytes and the data blob ids in order */
+  size?: number
+  content?: string[]
+  /** directories: the tree blob id of the directory's entries */
+  subtree?: string
+  /** symlinks: the target; hardlinks: the path (relative to the tree's root) of the first link */
+  target?: string
+  devMajor?: number
+  devMinor?: number
+  /** extended attributes, values base64 */
+  xattrs?: Record<string, string>
+  /** directories of a filesystem diff: replaces the image's directory instead of merging */
+  opaque?: boolean
+}
+
+export interface Tree {
+  nodes: TreeNode[]
+}
+
+export interface MountRecord {
+  /** 'volume' for a named volume, 'bind' for a bind mount */
+  type: 'volume' | 'bind'
+  /** volume name, or the host path of a bind mount */
+  source: string
+  destination: string
+  readOnly: boolean
+  /** volume driver, labels and options at snapshot time */
+  driver?: string
+  labels?: Record<string, string>
+  options?: Record<string, string>
+  /** the volume's or bind's content */
+  tree: string
+  /** the mount's root directory itself: mode, owner, mtime */
+  root?: TreeNode
+  stats: ArchiveStats
+}
+
+export interface ArchiveStats {
+  files: number
+  dirs: number
+  others: number
+  bytes: number
+  /** bytes of data blobs this snapshot added to the repository (compressed) */
+  newBytes: number
+  newBlobs: number
+  /** paths that changed while they were read (a live snapshot) */
+  changed?: string[]
+}
+
+export interface ImageRecord {
+  id: string
+  repoTags: string[]
+  /** a tree with one file, `image.tar`: the image as `docker save` writes it */
+  tree: string
+  size: number
+}
+
+export interface ContainerRecord {
+  id: string
+  name: string
+  /** the subset of `docker inspect` needed to re-create the container */
+  config: Record<string, unknown>
+  hostConfig: Record<string, unknown>
+  networks: {name: string; aliases: string[]; driver?: string; labels?: Record<string, string>; ipv4?: string}[]
+  image: ImageRecord
+  /** the writable layer's changes against the image, with whiteouts; absent when empty */
+  fsDiff?: string
+  fsDiffStats?: ArchiveStats
+  state: {running: boolean; paused: boolean}
+}
+
+export interface SnapshotManifest {
+  version: 1
+  kind: 'container' | 'volume'
+  time: string
+  host: string
+  tags: string[]
+  /** how the data was read: 'pause' | 'stop' | 'live' */
+  consistency: 'pause' | 'stop' | 'live'
+  reader: 'api' | 'direct'
+  container?: ContainerRecord
+  mounts: MountRecord[]
+  /** totals of this snapshot */
+  stats: {bytes: number; newBytes: number; files: number; durationMs: number}
+  /** the previous snapshot of the same target, if any */
+  parent?: string
+}
+
+export function dataKey(packId: string): string {
+  return `data/${packId.slice(0, 2)}/${packId}`
+}
+export const indexKey = (id: string): string => `index/${id}`
+export const snapshotKey = (id: string): string => `snapshots/${id}`

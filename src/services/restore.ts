@@ -1,0 +1,355 @@
+/**
+ * restore: re-create a container (image, writable-layer diff, config, networks, volumes and
+ * bind mounts) or standalone volumes from a snapshot, or copy paths out to a host directory.
+ * On failure everything this restore created is removed again.
+ */
+import {createHash} from 'node:crypto'
+import {createReadStream, createWriteStream, promises as fsp} from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {PassThrough, Readable} from 'node:stream'
+import debugFactory from 'debug'
+import {fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
+import {TarWriter} from '../archive/tarwriter.js'
+import {Engine} from '../docker/engine.js'
+import {HolyshipError} from '../errors.js'
+import {Progress, silentProgress} from '../progress.js'
+import {ContainerRecord, MountRecord, SnapshotManifest} from '../repo/format.js'
+import {Repository} from '../repo/repository.js'
+import {createHelperContainer} from './snapshot.js'
+
+const debug = debugFactory('holyship:restore')
+
+export interface RestoreOptions {
+  repo: Repository
+  engine: Engine
+  snapshotId: string
+  manifest: SnapshotManifest
+  /** new name of the container, or of the volume for a single-volume snapshot */
+  name?: string
+  volumePrefix?: string
+  start?: boolean
+  force?: boolean
+  progress?: Progress
+}
+
+export interface RestoreResult {
+  snapshot: string
+  kind: 'container' | 'volume'
+  container?: {id: string; name: string; image: string; started: boolean}
+  volumes: {name: string; destination: string}[]
+  binds: {source: string; destination: string}[]
+  bytes: number
+}
+
+/** Undo list: what this restore created, removed in reverse order on failure. */
+class Created {
+  private readonly undo: {what: string; fn: () => Promise<void>}[] = []
+  add(what: string, fn: () => Promise<void>): void {
+    this.undo.push({what, fn})
+  }
+  async rollback(): Promise<void> {
+    for (const u of this.undo.reverse()) {
+      try {
+        await u.fn()
+      } catch (e) {
+        debug('rollback of %s failed: %s', u.what, (e as Error).message)
+      }
+    }
+  }
+}
+
+export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  await opts.engine.ping()
+  const created = new Created()
+  try {
+    const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created) : await restoreVolumes(opts, created)
+    return r
+  } catch (e) {
+    await created.rollback()
+    throw e
+  } finally {
+    ;(opts.progress ?? silentProgress).done()
+  }
+}
+
+function volumeName(opts: RestoreOptions, m: MountRecord): string {
+  return `${opts.volumePrefix ?? ''}${m.source}`
+}
+
+/** Refuse to overwrite anything unless --force; with --force, clear the way. */
+async function preflightVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[]): Promise<void> {
+  for (let i = 0; i < mounts.length; i++) {
+    if (mounts[i].type !== 'volume') continue
+    if (await opts.engine.volumeExists(names[i])) {
+      if (!opts.force) {
+        throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} already exists on ${opts.engine.host}`, {
+          hint: 'use --volume-prefix to restore beside it, or --force to replace it',
+        })
+      }
+    }
+  }
+}
+
+async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created): Promise<void> {
+  for (let i = 0; i < mounts.length; i++) {
+    const m = mounts[i]
+    if (m.type !== 'volume') continue
+    if (await opts.engine.volumeExists(names[i])) {
+      try {
+        await opts.engine.removeVolume(names[i])
+      } catch (e) {
+        throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} is in use and cannot be replaced: ${(e as Error).message}`, {cause: e})
+      }
+    }
+    await opts.engine.createVolume(names[i], m.driver, m.labels, m.options)
+    const n = names[i]
+    created.add(`volume ${n}`, () => opts.engine.removeVolume(n))
+  }
+}
+
+/** Load the snapshot's image into the engine unless it has it already. */
+async function ensureImage(opts: RestoreOptions, c: ContainerRecord): Promise<void> {
+  const {engine, repo} = opts
+  if (await engine.inspectImage(c.image.id)) return
+  const node = await findNode(repo, c.image.tree, 'image.tar')
+  if (!node) throw new HolyshipError('REPO_DAMAGED', `snapshot ${opts.snapshotId.slice(0, 12)}: image ${c.image.id} has no image.tar`)
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`loading image ${c.image.repoTags[0] ?? c.image.id.slice(7, 19)}`, node.size)
+  await engine.loadImage(Readable.from(fileContent(repo, node, (n) => progress.add(n))))
+  if (!(await engine.inspectImage(c.image.id))) {
+    throw new HolyshipError('DOCKER_FAILED', `docker load did not produce image ${c.image.id}`)
+  }
+}
+
+function imageTagFor(name: string, snapshotId: string): string {
+  const repoName = name.toLowerCase().replace(/[^a-z0-9._-]+/g, '-').replace(/^[^a-z0-9]+/, '') || 'container'
+  return `holyship-restore/${repoName}:${snapshotId.slice(0, 12)}`
+}
+
+/**
+ * The writable-layer diff becomes one more image layer on top of the snapshot's image
+ * (whiteouts for deleted paths), loaded with `docker load`; the base layers are already in
+ * the engine, so the archive carries only the new layer. Works with any engine, local or remote.
+ */
+async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: string): Promise<string> {
+  const {engine, repo} = opts
+  const base = await engine.inspectImage(c.image.id)
+  if (!base) throw new HolyshipError('DOCKER_FAILED', `image ${c.image.id} vanished from the engine`)
+  const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'holyship-layer-'))
+  try {
+    const layerFile = path.join(tmp, 'layer.tar')
+    const progress = opts.progress ?? silentProgress
+    progress.phase('container filesystem')
+    const out = createWriteStream(layerFile)
+    const tw = new TarWriter(out)
+    await writeTreeAsTar(repo, c.fsDiff!, tw, {layer: true, onBytes: (n) => progress.add(n)})
+    await tw.finish()
+    const hash = createHash('sha256')
+    for await (const b of createReadStream(layerFile)) hash.update(b as Buffer)
+    const diffId = `sha256:${hash.digest('hex')}`
+    const layerSize = (await fsp.stat(layerFile)).size
+    const baseLayers = base.RootFS?.Layers ?? []
+    const config = {
+      architecture: base.Architecture,
+      os: base.Os,
+      created: new Date().toISOString(),
+      config: base.Config,
+      rootfs: {type: 'layers', diff_ids: [...baseLayers, diffId]},
+      comment: `holyship: ${c.name} from snapshot ${opts.snapshotId.slice(0, 12)}`,
+    }
+    const configData = Buffer.from(JSON.stringify(config))
+    const configId = createHash('sha256').update(configData).digest('hex')
+    const tag = imageTagFor(name, opts.snapshotId)
+    const manifest = Buffer.from(
+      JSON.stringify([{Config: `${configId}.json`, RepoTags: [tag], Layers: [...baseLayers.map((_, i) => `base${i}/layer.tar`), 'diff/layer.tar']}]),
+    )
+    // the docker-save archive: manifest, config and only the new layer
+    const body = new PassThrough()
+    const outer = new TarWriter(body)
+    const now: [number, number] = [Math.floor(Date.now() / 1000), 0]
+    const loading = engine.loadImage(body)
+    const writing = (async () => {
+      await outer.entry({name: 'manifest.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: now, size: manifest.length}, [manifest])
+      await outer.entry({name: `${configId}.json`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: now, size: configData.length}, [configData])
+      await outer.entry({name: 'diff/', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: now})
+      await outer.entry({name: 'diff/layer.tar', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: now, size: layerSize}, createReadStream(layerFile) as AsyncIterable<Buffer>)
+      await outer.finish()
+    })()
+    await Promise.all([writing, loading])
+    const id = `sha256:${configId}`
+    if (!(await engine.inspectImage(id))) throw new HolyshipError('DOCKER_FAILED', `docker load did not produce the restored image ${tag}`)
+    return id
+  } finally {
+    await fsp.rm(tmp, {recursive: true, force: true})
+  }
+}
+
+/** Fill a mounted volume or bind of a created (never started) container through the API. */
+async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string): Promise<void> {
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
+  const body = new PassThrough()
+  const tw = new TarWriter(body)
+  const putting = opts.engine.putArchive(containerId, destination, body)
+  const writing = (async () => {
+    try {
+      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, onBytes: (n) => progress.add(n)})
+      await tw.finish()
+    } catch (e) {
+      body.destroy(e as Error)
+      throw e
+    }
+  })()
+  await Promise.all([writing, putting])
+}
+
+async function restoreContainer(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
+  const {engine, manifest} = opts
+  const c = manifest.container!
+  const name = opts.name ?? c.name
+  const mounts = manifest.mounts
+  const names = mounts.map((m) => (m.type === 'volume' ? volumeName(opts, m) : m.source))
+
+  // check everything before changing anything
+  const existing = await engine.containerExists(name)
+  if (existing && !opts.force) {
+    throw new HolyshipError('TARGET_EXISTS', `container ${name} already exists on ${engine.host}`, {
+      hint: 'use --name to restore beside it, or --force to replace it',
+    })
+  }
+  await preflightVolumes(opts, mounts, names)
+
+  await ensureImage(opts, c)
+  let image = c.image.id
+  if (c.fsDiff) {
+    image = await loadDiffImage(opts, c, name)
+    const img = image
+    created.add(`image ${img}`, () => engine.removeImage(img))
+  }
+  if (existing) await engine.removeContainer(name)
+  await replaceVolumes(opts, mounts, names, created)
+
+  // user-defined networks
+  for (const n of c.networks) {
+    if (['bridge', 'host', 'none', 'default'].includes(n.name)) continue
+    if (!(await engine.inspectNetwork(n.name))) {
+      await engine.createNetwork({Name: n.name, Driver: n.driver ?? 'bridge', Labels: n.labels ?? {}, CheckDuplicate: true} as never)
+    }
+  }
+
+  const hostConfig = {...c.hostConfig} as Record<string, unknown>
+  // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
+  hostConfig.Binds = mounts.map((m, i) =>
+    m.type === 'volume'
+      ? `${names[i]}:${m.destination}:${m.readOnly ? 'ro,' : ''}nocopy`
+      : `${m.source}:${m.destination}${m.readOnly ? ':ro' : ''}`,
+  )
+  delete hostConfig.Mounts
+  const config = {...c.config} as Record<string, unknown>
+  const labels = {...((config.Labels as Record<string, string> | null) ?? {})}
+  const [firstNet, ...otherNets] = c.networks.filter((n) => !['default'].includes(n.name))
+  const networkingConfig =
+    firstNet && !['bridge', 'host', 'none'].includes(firstNet.name)
+      ? {EndpointsConfig: {[firstNet.name]: {Aliases: firstNet.aliases}}}
+      : undefined
+  const id = await engine.createContainer({
+    ...config,
+    Labels: labels,
+    Image: image,
+    name,
+    HostConfig: hostConfig,
+    ...(networkingConfig ? {NetworkingConfig: networkingConfig} : {}),
+  } as never)
+  created.add(`container ${name}`, () => engine.removeContainer(id))
+  for (const n of otherNets) {
+    if (['bridge', 'host', 'none'].includes(n.name)) continue
+    await engine.docker.getNetwork(n.name).connect({Container: id, EndpointConfig: {Aliases: n.aliases}})
+  }
+
+  let bytes = 0
+  for (const m of mounts) {
+    await fillMount(opts, id, m, m.destination)
+    bytes += m.stats.bytes
+  }
+  let started = false
+  if (opts.start) {
+    await engine.start(id)
+    started = true
+  }
+  return {
+    snapshot: opts.snapshotId,
+    kind: 'container',
+    container: {id, name, image, started},
+    volumes: mounts.flatMap((m, i) => (m.type === 'volume' ? [{name: names[i], destination: m.destination}] : [])),
+    binds: mounts.filter((m) => m.type === 'bind').map((m) => ({source: m.source, destination: m.destination})),
+    bytes,
+  }
+}
+
+async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
+  const mounts = opts.manifest.mounts
+  if (opts.name && mounts.length !== 1) throw new HolyshipError('USAGE', '--name needs a snapshot of exactly one volume')
+  const names = mounts.map((m) => opts.name ?? volumeName(opts, m))
+  await preflightVolumes(opts, mounts, names)
+  await replaceVolumes(opts, mounts, names, created)
+  let bytes = 0
+  for (let i = 0; i < mounts.length; i++) {
+    const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
+    try {
+      await fillMount(opts, helper, mounts[i], '/holyship-volume')
+    } finally {
+      await opts.engine.removeContainer(helper).catch(() => undefined)
+    }
+    bytes += mounts[i].stats.bytes
+  }
+  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes}
+}
+
+export interface RestorePathOptions {
+  repo: Repository
+  snapshotId: string
+  manifest: SnapshotManifest
+  /** a path as the container sees it (`/data/x`, `/etc/passwd`), or inside a volume snapshot */
+  path: string
+  target: string
+  force?: boolean
+  progress?: Progress
+}
+
+/**
+ * Copy one file or folder out of a snapshot to a host directory. The path is looked up in the
+ * mount whose destination holds it (longest match), else in the container's filesystem diff.
+ */
+export async function restorePath(opts: RestorePathOptions): Promise<{source: string; target: string; files: number; bytes: number}> {
+  const want = '/' + opts.path.split('/').filter((p) => p !== '' && p !== '.').join('/')
+  if (want.split('/').includes('..')) throw new HolyshipError('USAGE', `--path must not contain "..": ${opts.path}`)
+  const m = opts.manifest
+  let tree: string | undefined
+  let rel = ''
+  let source = ''
+  const candidates = [...m.mounts].sort((a, b) => b.destination.length - a.destination.length)
+  for (const mount of candidates) {
+    const dest = mount.destination === '' ? '/' : mount.destination
+    if (want === dest || want.startsWith(dest === '/' ? '/' : dest + '/')) {
+      tree = mount.tree
+      rel = want.slice(dest === '/' ? 1 : dest.length + 1)
+      source = `${mount.type} ${mount.source}`
+      break
+    }
+  }
+  if (!tree && m.container?.fsDiff) {
+    tree = m.container.fsDiff
+    rel = want.slice(1)
+    source = 'container filesystem diff'
+  }
+  if (!tree) throw new HolyshipError('PATH_NOT_FOUND', `no path ${want} in snapshot ${opts.snapshotId.slice(0, 12)}`)
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`restoring ${want}`)
+  try {
+    const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, onBytes: (n) => progress.add(n)})
+    return {source, target: path.resolve(opts.target), ...r}
+  } finally {
+    progress.done()
+  }
+}

@@ -1,0 +1,16 @@
+import {Engine} from '../docker/engine.js'
+import {Context, ContextOptions, openContext, openEngine} from './context.js'
+
+/** Open the repository, catalogue and engine for one command and always close them. */
+export async function withContext<T>(
+  opts: {repo?: string; catalogue?: string; 'docker-host'?: string},
+  fn: (ctx: Context, engine: Engine) => Promise<T>,
+): Promise<T> {
+  const co: ContextOptions = {repo: opts.repo, catalogue: opts.catalogue, dockerHost: opts['docker-host']}
+  const ctx = await openContext(co)
+  try {
+    return await fn(ctx, openEngine(co))
+  } finally {
+    ctx.close()
+  }
+}

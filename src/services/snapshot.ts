@@ -1,0 +1,398 @@
+/**
+ * snapshot: a container (its config, image, writable-layer diff and every volume and bind
+ * mount) or standalone volumes, into the repository. Nothing is recorded unless everything
+ * is durable; the container is always put back into the state it was in.
+ */
+import {promises as fsp} from 'node:fs'
+import * as os from 'node:os'
+import debugFactory from 'debug'
+import {Archiver} from '../archive/archiver.js'
+import {archiveDir} from '../archive/fs-source.js'
+import {archiveTar} from '../archive/tar-source.js'
+import {Catalogue} from '../catalogue/catalogue.js'
+import {ContainerInspect, Engine} from '../docker/engine.js'
+import {HolyshipError} from '../errors.js'
+import {Progress, silentProgress} from '../progress.js'
+import {ArchiveStats, ContainerRecord, ImageRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
+import {Repository} from '../repo/repository.js'
+import {Consistency, StateGuard} from './state-guard.js'
+
+const debug = debugFactory('holyship:snapshot')
+
+export type ReaderChoice = 'auto' | 'api' | 'direct'
+
+export interface SnapshotOptions {
+  repo: Repository
+  catalogue: Catalogue
+  engine: Engine
+  containers?: string[]
+  volumes?: string[]
+  tags?: string[]
+  consistency?: Consistency
+  reader?: ReaderChoice
+  progress?: Progress
+}
+
+export interface SnapshotResult {
+  id: string
+  kind: 'container' | 'volume'
+  name: string
+  time: string
+  bytes: number
+  newBytes: number
+  files: number
+  durationMs: number
+  reader: 'api' | 'direct'
+  /** files that changed while they were read (live snapshots) */
+  changed: string[]
+}
+
+/** Snapshot each container, then the standalone volumes (one snapshot each). */
+export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]> {
+  const containers = opts.containers ?? []
+  const volumes = opts.volumes ?? []
+  if (containers.length === 0 && volumes.length === 0) {
+    throw new HolyshipError('USAGE', 'name at least one container, or --volume NAME')
+  }
+  await opts.engine.ping()
+  // check every name first so a typo fails before any work is done
+  const infos = []
+  for (const c of containers) infos.push(await opts.engine.inspectContainer(c))
+  for (const v of volumes) await opts.engine.inspectVolume(v)
+  const results: SnapshotResult[] = []
+  for (const info of infos) results.push(await snapshotContainer(opts, info))
+  for (const v of volumes) results.push(await snapshotVolume(opts, v))
+  return results
+}
+
+/** Can this process read the engine's files directly? Only on the engine's own host, as root. */
+export async function directAccess(engine: Engine): Promise<boolean> {
+  if (!engine.isLocalSocket || process.getuid?.() !== 0) return false
+  try {
+    const info = await engine.info()
+    // the engine writes its ID to <root>/engine-id: the same ID here means the same host
+    const id = (await fsp.readFile(`${info.DockerRootDir}/engine-id`, 'utf8')).trim()
+    return id === info.ID
+  } catch {
+    return false
+  }
+}
+
+async function chooseReader(opts: SnapshotOptions): Promise<'api' | 'direct'> {
+  const want = opts.reader ?? 'auto'
+  if (want === 'api') return 'api'
+  const ok = await directAccess(opts.engine)
+  if (want === 'direct' && !ok) {
+    throw new HolyshipError('USAGE', `--reader direct needs root on the engine's own host; ${opts.engine.host} is not readable here`)
+  }
+  return ok ? 'direct' : 'api'
+}
+
+function emptyStats(): ArchiveStats {
+  return {files: 0, dirs: 0, others: 0, bytes: 0, newBytes: 0, newBlobs: 0}
+}
+
+/** Store the image (docker save) unless the repository has it already. */
+async function storeImage(opts: SnapshotOptions, imageId: string): Promise<{record: ImageRecord; newBytes: number}> {
+  const {repo, catalogue, engine} = opts
+  const known = catalogue.findImage(repo.id, imageId)
+  if (known && repo.hasBlob(known.tree)) {
+    debug('image %s already stored', imageId.slice(0, 19))
+    return {record: known, newBytes: 0}
+  }
+  const inspect = await engine.inspectImage(imageId)
+  if (!inspect) throw new HolyshipError('DOCKER_FAILED', `image ${imageId} of the container is not on the engine`)
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`image ${(inspect.RepoTags ?? [])[0] ?? imageId.slice(7, 19)}`, inspect.Size)
+  const archiver = new Archiver(repo, (n) => progress.add(n))
+  const stream = await engine.saveImage(imageId)
+  await archiver.add({path: 'image.tar', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: [Math.floor(Date.now() / 1000), 0], content: stream})
+  const tree = await archiver.finish()
+  const record: ImageRecord = {id: imageId, repoTags: inspect.RepoTags ?? [], tree, size: archiver.stats.bytes}
+  return {record, newBytes: archiver.stats.newBytes}
+}
+
+/** The parts of `docker inspect` needed to re-create the container elsewhere. */
+async function containerRecord(engine: Engine, info: ContainerInspect, image: ImageRecord): Promise<Omit<ContainerRecord, 'fsDiff' | 'fsDiffStats'>> {
+  const networks: ContainerRecord['networks'] = []
+  for (const [name, ep] of Object.entries(info.NetworkSettings?.Networks ?? {})) {
+    const rec: ContainerRecord['networks'][number] = {name, aliases: (ep.Aliases ?? []).filter((a: string) => !info.Id.startsWith(a))}
+    if (!['bridge', 'host', 'none'].includes(name)) {
+      const net = await engine.inspectNetwork(name)
+      if (net) {
+        rec.driver = net.Driver
+        rec.labels = net.Labels ?? {}
+      }
+    }
+    networks.push(rec)
+  }
+  const config = {...(info.Config as unknown as Record<string, unknown>)}
+  return {
+    id: info.Id,
+    name: info.Name.replace(/^\//, ''),
+    config,
+    hostConfig: {...(info.HostConfig as unknown as Record<string, unknown>)},
+    networks,
+    image,
+    state: {running: info.State.Running, paused: info.State.Paused},
+  }
+}
+
+interface MountSource {
+  type: 'volume' | 'bind'
+  source: string
+  destination: string
+  readOnly: boolean
+  /** where this host can read it directly */
+  hostPath?: string
+  driver?: string
+}
+
+function mountsOf(info: ContainerInspect): MountSource[] {
+  const out: MountSource[] = []
+  for (const m of info.Mounts ?? []) {
+    if (m.Type === 'volume') {
+      out.push({type: 'volume', source: m.Name ?? '', destination: m.Destination, readOnly: !m.RW, hostPath: m.Source, driver: m.Driver})
+    } else if (m.Type === 'bind') {
+      out.push({type: 'bind', source: m.Source, destination: m.Destination, readOnly: !m.RW, hostPath: m.Source})
+    }
+  }
+  return out
+}
+
+async function readMount(
+  opts: SnapshotOptions,
+  reader: 'api' | 'direct',
+  containerId: string,
+  m: MountSource,
+): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode}> {
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
+  const archiver = new Archiver(opts.repo, (n) => progress.add(n))
+  if (reader === 'direct' && m.hostPath) {
+    archiver.stats.changed = await archiveDir(m.hostPath, archiver)
+  } else {
+    await archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true})
+  }
+  const tree = await archiver.finish()
+  return {tree, stats: archiver.stats, root: archiver.rootNode()}
+}
+
+/** The writable layer's changes: added, modified and deleted paths, as an OCI-style diff tree. */
+async function readFsDiff(
+  opts: SnapshotOptions,
+  reader: 'api' | 'direct',
+  info: ContainerInspect,
+  mounts: MountSource[],
+): Promise<{tree?: string; stats: ArchiveStats}> {
+  const {engine, repo} = opts
+  const progress = opts.progress ?? silentProgress
+  const mountPaths = new Set(mounts.map((m) => m.destination.replace(/^\/+/, '')))
+  const upper = info.GraphDriver?.Name === 'overlay2' ? info.GraphDriver.Data?.UpperDir : undefined
+  progress.phase('container filesystem')
+  const archiver = new Archiver(repo, (n) => progress.add(n))
+  if (reader === 'direct' && upper) {
+    archiver.stats.changed = await archiveDir(upper, archiver, {overlay: true, exclude: mountPaths})
+  } else {
+    const changes = await engine.changes(info.Id)
+    if (changes.length === 0) return {stats: emptyStats()}
+    const keep = new Set<string>()
+    const deleted: string[] = []
+    for (const c of changes) {
+      const p = c.Path.replace(/^\/+/, '')
+      if (mountPaths.has(p)) continue
+      if (c.Kind === 2) deleted.push(p)
+      else keep.add(p)
+    }
+    // every parent of a kept path is kept too, with its metadata
+    for (const p of [...keep, ...deleted]) {
+      for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
+    }
+    await archiveTar(await engine.exportContainer(info.Id), archiver, {filter: (p) => keep.has(p)})
+    for (const p of deleted) {
+      await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
+    }
+  }
+  const s = archiver.stats
+  if (s.files + s.dirs + s.others === 0) return {stats: s}
+  const tree = await archiver.finish()
+  return {tree, stats: archiver.stats}
+}
+
+function addStats(into: ArchiveStats, s: ArchiveStats): void {
+  into.files += s.files
+  into.dirs += s.dirs
+  into.others += s.others
+  into.bytes += s.bytes
+  into.newBytes += s.newBytes
+  into.newBlobs += s.newBlobs
+}
+
+async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect): Promise<SnapshotResult> {
+  const started = Date.now()
+  const {repo, catalogue, engine} = opts
+  const name = info.Name.replace(/^\//, '')
+  const reader = await chooseReader(opts)
+  const consistency = opts.consistency ?? 'pause'
+  const total = emptyStats()
+  const changed: string[] = []
+
+  // the image is immutable: read it before pausing the container
+  const image = await storeImage(opts, info.Image)
+  total.newBytes += image.newBytes
+
+  const base = await containerRecord(engine, info, image.record)
+  const mounts = mountsOf(info)
+  const guard = new StateGuard(engine, info.Id, name)
+  let fsDiff: {tree?: string; stats: ArchiveStats}
+  const mountRecords: MountRecord[] = []
+  try {
+    await guard.enter(consistency, info.State)
+    fsDiff = await readFsDiff(opts, reader, info, mounts)
+    addStats(total, fsDiff.stats)
+    changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
+    for (const m of mounts) {
+      const r = await readMount(opts, reader, info.Id, m)
+      addStats(total, r.stats)
+      changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
+      const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
+      if (r.root) rec.root = r.root
+      if (m.type === 'volume') {
+        const v = await engine.inspectVolume(m.source)
+        rec.driver = v.Driver
+        rec.labels = v.Labels ?? {}
+        rec.options = (v.Options as Record<string, string> | null) ?? {}
+      }
+      mountRecords.push(rec)
+    }
+    await repo.flush()
+  } catch (e) {
+    repo.discardPending()
+    throw e
+  } finally {
+    await guard.restore()
+    ;(opts.progress ?? silentProgress).done()
+  }
+
+  const container: ContainerRecord = {...base, fsDiff: fsDiff.tree, fsDiffStats: fsDiff.stats}
+  const parent = latestOf(catalogue, repo, name)
+  const manifest: SnapshotManifest = {
+    version: 1,
+    kind: 'container',
+    time: new Date().toISOString(),
+    host: os.hostname(),
+    tags: opts.tags ?? [],
+    consistency,
+    reader,
+    container,
+    mounts: mountRecords,
+    stats: {bytes: total.bytes, newBytes: total.newBytes, files: total.files, durationMs: Date.now() - started},
+    ...(parent ? {parent} : {}),
+  }
+  const id = await repo.saveSnapshot(manifest)
+  catalogue.recordImage(repo.id, image.record)
+  catalogue.recordSnapshot(repo.id, id, manifest)
+  return result(id, manifest, name, changed)
+}
+
+function latestOf(catalogue: Catalogue, repo: Repository, name: string): string | undefined {
+  try {
+    return catalogue.resolveSnapshot(repo.id, `latest:${name}`)
+  } catch {
+    return undefined
+  }
+}
+
+function result(id: string, m: SnapshotManifest, name: string, changed: string[]): SnapshotResult {
+  return {
+    id,
+    kind: m.kind,
+    name,
+    time: m.time,
+    bytes: m.stats.bytes,
+    newBytes: m.stats.newBytes,
+    files: m.stats.files,
+    durationMs: m.stats.durationMs,
+    reader: m.reader,
+    changed,
+  }
+}
+
+/**
+ * A standalone named volume. Direct read on the engine's host; otherwise through a
+ * helper container that mounts the volume and is never started.
+ */
+async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<SnapshotResult> {
+  const started = Date.now()
+  const {repo, catalogue, engine} = opts
+  const reader = await chooseReader(opts)
+  const v = await engine.inspectVolume(volume)
+  const m: MountSource = {type: 'volume', source: volume, destination: '/holyship-volume', readOnly: true, hostPath: v.Mountpoint}
+  let helper: string | undefined
+  let r
+  try {
+    if (reader === 'api') helper = await createHelperContainer(engine, [`${volume}:/holyship-volume:ro`])
+    r = await readMount(opts, reader, helper ?? '', m)
+    await repo.flush()
+  } catch (e) {
+    repo.discardPending()
+    throw e
+  } finally {
+    if (helper) await engine.removeContainer(helper).catch(() => undefined)
+    ;(opts.progress ?? silentProgress).done()
+  }
+  const rec: MountRecord = {
+    type: 'volume',
+    source: volume,
+    destination: '',
+    readOnly: false,
+    driver: v.Driver,
+    labels: v.Labels ?? {},
+    options: (v.Options as Record<string, string> | null) ?? {},
+    tree: r.tree,
+    stats: r.stats,
+  }
+  if (r.root) rec.root = r.root
+  const parent = latestOf(catalogue, repo, volume)
+  const manifest: SnapshotManifest = {
+    version: 1,
+    kind: 'volume',
+    time: new Date().toISOString(),
+    host: os.hostname(),
+    tags: opts.tags ?? [],
+    consistency: 'live',
+    reader,
+    mounts: [rec],
+    stats: {bytes: r.stats.bytes, newBytes: r.stats.newBytes, files: r.stats.files, durationMs: Date.now() - started},
+    ...(parent ? {parent} : {}),
+  }
+  const id = await repo.saveSnapshot(manifest)
+  catalogue.recordSnapshot(repo.id, id, manifest)
+  return result(id, manifest, volume, (r.stats.changed ?? []).map((p) => `/${p}`))
+}
+
+/**
+ * A container that is created but never started, only so the engine mounts volumes for
+ * getArchive/putArchive. It needs an image: any image the engine has will do (nothing runs).
+ */
+export async function createHelperContainer(engine: Engine, binds: string[], image?: string): Promise<string> {
+  let img = image
+  if (!img) {
+    const images = await engine.listImages()
+    img = images[0]?.Id
+  }
+  if (!img) {
+    throw new HolyshipError('DOCKER_FAILED', `the engine at ${engine.host} has no image to mount the volume with`, {
+      hint: 'run holyship on the engine host as root, or load any image (docker load) first',
+    })
+  }
+  return engine.createContainer({
+    Image: img,
+    name: `holyship-helper-${process.pid}-${Date.now().toString(36)}`,
+    Cmd: ['/holyship-never-started'],
+    Entrypoint: [],
+    Labels: {'holyship.helper': 'true'},
+    HostConfig: {Binds: binds, NetworkMode: 'none'},
+    NetworkDisabled: true,
+  } as never)
+}
