@@ -89,15 +89,26 @@ export interface TarOptions {
    * `.wh..wh..opq`, as docker load expects; otherwise whiteouts are skipped
    */
   layer?: boolean
-  /** metadata of the root directory, written as `./` */
+  /** metadata of the root directory, written as `./` (or as `rootName/`) */
   root?: TreeNode
+  /**
+   * put every entry under this directory name instead of `./`: Docker's extraction skips the
+   * metadata of a `.` entry, so a volume's own mode and owner only survive under a real name
+   */
+  rootName?: string
   onBytes?: (n: number) => void
 }
 
 /** Write a whole tree as tar entries (names relative, hardlinks relative to the same root). */
 export async function writeTreeAsTar(repo: Repository, treeId: string, tw: TarWriter, opts: TarOptions = {}): Promise<void> {
-  if (opts.root) await tw.entry(headerOf('./', opts.root))
-  for await (const {path: p, node} of walkTree(repo, treeId)) {
+  const pre = opts.rootName ? `${opts.rootName}/` : ''
+  if (opts.root || opts.rootName) {
+    const root = opts.root ?? {name: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [Math.floor(Date.now() / 1000), 0]}
+    await tw.entry(headerOf(pre || './', root))
+  }
+  for await (const {path: rel, node: n} of walkTree(repo, treeId)) {
+    const p = pre + rel
+    const node = pre && n.type === 'hardlink' ? {...n, target: pre + (n.target ?? '')} : n
     if (node.type === 'whiteout') {
       if (opts.layer) {
         const dir = p.includes('/') ? p.slice(0, p.lastIndexOf('/') + 1) : ''
@@ -182,12 +193,16 @@ export async function restoreToDir(
         break
       case 'hardlink': {
         const first = written.get(n.target ?? '')
-        if (first === undefined) {
-          throw new HolyshipError('PATH_NOT_FOUND', `hard link /${treePath} points to /${n.target}, which is not part of this restore`, {
-            hint: 'restore the directory that holds both',
-          })
+        if (first !== undefined) {
+          await fsp.link(first, abs)
+          return
         }
-        await fsp.link(first, abs)
+        // the other name of this file is not part of this restore: write the content as a file
+        const other = await findNode(repo, treeId, n.target ?? '')
+        if (!other || other.type !== 'file') {
+          throw new HolyshipError('REPO_DAMAGED', `hard link /${treePath} points to /${n.target}, which is not a file in the snapshot`)
+        }
+        await place(relOut, treePath, {...other, name: n.name})
         return
       }
       case 'fifo':

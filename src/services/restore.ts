@@ -191,10 +191,13 @@ async function fillMount(opts: RestoreOptions, containerId: string, m: MountReco
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const body = new PassThrough()
   const tw = new TarWriter(body)
-  const putting = opts.engine.putArchive(containerId, destination, body)
+  // extract into the parent under the mount's own name, so the root's mode, owner and time apply
+  const parent = path.posix.dirname(destination)
+  const rootName = path.posix.basename(destination)
+  const putting = opts.engine.putArchive(containerId, parent, body)
   const writing = (async () => {
     try {
-      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, onBytes: (n) => progress.add(n)})
+      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, rootName, onBytes: (n) => progress.add(n)})
       await tw.finish()
     } catch (e) {
       body.destroy(e as Error)

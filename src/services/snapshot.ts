@@ -65,23 +65,33 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
   return results
 }
 
-/** Can this process read the engine's files directly? Only on the engine's own host, as root. */
-export async function directAccess(engine: Engine): Promise<boolean> {
+/**
+ * Can this process read the engine's files directly? Only as root, over a local socket, when
+ * the engine's own directories are here: the container's state directory (named by its
+ * random 256-bit id) proves it is the same host; for a standalone volume, its Mountpoint
+ * under the engine's root.
+ */
+export async function directAccess(engine: Engine, probe: {containerId?: string; mountpoint?: string}): Promise<boolean> {
   if (!engine.isLocalSocket || process.getuid?.() !== 0) return false
   try {
     const info = await engine.info()
-    // the engine writes its ID to <root>/engine-id: the same ID here means the same host
-    const id = (await fsp.readFile(`${info.DockerRootDir}/engine-id`, 'utf8')).trim()
-    return id === info.ID
+    const root = info.DockerRootDir
+    if (probe.containerId) {
+      return (await fsp.stat(`${root}/containers/${probe.containerId}`)).isDirectory()
+    }
+    if (probe.mountpoint) {
+      return probe.mountpoint.startsWith(`${root}/`) && (await fsp.stat(probe.mountpoint)).isDirectory()
+    }
+    return false
   } catch {
     return false
   }
 }
 
-async function chooseReader(opts: SnapshotOptions): Promise<'api' | 'direct'> {
+async function chooseReader(opts: SnapshotOptions, probe: {containerId?: string; mountpoint?: string}): Promise<'api' | 'direct'> {
   const want = opts.reader ?? 'auto'
   if (want === 'api') return 'api'
-  const ok = await directAccess(opts.engine)
+  const ok = await directAccess(opts.engine, probe)
   if (want === 'direct' && !ok) {
     throw new HolyshipError('USAGE', `--reader direct needs root on the engine's own host; ${opts.engine.host} is not readable here`)
   }
@@ -232,7 +242,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   const started = Date.now()
   const {repo, catalogue, engine} = opts
   const name = info.Name.replace(/^\//, '')
-  const reader = await chooseReader(opts)
+  const reader = await chooseReader(opts, {containerId: info.Id})
   const consistency = opts.consistency ?? 'pause'
   const total = emptyStats()
   const changed: string[] = []
@@ -325,8 +335,8 @@ function result(id: string, m: SnapshotManifest, name: string, changed: string[]
 async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<SnapshotResult> {
   const started = Date.now()
   const {repo, catalogue, engine} = opts
-  const reader = await chooseReader(opts)
   const v = await engine.inspectVolume(volume)
+  const reader = await chooseReader(opts, {mountpoint: v.Mountpoint})
   const m: MountSource = {type: 'volume', source: volume, destination: '/holyship-volume', readOnly: true, hostPath: v.Mountpoint}
   let helper: string | undefined
   let r
