@@ -49,7 +49,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     if (known) return this.fail(known)
     // oclif's own parse errors (unknown flag, missing argument): usage errors
     if (err.oclif?.exit !== undefined || /Unexpected argument|Missing required|Nonexistent flag|Expected --|Missing \d+ required arg/.test(err.message)) {
-      return this.fail(new HolyshipError('USAGE', err.message.split('\n')[0]))
+      return this.fail(new HolyshipError('USAGE', oneLine(err.message)))
     }
     process.stderr.write(`holyship: internal error: ${err.message.split('\n')[0]}\n`)
     if (process.env.DEBUG) process.stderr.write(`${err.stack}\n`)
@@ -63,4 +63,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     if (process.env.DEBUG && e.cause) process.stderr.write(`${(e.cause as Error).stack ?? e.cause}\n`)
     return this.exit(e.exitCode)
   }
+}
+
+/** oclif's multi-line parse errors, folded into one line */
+function oneLine(message: string): string {
+  return message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/^The following error|^See more help with/.test(l))
+    .join('; ')
 }

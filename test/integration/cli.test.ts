@@ -1,0 +1,159 @@
+/**
+ * The installed `holyship` binary: every bad input gets one line on stderr and its own exit
+ * code, and leaves the repository and catalogue as they were; --json prints parseable results.
+ */
+import {mkdtempSync, promises as fsp, rmSync} from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {holyship} from '../harness/cli.js'
+import {connectEngine} from '../harness/engine.js'
+
+describe('holyship CLI', () => {
+  const info = inject('holyshipEngineA')
+  const docker = connectEngine(info).docker
+  let work: string
+  let env: Record<string, string>
+  const name = `cli-${process.pid}`
+  const vol = `cli-vol-${process.pid}`
+
+  const tree = async (dir: string): Promise<string[]> => {
+    const out: string[] = []
+    const walk = async (d: string): Promise<void> => {
+      for (const e of await fsp.readdir(d, {withFileTypes: true})) {
+        const p = path.join(d, e.name)
+        if (e.isDirectory()) await walk(p)
+        else out.push(`${path.relative(work, p)}:${(await fsp.stat(p)).size}`)
+      }
+    }
+    await walk(dir)
+    return out.sort()
+  }
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-cli-'))
+    env = {
+      HOLYSHIP_REPO: path.join(work, 'repo'),
+      HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'),
+      DOCKER_HOST: info.dockerHost,
+    }
+    await docker.createVolume({Name: vol})
+    const c = await docker.createContainer({
+      name,
+      Image: inject('holyshipBusyboxImage'),
+      Cmd: ['sh', '-c', 'echo data > /v/file; sleep 100000'],
+      HostConfig: {Binds: [`${vol}:/v`]},
+    })
+    await c.start()
+  })
+
+  afterAll(async () => {
+    await docker.getContainer(name).remove({force: true}).catch(() => {})
+    await docker.getContainer(`${name}-2`).remove({force: true}).catch(() => {})
+    await docker.getVolume(vol).remove().catch(() => {})
+    await docker.getVolume(`x-${vol}`).remove().catch(() => {})
+    rmSync(work, {recursive: true, force: true})
+  })
+
+  it('reports a missing repository (10) and an uninitialised one (11)', async () => {
+    const r = await holyship(['list'], env)
+    expect(r.code).toBe(10)
+    expect(r.stderr).toMatch(/^holyship: error: no repository at .*repo/)
+    expect(r.stderr.trim().split('\n')).toHaveLength(1)
+    await fsp.mkdir(path.join(work, 'empty'))
+    const r2 = await holyship(['list', '--repo', path.join(work, 'empty')], env)
+    expect(r2.code).toBe(11)
+  })
+
+  it('init, snapshot with --json, list, show, and init again refused (13)', async () => {
+    expect((await holyship(['init'], env)).code).toBe(0)
+    const again = await holyship(['init'], env)
+    expect(again.code).toBe(13)
+    const s = await holyship(['snapshot', name, '--json', '--tag', 'nightly'], env)
+    expect(s.stderr).toBe('')
+    expect(s.code).toBe(0)
+    const res = JSON.parse(s.stdout)
+    expect(res[0]).toMatchObject({kind: 'container', name})
+    const l = await holyship(['list', '--json'], env)
+    const rows = JSON.parse(l.stdout)
+    expect(rows).toHaveLength(1)
+    expect(rows[0]).toMatchObject({id: res[0].id, tags: ['nightly'], volumes: [vol]})
+    const sh = await holyship(['show', res[0].id.slice(0, 8), '--json'], env)
+    expect(JSON.parse(sh.stdout).container.name).toBe(name)
+    const vs = await holyship(['snapshot', '--volume', vol, '--json'], env)
+    expect(vs.code).toBe(0)
+    expect(JSON.parse(vs.stdout)[0]).toMatchObject({kind: 'volume', name: vol})
+    const lv = await holyship(['list', '--volume', vol, '--json'], env)
+    expect(JSON.parse(lv.stdout)).toHaveLength(2)
+  })
+
+  it('gives each bad input its own exit code and changes nothing', async () => {
+    const before = await tree(path.join(work, 'repo'))
+    const cases: [string[], number, RegExp, Record<string, string>?][] = [
+      [['snapshot', 'no-such-container'], 22, /no container named "no-such-container"/],
+      [['snapshot', '--volume', 'no-such-volume'], 23, /no volume named "no-such-volume"/],
+      [['show', 'ffffffffffff'], 20, /no snapshot matches/],
+      [['show', 'latest:nobody'], 20, /no snapshot/],
+      [['restore', 'latest:' + name], 25, /already exists/],
+      [['restore', 'latest:' + name, '--path', '/v/nope', '--target', path.join(work, 'out')], 24, /no path/],
+      [['snapshot', name], 30, /cannot reach the Docker engine at unix:\/\/\/nonexistent\/docker.sock/, {DOCKER_HOST: 'unix:///nonexistent/docker.sock'}],
+      [['snapshot'], 2, /name at least one container/],
+      [['snapshot', name, '--stop', '--no-pause'], 2, /cannot also be provided|--no-pause/],
+      [['list', '--bogus-flag'], 2, /Nonexistent flag|bogus/],
+    ]
+    for (const [args, code, msg, extra] of cases) {
+      const r = await holyship(args, {...env, ...extra})
+      expect({args, code: r.code}).toEqual({args, code})
+      expect(r.stderr).toMatch(msg)
+      expect(r.stderr.trim().split('\n')[0]).toMatch(/^holyship: error: /)
+    }
+    expect(await tree(path.join(work, 'repo'))).toEqual(before)
+    const state = (await docker.getContainer(name).inspect()).State
+    expect(state.Running && !state.Paused).toBe(true)
+  })
+
+  it('refuses a repository of a newer format (12)', async () => {
+    const cfgPath = path.join(work, 'repo', 'config')
+    const orig = await fsp.readFile(cfgPath, 'utf8')
+    await fsp.writeFile(cfgPath, JSON.stringify({...JSON.parse(orig), version: 99}))
+    try {
+      const r = await holyship(['list'], env)
+      expect(r.code).toBe(12)
+      expect(r.stderr).toMatch(/format 99/)
+    } finally {
+      await fsp.writeFile(cfgPath, orig)
+    }
+  })
+
+  it('restores with --name and --volume-prefix, verify --read-data passes, catalogue rebuild restores the list', async () => {
+    const r = await holyship(['restore', `latest:${name}`, '--name', `${name}-2`, '--volume-prefix', 'x-', '--start', '--json'], env)
+    expect(r.stderr).toBe('')
+    expect(JSON.parse(r.stdout).container.name).toBe(`${name}-2`)
+    const v = await holyship(['verify', '--read-data', '--json'], env)
+    expect(v.code).toBe(0)
+    expect(JSON.parse(v.stdout).problems).toEqual([])
+    const listBefore = JSON.parse((await holyship(['list', '--json'], env)).stdout)
+    await fsp.rm(env.HOLYSHIP_CATALOGUE)
+    const rb = await holyship(['catalogue', 'rebuild', '--json'], env)
+    expect(rb.code).toBe(0)
+    expect(JSON.parse(rb.stdout).snapshots).toBe(2)
+    const listAfter = JSON.parse((await holyship(['list', '--json'], env)).stdout)
+    expect(listAfter).toEqual(listBefore)
+  })
+
+  it('verify names a damaged pack (15)', async () => {
+    const packs = (await tree(path.join(work, 'repo'))).filter((p) => p.startsWith('repo/data/'))
+    const victim = path.join(work, packs[0].split(':')[0])
+    const buf = await fsp.readFile(victim)
+    buf[10] ^= 0xff
+    await fsp.writeFile(victim, buf)
+    try {
+      const r = await holyship(['verify', '--read-data'], env)
+      expect(r.code).toBe(15)
+      expect(r.stderr).toContain(path.basename(victim))
+    } finally {
+      buf[10] ^= 0xff
+      await fsp.writeFile(victim, buf)
+    }
+  })
+})
