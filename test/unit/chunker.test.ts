@@ -1,0 +1,73 @@
+import {createHash, randomBytes} from 'node:crypto'
+import {describe, expect, it} from 'vitest'
+import {Chunker, DEFAULT_CHUNKER, gearTable} from '../../src/repo/chunker.js'
+
+const params = {...DEFAULT_CHUNKER, seed: '00112233445566778899aabbccddeeff'}
+
+function chunkAll(data: Buffer, pieceSize: number, p = params): Buffer[] {
+  const c = new Chunker(p)
+  const out: Buffer[] = []
+  for (let i = 0; i < data.length; i += pieceSize) out.push(...c.push(data.subarray(i, i + pieceSize)))
+  const last = c.finish()
+  if (last) out.push(last)
+  return out
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+
+describe('FastCDC chunker', () => {
+  const data = randomBytes(24 * 1024 * 1024)
+
+  it('reassembles to the input and respects min/max', () => {
+    const chunks = chunkAll(data, 1 << 20)
+    expect(Buffer.concat(chunks).equals(data)).toBe(true)
+    for (const c of chunks.slice(0, -1)) {
+      expect(c.length).toBeGreaterThanOrEqual(params.min)
+      expect(c.length).toBeLessThanOrEqual(params.max)
+    }
+    const avg = data.length / chunks.length
+    expect(avg).toBeGreaterThan(params.avg * 0.6)
+    expect(avg).toBeLessThan(params.avg * 1.6)
+  })
+
+  it('cuts at the same places whatever the read sizes', () => {
+    const a = chunkAll(data, 1 << 20).map(sha)
+    const b = chunkAll(data, 65_537).map(sha)
+    const c = chunkAll(data, 7_000_001).map(sha)
+    expect(b).toEqual(a)
+    expect(c).toEqual(a)
+  })
+
+  it('re-synchronises after an insertion: only chunks near the edit change', () => {
+    const edited = Buffer.concat([data.subarray(0, 10_000_000), Buffer.from('inserted bytes'), data.subarray(10_000_000)])
+    const before = new Set(chunkAll(data, 1 << 20).map(sha))
+    const after = chunkAll(edited, 1 << 20).map(sha)
+    const fresh = after.filter((h) => !before.has(h))
+    expect(fresh.length).toBeGreaterThanOrEqual(1)
+    expect(fresh.length).toBeLessThanOrEqual(2)
+  })
+
+  it('cuts zeros into identical max-size chunks (one stored chunk for a sparse file)', () => {
+    const zeros = Buffer.alloc(20 * 1024 * 1024)
+    const chunks = chunkAll(zeros, 1 << 20)
+    expect(new Set(chunks.slice(0, -1).map(sha)).size).toBe(1)
+    expect(chunks[0].length).toBe(params.max)
+  })
+
+  it('depends on the seed', () => {
+    expect(gearTable('a')).not.toEqual(gearTable('b'))
+    const other = chunkAll(data, 1 << 20, {...params, seed: 'ffeeddccbbaa99887766554433221100'}).map(sha)
+    const mine = new Set(chunkAll(data, 1 << 20).map(sha))
+    expect(other.filter((h) => mine.has(h)).length).toBeLessThan(3)
+  })
+
+  it('handles empty and tiny inputs', () => {
+    expect(chunkAll(Buffer.alloc(0), 10)).toEqual([])
+    const tiny = Buffer.from('x')
+    expect(chunkAll(tiny, 10)).toEqual([tiny])
+  })
+
+  it('rejects nonsense parameters', () => {
+    expect(() => new Chunker({...params, min: 10, avg: 5})).toThrow(/invalid chunker/)
+  })
+})
