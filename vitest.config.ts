@@ -1,0 +1,32 @@
+import {defineConfig} from 'vitest/config'
+
+export default defineConfig({
+  test: {
+    // engines are torn down in the integration project's global teardown
+    teardownTimeout: 120_000,
+    projects: [
+      {
+        test: {
+          name: 'unit',
+          include: ['test/unit/**/*.test.ts'],
+          environment: 'node',
+        },
+      },
+      {
+        test: {
+          name: 'integration',
+          include: ['test/integration/**/*.test.ts'],
+          environment: 'node',
+          // private dockerd + containerd pairs, see test/harness/engine.ts
+          globalSetup: ['test/harness/global-setup.ts'],
+          pool: 'forks',
+          // the engines are shared: one test file at a time
+          fileParallelism: false,
+          maxWorkers: 1,
+          testTimeout: 120_000,
+          hookTimeout: 300_000,
+        },
+      },
+    ],
+  },
+})
