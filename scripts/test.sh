@@ -7,7 +7,7 @@
 #   scripts/test.sh -- <args>       extra arguments for `vitest run`
 #
 # Integration tests start real dockerd/containerd pairs in their own network namespaces (see
-# test/harness/engine.ts): they need root. HOLYSHIP_TEST_POSTGRES=1 also builds/imports the
+# test/harness/engine.ts): they need root. the postgres test image is built once per machine and imported (HOLYSHIP_TEST_POSTGRES=0 skips that up-front step) -
 # postgres test image (debootstrap, cached under /var/cache/holyship-test).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 /**
  * Global setup of the `integration` vitest project: two private Docker engines ("two hosts", A and
  * B), each in its own network namespace, with the busybox test image in A (and the postgres test
- * image too when HOLYSHIP_TEST_POSTGRES=1).
+ * image, always: the realistic tier is part of the default suite).
  *
  * Tests get them with `inject('holyshipEngineA')` / `inject('holyshipEngineB')` (pass to
  * connectEngine() for a Dockerode client) or `inject('holyshipDockerHostA')`; child processes get
@@ -21,7 +21,7 @@ declare module 'vitest' {
     holyshipDockerHostB: string
     /** tag of the busybox image imported into engine A */
     holyshipBusyboxImage: string
-    /** tag of the postgres image imported into engine A, or '' when HOLYSHIP_TEST_POSTGRES is not set */
+    /** tag of the postgres image imported into engine A (empty with HOLYSHIP_TEST_POSTGRES=0) */
     holyshipPostgresImage: string
   }
 }
@@ -32,7 +32,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   try {
     const [a, b] = await Promise.all([startEngine('a'), startEngine('b')])
     await importBusybox(a, BUSYBOX_IMAGE)
-    const withPostgres = process.env.HOLYSHIP_TEST_POSTGRES === '1'
+    // the realistic tier always runs: build (once per machine) and import the postgres image up front,
+    // so no single test pays the first build inside its own timeout; HOLYSHIP_TEST_POSTGRES=0 opts out
+    const withPostgres = process.env.HOLYSHIP_TEST_POSTGRES !== '0'
     if (withPostgres) await ensurePostgresImage(a, POSTGRES_IMAGE)
 
     project.provide('holyshipEngineA', engineInfo(a))
