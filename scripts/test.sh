@@ -7,8 +7,8 @@
 #   scripts/test.sh -- <args>       extra arguments for `vitest run`
 #
 # Integration tests start real dockerd/containerd pairs in their own network namespaces (see
-# test/harness/engine.ts): they need root. the postgres test image is built once per machine and imported (HOLYSHIP_TEST_POSTGRES=0 skips that up-front step) -
-# postgres test image (debootstrap, cached under /var/cache/holyship-test).
+# test/harness/engine.ts): they need root. The postgres test image is built once per machine
+# (debootstrap, cached under /var/cache/holyship-test) and imported by the global setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

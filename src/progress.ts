@@ -8,6 +8,8 @@ export interface Progress {
   add(bytes: number): void
   /** a line for the user (stderr on a TTY, debug otherwise) */
   note(message: string): void
+  /** optional: a short status shown after the numbers, e.g. `12 packs left` */
+  detail?(text: string): void
   done(): void
 }
 
@@ -43,6 +45,7 @@ export class TtyProgress implements Progress {
   private bytes = 0
   private started = Date.now()
   private last = 0
+  private extra = ''
 
   constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
 
@@ -57,7 +60,13 @@ export class TtyProgress implements Progress {
     this.bytes = 0
     this.started = Date.now()
     this.last = 0
+    this.extra = ''
     this.render(true)
+  }
+
+  detail(text: string): void {
+    this.extra = text
+    this.render(false)
   }
 
   add(bytes: number): void {
@@ -92,6 +101,7 @@ export class TtyProgress implements Progress {
     }
     line += ` ${formatBytes(rate)}/s`
     if (this.total && rate > 0) line += ` ETA ${formatDuration((this.total - this.bytes) / rate)}`
+    if (this.extra) line += `, ${this.extra}`
     this.out.write('\r\x1b[2K' + line.slice(0, (this.out.columns || 100) - 1))
   }
 }

@@ -150,6 +150,15 @@ export class Repository {
     for (const id of indexFileIds) this.loadedIndexFiles.add(id)
   }
 
+  /**
+   * Make an index file that was written to this repository's backend by someone else (a pull
+   * copying packs in) known to the in-memory index. Its packs must already be stored.
+   */
+  registerIndexFile(id: string, file: IndexFile): void {
+    this.addIndex(file)
+    this.loadedIndexFiles.add(id)
+  }
+
   private addIndex(file: IndexFile): void {
     for (const p of file.packs) {
       this.packSizes.set(p.id, p.size)
