@@ -2,7 +2,9 @@ import {Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
 import {SnapshotRow} from '../src/catalogue/catalogue.js'
 import {formatBytes} from '../src/progress.js'
+import {endpointFlag, regionFlag} from '../src/cli/remote-flags.js'
 import {listSnapshots} from '../src/services/inspect.js'
+import {listRemoteSnapshots} from '../src/services/remote.js'
 import {withContext} from '../src/services/run.js'
 
 export default class List extends BaseCommand<typeof List> {
@@ -11,10 +13,16 @@ export default class List extends BaseCommand<typeof List> {
     container: Flags.string({description: 'only snapshots of this container'}),
     volume: Flags.string({description: 'only snapshots holding this volume'}),
     tag: Flags.string({description: 'only snapshots with this tag'}),
+    remote: Flags.string({description: "list a remote's snapshots instead (name or s3://BUCKET[/PREFIX])", helpGroup: 'REMOTE'}),
+    endpoint: endpointFlag,
+    region: regionFlag,
   }
 
   async run(): Promise<SnapshotRow[]> {
-    const rows = await withContext(this.flags, async (ctx) => listSnapshots(ctx, this.flags))
+    const f = this.flags
+    const rows = f.remote
+      ? await listRemoteSnapshots({catalogue: f.catalogue, remote: f.remote, endpoint: f.endpoint, region: f.region, container: f.container, volume: f.volume, tag: f.tag})
+      : await withContext(f, async (ctx) => listSnapshots(ctx, f))
     if (rows.length === 0) this.say('no snapshots')
     else {
       this.say(['ID          ', 'TIME                ', 'HOST        ', 'KIND     ', 'NAME                ', 'SIZE      ', 'NEW'].join(' '))

@@ -1,0 +1,45 @@
+import {Args, Flags} from '@oclif/core'
+import {BaseCommand} from '../src/cli/base.js'
+import {transferFlags} from '../src/cli/remote-flags.js'
+import {formatBytes} from '../src/progress.js'
+import {LandResult, land} from '../src/services/remote.js'
+
+export default class Land extends BaseCommand<typeof Land> {
+  static override description = 'Pull a snapshot from an S3 remote and restore it (creates the local repository on a new host)'
+  static override examples = ['<%= config.bin %> land latest:web --from backup --start']
+  static override args = {snapshot: Args.string({description: 'id, unique id prefix, latest, or latest:NAME on the remote', required: true})}
+  static override flags = {
+    from: Flags.string({description: 'remote name or s3://BUCKET[/PREFIX]', required: true}),
+    name: Flags.string({description: 'name of the restored container (or volume, for a one-volume snapshot)'}),
+    'volume-prefix': Flags.string({description: 'restore volumes under PREFIX+name'}),
+    start: Flags.boolean({description: 'start the restored container'}),
+    force: Flags.boolean({description: 'replace an existing container or volume'}),
+    'docker-host': Flags.string({description: 'Docker engine (default: DOCKER_HOST)'}),
+    ...transferFlags,
+  }
+
+  async run(): Promise<LandResult> {
+    const f = this.flags
+    const r = await land({
+      repo: f.repo,
+      catalogue: f.catalogue,
+      remote: f.from,
+      endpoint: f.endpoint,
+      region: f.region,
+      parallel: f.parallel,
+      snapshot: this.args.snapshot,
+      name: f.name,
+      volumePrefix: f['volume-prefix'],
+      start: f.start,
+      force: f.force,
+      dockerHost: f['docker-host'],
+      progress: this.progress(),
+    })
+    const p = r.pull
+    this.say(`pulled snapshot ${p.snapshots[0].slice(0, 12)} from ${p.remote}: ${p.packsReceived} packs (${formatBytes(p.bytesReceived)}) received, ${p.packsSkipped} already here`)
+    if (r.restore.container) this.say(`restored container ${r.restore.container.name} (${r.restore.container.id.slice(0, 12)})${r.restore.container.started ? ', started' : ''}`)
+    for (const v of r.restore.volumes) this.say(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
+    for (const b of r.restore.binds) this.say(`restored bind mount ${b.source} at ${b.destination}`)
+    return r
+  }
+}

@@ -1,0 +1,320 @@
+/**
+ * Shipping through S3: remotes, push, pull, ship (snapshot + push) and land (pull + restore).
+ * One function per command, each with one options object and a typed result; the domain work
+ * is in src/transfer/*. Credentials never pass through here: the AWS SDK's provider chain
+ * supplies them to S3Backend, and nothing below stores or prints them.
+ */
+import {promises as fsp} from 'node:fs'
+import * as path from 'node:path'
+import {LocalBackend} from '../backend/local.js'
+import {Catalogue, SnapshotFilter, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
+import {HolyshipError} from '../errors.js'
+import {Progress, silentProgress} from '../progress.js'
+import {Repository} from '../repo/repository.js'
+import {readRemoteConfig} from '../transfer/common.js'
+import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
+import {PushResult, pushSnapshots} from '../transfer/push.js'
+import {OpenRemoteOptions, RemoteHandle, RemoteRecord, addRemote, listRemotes, openRemote, removeRemote} from '../transfer/remotes.js'
+import {defaultRepoPath, openContext, openEngine} from './context.js'
+import {RestoreResult, restore} from './restore.js'
+import {ReaderChoice, SnapshotResult, snapshot} from './snapshot.js'
+import {Consistency} from './state-guard.js'
+import {syncCatalogue} from './sync.js'
+
+export type {PushResult} from '../transfer/push.js'
+export type {RemoteRecord} from '../transfer/remotes.js'
+
+// ------------------------------------------------------------------------------ remotes
+
+export function remoteAdd(opts: {name: string; url: string; endpoint?: string; region?: string; remotesFile?: string}): Promise<RemoteRecord> {
+  return addRemote({name: opts.name, url: opts.url, endpoint: opts.endpoint, region: opts.region, file: opts.remotesFile})
+}
+
+export function remoteList(opts: {remotesFile?: string} = {}): Promise<RemoteRecord[]> {
+  return listRemotes({file: opts.remotesFile})
+}
+
+export function remoteRemove(opts: {name: string; remotesFile?: string}): Promise<RemoteRecord> {
+  return removeRemote({name: opts.name, file: opts.remotesFile})
+}
+
+// ------------------------------------------------------------------------------ transfers
+
+export interface TransferOptions extends OpenRemoteOptions {
+  /** local repository directory (default: $HOLYSHIP_REPO, else $XDG_DATA_HOME/holyship/repo) */
+  repo?: string
+  /** catalogue file (default: $HOLYSHIP_CATALOGUE, else $XDG_CACHE_HOME/holyship/catalogue.sqlite3) */
+  catalogue?: string
+  progress?: Progress
+}
+
+async function withRemote<T>(opts: TransferOptions, fn: (remote: RemoteHandle) => Promise<T>): Promise<T> {
+  const remote = await openRemote(opts)
+  try {
+    return await fn(remote)
+  } finally {
+    await remote.close()
+  }
+}
+
+/** Push local snapshots (default: every one the remote lacks) to a remote. */
+export async function push(opts: TransferOptions & {snapshots?: string[]}): Promise<PushResult> {
+  return withRemote(opts, async (remote) => {
+    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue})
+    try {
+      return await pushSnapshots({repo: ctx.repo, catalogue: ctx.catalogue, remote, snapshots: opts.snapshots, parallel: opts.parallel, progress: opts.progress})
+    } finally {
+      ctx.close()
+    }
+  })
+}
+
+export interface PullResult extends PullTransferStats {
+  /** s3://bucket/prefix */
+  remote: string
+  remoteName?: string
+  /** the remote's repository id */
+  remoteRepository: string
+  /** the local repository id (absent for a pull of the snapshot list only) */
+  repository?: string
+  sameRepository?: boolean
+  /** the local repository was created by this pull, as a copy of the remote's config */
+  createdRepository: boolean
+  /** the snapshot ids asked for, resolved on the remote, in the order asked */
+  snapshots: string[]
+  /** without snapshot arguments: the remote's snapshots, oldest first */
+  remoteSnapshots?: SnapshotRow[]
+  durationMs: number
+}
+
+/**
+ * Pull snapshots (id, prefix, latest, latest:NAME, resolved against the remote) into the local
+ * repository, creating it from the remote's config when it does not exist. Without snapshots:
+ * only the remote's snapshot list (manifests and index files, no packs) is fetched.
+ */
+export async function pull(opts: TransferOptions & {snapshots?: string[]}): Promise<PullResult> {
+  return withRemote(opts, async (remote) => {
+    const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
+    try {
+      const {local, ...result} = await pullWith(opts, remote, cat)
+      void local
+      return result
+    } finally {
+      cat.close()
+    }
+  })
+}
+
+async function pullWith(
+  opts: TransferOptions & {snapshots?: string[]},
+  remote: RemoteHandle,
+  cat: Catalogue,
+): Promise<PullResult & {local?: Repository}> {
+  const t0 = Date.now()
+  const parallel = opts.parallel ?? 4
+  const progress = opts.progress ?? silentProgress
+  const rc = await readRemoteConfig(remote)
+  if (!rc) {
+    throw new HolyshipError('REMOTE_NOT_FOUND', `no holyship repository at ${remote.location} (${remote.endpointName})`, {
+      hint: 'push to it first, or check the bucket, prefix and endpoint',
+    })
+  }
+  progress.phase(`reading the snapshot list of ${remote.location}`)
+  await syncRemote(cat, remote, parallel)
+  const base = {
+    remote: remote.location,
+    ...(remote.name ? {remoteName: remote.name} : {}),
+    remoteRepository: rc.config.id,
+  }
+  const refs = opts.snapshots ?? []
+  if (refs.length === 0) {
+    progress.done()
+    return {
+      ...base,
+      createdRepository: false,
+      snapshots: [],
+      remoteSnapshots: cat.listSnapshots(remote.namespace),
+      snapshotsPulled: [],
+      snapshotsSkipped: [],
+      packsReceived: 0,
+      packsSkipped: 0,
+      bytesReceived: 0,
+      bytesSkipped: 0,
+      indexFilesWritten: 0,
+      durationMs: Date.now() - t0,
+    }
+  }
+  // resolve before touching the local side: a typo creates nothing
+  const ids = refs.map((r) => {
+    try {
+      return cat.resolveSnapshot(remote.namespace, r)
+    } catch (e) {
+      if (e instanceof HolyshipError && e.code === 'SNAPSHOT_NOT_FOUND') {
+        throw new HolyshipError('SNAPSHOT_NOT_FOUND', `${e.message} at ${remote.location}`, {hint: e.hint})
+      }
+      throw e
+    }
+  })
+  const {repo, created} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw)
+  if (repo.id !== rc.config.id) {
+    progress.note(`note: the local repository ${repo.id.slice(0, 12)} is not ${remote.location}'s (${rc.config.id.slice(0, 12)}); data still dedups by content hash`)
+  }
+  const stats = await pullSnapshots({repo, catalogue: cat, remote, ids, parallel, progress})
+  return {
+    ...base,
+    repository: repo.id,
+    sameRepository: repo.id === rc.config.id,
+    createdRepository: created,
+    snapshots: ids,
+    ...stats,
+    durationMs: Date.now() - t0,
+    local: repo,
+  }
+}
+
+/**
+ * Open the local repository and bring the catalogue up to date; when the directory is missing
+ * or empty, create the repository first with the remote's config (same id and chunker seed).
+ */
+async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: Buffer): Promise<{repo: Repository; created: boolean}> {
+  const dir = path.resolve(dirArg)
+  const entries = await fsp.readdir(dir).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return undefined
+    if (e.code === 'ENOTDIR') throw new HolyshipError('REPO_MISSING', `${dir} is not a directory`)
+    throw e
+  })
+  let created = false
+  if (!entries || entries.length === 0) {
+    await fsp.mkdir(dir, {recursive: true, mode: 0o700})
+    await new LocalBackend(dir).put('config', remoteConfig)
+    created = true
+  } else if (!entries.includes('config')) {
+    throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})
+  }
+  const repo = await Repository.open(new LocalBackend(dir), {loadIndex: false})
+  repo.treeCache = cat
+  await syncCatalogue(cat, repo)
+  return {repo, created}
+}
+
+/** The remote's snapshots (after fetching its snapshot list), filtered like `list`. */
+export async function listRemoteSnapshots(opts: TransferOptions & SnapshotFilter): Promise<SnapshotRow[]> {
+  return withRemote(opts, async (remote) => {
+    const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
+    try {
+      await pullWith({...opts, snapshots: []}, remote, cat)
+      return cat.listSnapshots(remote.namespace, {container: opts.container, volume: opts.volume, tag: opts.tag})
+    } finally {
+      cat.close()
+    }
+  })
+}
+
+// ------------------------------------------------------------------------------ ship and land
+
+export interface ShipOptions extends TransferOptions {
+  containers?: string[]
+  volumes?: string[]
+  tags?: string[]
+  consistency?: Consistency
+  reader?: ReaderChoice
+  dockerHost?: string
+}
+
+export interface ShipResult {
+  snapshots: SnapshotResult[]
+  push: PushResult
+}
+
+/** Snapshot containers/volumes into the local repository, then push exactly those snapshots. */
+export async function ship(opts: ShipOptions): Promise<ShipResult> {
+  return withRemote(opts, async (remote) => {
+    // fail on a wrong bucket, endpoint or credentials before pausing anything
+    await readRemoteConfig(remote)
+    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue})
+    try {
+      const engine = openEngine({dockerHost: opts.dockerHost})
+      const snaps = await snapshot({
+        repo: ctx.repo,
+        catalogue: ctx.catalogue,
+        engine,
+        containers: opts.containers,
+        volumes: opts.volumes,
+        tags: opts.tags,
+        consistency: opts.consistency,
+        reader: opts.reader,
+        progress: opts.progress,
+      })
+      let pushed: PushResult
+      try {
+        pushed = await pushSnapshots({
+          repo: ctx.repo,
+          catalogue: ctx.catalogue,
+          remote,
+          snapshots: snaps.map((s) => s.id),
+          parallel: opts.parallel,
+          progress: opts.progress,
+        })
+      } catch (e) {
+        if (e instanceof HolyshipError) {
+          throw new HolyshipError(e.code, `${e.message} (the snapshot${snaps.length > 1 ? 's' : ''} ${snaps.map((s) => s.id.slice(0, 12)).join(', ')} ${snaps.length > 1 ? 'are' : 'is'} in the local repository)`, {
+            cause: e,
+            hint: `run \`holyship push --to ${opts.remote}\` to resume`,
+          })
+        }
+        throw e
+      }
+      return {snapshots: snaps, push: pushed}
+    } finally {
+      ctx.close()
+    }
+  })
+}
+
+export interface LandOptions extends TransferOptions {
+  /** id, unique prefix, latest or latest:NAME, resolved against the remote */
+  snapshot: string
+  name?: string
+  volumePrefix?: string
+  start?: boolean
+  force?: boolean
+  dockerHost?: string
+}
+
+export interface LandResult {
+  pull: PullResult
+  restore: RestoreResult
+}
+
+/**
+ * Pull one snapshot (creating the local repository from the remote's config on a host that has
+ * none) and restore it on the engine.
+ */
+export async function land(opts: LandOptions): Promise<LandResult> {
+  const engine = openEngine({dockerHost: opts.dockerHost})
+  // no download for an engine we cannot reach
+  await engine.ping()
+  return withRemote(opts, async (remote) => {
+    const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
+    try {
+      const {local, ...pulled} = await pullWith({...opts, snapshots: [opts.snapshot]}, remote, cat)
+      const id = pulled.snapshots[0]
+      const manifest = cat.getManifest(local!.id, id)
+      if (!manifest) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in the local catalogue after the pull`)
+      const restored = await restore({
+        repo: local!,
+        engine,
+        snapshotId: id,
+        manifest,
+        name: opts.name,
+        volumePrefix: opts.volumePrefix,
+        start: opts.start,
+        force: opts.force,
+        progress: opts.progress,
+      })
+      return {pull: pulled, restore: restored}
+    } finally {
+      cat.close()
+    }
+  })
+}

@@ -1,0 +1,222 @@
+/**
+ * Pieces shared by push and pull: a bounded worker pool, index files written in batches,
+ * pack verification, walking a snapshot's trees, and caching a remote's index files and
+ * manifests in the catalogue under the remote's own namespace.
+ */
+import {isNotFound} from '../backend/backend.js'
+import {Catalogue} from '../catalogue/catalogue.js'
+import {HolyshipError} from '../errors.js'
+import {FORMAT_NAME, FORMAT_VERSION, IndexFile, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, snapshotKey} from '../repo/format.js'
+import {CorruptBlobError, decodeBlob, parsePackHeader, sha256} from '../repo/pack.js'
+import {RemoteHandle} from './remotes.js'
+
+/** most packs one index file names (as Repository does) so a long transfer is durable in pieces */
+export const PACKS_PER_INDEX = 64
+
+/**
+ * Run fn over items with at most `limit` in flight. On the first failure no new item is
+ * started; the ones in flight are awaited, then the first error is thrown.
+ */
+export async function pool<T>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0
+  let failed = false
+  let first: unknown
+  const worker = async (): Promise<void> => {
+    while (!failed && next < items.length) {
+      const i = next++
+      try {
+        await fn(items[i], i)
+      } catch (e) {
+        if (!failed) {
+          failed = true
+          first = e
+        }
+      }
+    }
+  }
+  await Promise.all(Array.from({length: Math.min(Math.max(1, limit), items.length)}, worker))
+  if (failed) throw first
+}
+
+/**
+ * Collects packs that have become present on a side and writes index files for them, at most
+ * PACKS_PER_INDEX packs each, one at a time. Every index file is content-addressed and new:
+ * nothing is read, modified and written back.
+ */
+export class IndexBatcher {
+  private pending: IndexFile['packs'] = []
+  private chain: Promise<void> = Promise.resolve()
+  written = 0
+
+  constructor(private readonly sink: (id: string, data: Buffer, file: IndexFile) => Promise<void>) {}
+
+  /** resolves once the index file that names this pack (if one was cut) is written */
+  add(pack: IndexFile['packs'][number]): Promise<void> {
+    this.pending.push(pack)
+    return this.pending.length >= PACKS_PER_INDEX ? this.cut() : Promise.resolve()
+  }
+
+  private cut(): Promise<void> {
+    const packs = this.pending
+    this.pending = []
+    const file: IndexFile = {version: 1, packs}
+    const data = Buffer.from(JSON.stringify(file))
+    const id = sha256(data)
+    this.chain = this.chain.then(async () => {
+      await this.sink(id, data, file)
+      this.written++
+    })
+    return this.chain
+  }
+
+  async flush(): Promise<void> {
+    if (this.pending.length > 0) await this.cut()
+    else await this.chain
+  }
+}
+
+export class PackCheckError extends Error {
+  constructor(readonly reason: string) {
+    super(reason)
+    this.name = 'PackCheckError'
+  }
+}
+
+/**
+ * Check a whole pack: its SHA-256 is its id, its header parses, and every blob decodes to its
+ * hash. Tree blobs are handed to onTree (decoded). Returns the header's blob list.
+ */
+export function verifyPack(data: Buffer, packId: string, where: string, onTree?: (id: string, plain: Buffer) => void): PackBlob[] {
+  if (sha256(data) !== packId) throw new PackCheckError('its content does not match its name (SHA-256 mismatch)')
+  let blobs: PackBlob[]
+  try {
+    blobs = parsePackHeader(data, where)
+  } catch (e) {
+    throw new PackCheckError((e as Error).message)
+  }
+  for (const b of blobs) {
+    if (b.type !== 'data' && b.type !== 'tree') throw new PackCheckError(`blob ${String(b.id).slice(0, 16)} has unknown type ${JSON.stringify(b.type)}`)
+    let plain: Buffer
+    try {
+      plain = decodeBlob(data.subarray(b.offset, b.offset + b.length), b.id, b.raw, where)
+    } catch (e) {
+      if (e instanceof CorruptBlobError) throw new PackCheckError(e.message)
+      throw e
+    }
+    if (b.type === 'tree') onTree?.(b.id, plain)
+  }
+  return blobs
+}
+
+/** Parse and check a repository config read from `where`. */
+export function parseRepoConfig(raw: Buffer, where: string): RepoConfig {
+  let config: RepoConfig
+  try {
+    config = JSON.parse(raw.toString('utf8')) as RepoConfig
+  } catch {
+    throw new HolyshipError('REMOTE_CORRUPT', `${where}/config is not valid JSON`)
+  }
+  if (!config || config.format !== FORMAT_NAME || typeof config.id !== 'string' || !config.chunker) {
+    throw new HolyshipError('REMOTE_CORRUPT', `${where}/config is not a holyship repository config`)
+  }
+  if (typeof config.version !== 'number' || config.version > FORMAT_VERSION) {
+    throw new HolyshipError('REPO_NEWER_FORMAT', `${where} has repository format ${config.version}; this holyship reads up to ${FORMAT_VERSION}`, {hint: 'upgrade holyship'})
+  }
+  return config
+}
+
+/** the root trees of a snapshot: image, filesystem diff, every mount */
+export function snapshotRoots(m: SnapshotManifest): string[] {
+  const roots: string[] = []
+  if (m.container?.image?.tree) roots.push(m.container.image.tree)
+  if (m.container?.fsDiff) roots.push(m.container.fsDiff)
+  for (const mount of m.mounts ?? []) if (mount.tree) roots.push(mount.tree)
+  return roots
+}
+
+/** the blobs a tree names directly: data chunks of its files, and its subdirectories' trees */
+export function treeChildren(tree: Tree): {data: string[]; subtrees: string[]} {
+  const data: string[] = []
+  const subtrees: string[] = []
+  for (const node of tree.nodes) {
+    if (node.content) for (const c of node.content) data.push(c)
+    if (node.subtree) subtrees.push(node.subtree)
+  }
+  return {data, subtrees}
+}
+
+/** Parse a manifest whose bytes were checked against its id. */
+export function parseManifest(data: Buffer, id: string, where: string): SnapshotManifest {
+  if (sha256(data) !== id) throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is damaged: its content does not match its name`)
+  let m: SnapshotManifest
+  try {
+    m = JSON.parse(data.toString('utf8')) as SnapshotManifest
+  } catch {
+    throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not valid JSON`)
+  }
+  if (typeof m.version !== 'number' || m.version > 1) {
+    throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
+  }
+  return m
+}
+
+/**
+ * Bring the catalogue's copy of the remote's index files up to date: only index files not seen
+ * before are read (each checked against its name). If one we knew is gone (pruned elsewhere),
+ * the namespace is forgotten and relearnt. Listing `index/` is small; no pack is listed.
+ */
+export async function syncRemoteIndex(cat: Catalogue, remote: RemoteHandle, parallel: number): Promise<{indexFiles: number; fetched: number}> {
+  const ns = remote.namespace
+  const listed = (await remote.backend.list('index/')).map((e) => e.key.slice('index/'.length))
+  const listedSet = new Set(listed)
+  let known = cat.indexFilesKnown(ns)
+  if ([...known].some((id) => !listedSet.has(id))) {
+    cat.forgetRepository(ns)
+    known = new Set()
+  }
+  const todo = listed.filter((id) => !known.has(id))
+  await pool(todo, parallel, async (id) => {
+    const key = indexKey(id)
+    const data = await remote.backend.get(key)
+    if (sha256(data) !== id) throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is damaged: its content does not match its name`)
+    let file: IndexFile
+    try {
+      file = JSON.parse(data.toString('utf8')) as IndexFile
+    } catch {
+      throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is not valid JSON`)
+    }
+    if (!file || !Array.isArray(file.packs)) throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is not an index file`)
+    cat.recordIndexFile(ns, id, file)
+  })
+  return {indexFiles: listed.length, fetched: todo.length}
+}
+
+/**
+ * Bring the catalogue's list of the remote's snapshots up to date: manifests not seen before
+ * are read and checked; snapshots gone from the remote are dropped from the namespace.
+ */
+export async function syncRemoteSnapshots(cat: Catalogue, remote: RemoteHandle, parallel: number): Promise<{snapshots: number; fetched: number}> {
+  const ns = remote.namespace
+  const listed = (await remote.backend.list('snapshots/')).map((e) => e.key.slice('snapshots/'.length))
+  const inCat = new Set(cat.snapshotIds(ns))
+  const todo = listed.filter((id) => !inCat.has(id))
+  await pool(todo, parallel, async (id) => {
+    const m = parseManifest(await remote.backend.get(snapshotKey(id)), id, remote.location)
+    cat.recordSnapshot(ns, id, m)
+  })
+  const listedSet = new Set(listed)
+  for (const id of inCat) if (!listedSet.has(id)) cat.removeSnapshot(ns, id)
+  return {snapshots: listed.length, fetched: todo.length}
+}
+
+/** Read the remote's config, or undefined when it has none. */
+export async function readRemoteConfig(remote: RemoteHandle): Promise<{raw: Buffer; config: RepoConfig} | undefined> {
+  let raw: Buffer
+  try {
+    raw = await remote.backend.get('config')
+  } catch (e) {
+    if (isNotFound(e)) return undefined
+    throw e
+  }
+  return {raw, config: parseRepoConfig(raw, remote.location)}
+}
