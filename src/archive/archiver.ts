@@ -25,6 +25,10 @@ export interface SourceEntry {
   opaque?: boolean
   /** regular files: the content */
   content?: AsyncIterable<Buffer>
+  /** regular files known unchanged since the parent snapshot: its chunk ids, not read again */
+  reuse?: {content: string[]; size: number}
+  ctime?: [number, number]
+  inode?: number
 }
 
 interface DirBuild {
@@ -69,6 +73,8 @@ export class Archiver {
       mtime: entry.mtime,
     }
     if (entry.xattrs && Object.keys(entry.xattrs).length > 0) node.xattrs = entry.xattrs
+    if (entry.ctime) node.ctime = entry.ctime
+    if (entry.inode !== undefined) node.inode = entry.inode
     switch (entry.type) {
       case 'dir':
         if (entry.opaque) node.opaque = true
@@ -77,6 +83,14 @@ export class Archiver {
         if (path === '') return
         break
       case 'file': {
+        if (entry.reuse) {
+          node.size = entry.reuse.size
+          node.content = entry.reuse.content
+          this.stats.files++
+          this.stats.bytes += entry.reuse.size
+          this.stats.reused = (this.stats.reused ?? 0) + 1
+          break
+        }
         const {content, size} = await this.chunkContent(entry.content)
         node.size = size
         node.content = content
@@ -100,6 +114,12 @@ export class Archiver {
     }
     if (path === '') throw new Error('the root of an archive must be a directory')
     this.dir(parentOf(path)).children.set(node.name, node)
+  }
+
+  /** true when every chunk is in the repository (a parent's file can be reused as it is) */
+  hasAll(ids: string[]): boolean {
+    for (const id of ids) if (!this.repo.hasBlob(id)) return false
+    return true
   }
 
   /** Chunk a stream and store its chunks; returns the chunk ids and the byte count. */

@@ -5,10 +5,11 @@
  * stored as read and reported in stats.changed.
  */
 import {execFile} from 'node:child_process'
-import {createReadStream, promises as fsp, Stats} from 'node:fs'
+import {promises as fsp} from 'node:fs'
 import * as path from 'node:path'
 import {promisify} from 'node:util'
 import debugFactory from 'debug'
+import {Tree, TreeNode} from '../repo/format.js'
 import {Archiver, SourceEntry} from './archiver.js'
 
 const debug = debugFactory('holyship:fs-source')
@@ -19,6 +20,8 @@ export interface FsSourceOptions {
   overlay?: boolean
   /** relative paths (no leading /) to leave out, with everything below them */
   exclude?: Set<string>
+  /** the same source's tree in the previous snapshot: unchanged files are not read again */
+  parent?: {tree?: string; loadTree: (id: string) => Promise<Tree>}
 }
 
 export function major(rdev: number): number {
@@ -73,18 +76,23 @@ function unescapeGetfattr(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
 }
 
-function mtimeOf(st: Stats & {mtimeNs?: bigint}): [number, number] {
-  const ns = st.mtimeNs ?? BigInt(Math.round(st.mtimeMs * 1e6))
+type BigStats = import('node:fs').BigIntStats
+
+function timeOf(ns: bigint): [number, number] {
   const sec = ns / 1_000_000_000n
   return [Number(sec), Number(ns - sec * 1_000_000_000n)]
 }
 
-/** Walk `root` depth-first and add every entry to the archiver. */
+function sameTime(a: [number, number] | undefined, b: [number, number]): boolean {
+  return !!a && a[0] === b[0] && a[1] === b[1]
+}
+
+/** Walk `root` depth-first and add every entry to the archiver; returns the paths that changed while read. */
 export async function archiveDir(root: string, archiver: Archiver, opts: FsSourceOptions = {}): Promise<string[]> {
   const changed: string[] = []
   const xattrs = await readXattrs(root)
   const links = new Map<string, string>()
-  const meta = (rel: string, st: Stats): Omit<SourceEntry, 'type'> => {
+  const meta = (rel: string, st: BigStats): Omit<SourceEntry, 'type'> => {
     const x = xattrs.get(rel)
     let xa: Record<string, string> | undefined
     if (x) {
@@ -92,16 +100,23 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
       for (const [k, v] of Object.entries(x)) if (!(opts.overlay && k.startsWith('trusted.overlay.'))) xa[k] = v
       if (Object.keys(xa).length === 0) xa = undefined
     }
-    return {path: rel, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: mtimeOf(st as Stats & {mtimeNs?: bigint}), xattrs: xa}
+    return {path: rel, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), mtime: timeOf(st.mtimeNs), xattrs: xa}
+  }
+  const parentChildren = async (tree: string | undefined): Promise<Map<string, TreeNode> | undefined> => {
+    if (!tree || !opts.parent) return undefined
+    try {
+      return new Map((await opts.parent.loadTree(tree)).nodes.map((n) => [n.name, n]))
+    } catch (e) {
+      debug('parent tree %s unreadable, reading everything: %s', tree, (e as Error).message)
+      return undefined
+    }
   }
 
-  const visit = async (rel: string): Promise<void> => {
+  const visit = async (rel: string, prev: TreeNode | undefined): Promise<void> => {
     const abs = rel === '' ? root : path.join(root, rel)
-    let st: Stats
+    let st: BigStats
     try {
-      st = (await fsp.lstat(abs, {bigint: false})) as Stats
-      const big = await fsp.lstat(abs, {bigint: true})
-      ;(st as Stats & {mtimeNs?: bigint}).mtimeNs = big.mtimeNs
+      st = await fsp.lstat(abs, {bigint: true})
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT' && rel !== '') {
         changed.push(rel)
@@ -123,30 +138,44 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         throw e
       }
       names.sort()
+      const before = await parentChildren(prev?.type === 'dir' ? prev.subtree : undefined)
       for (const name of names) {
         const childRel = rel === '' ? name : `${rel}/${name}`
         if (opts.exclude?.has(childRel)) continue
-        await visit(childRel)
+        await visit(childRel, before?.get(name))
       }
       return
     }
     if (st.isFile()) {
-      if (st.nlink > 1) {
+      const m = meta(rel, st)
+      if (st.nlink > 1n) {
         const key = `${st.dev}:${st.ino}`
         const first = links.get(key)
         if (first !== undefined) {
-          await archiver.add({...meta(rel, st), type: 'hardlink', target: first})
+          await archiver.add({...m, type: 'hardlink', target: first})
           return
         }
         links.set(key, rel)
       }
-      let stream
+      const ctime = timeOf(st.ctimeNs)
+      const inode = Number(st.ino)
+      const size = Number(st.size)
+      // unchanged since the parent snapshot (size, mtime, ctime, inode): reuse its chunks unread
+      if (
+        prev?.type === 'file' &&
+        prev.size === size &&
+        prev.inode === inode &&
+        sameTime(prev.ctime, ctime) &&
+        sameTime(prev.mtime, m.mtime) &&
+        prev.content &&
+        archiver.hasAll(prev.content)
+      ) {
+        await archiver.add({...m, type: 'file', ctime, inode, reuse: {content: prev.content, size}})
+        return
+      }
+      let fh
       try {
-        stream = createReadStream(abs, {highWaterMark: 1024 * 1024})
-        await new Promise<void>((resolve, reject) => {
-          stream!.once('open', () => resolve())
-          stream!.once('error', reject)
-        })
+        fh = await fsp.open(abs, 'r')
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
           changed.push(rel)
@@ -154,9 +183,13 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         }
         throw e
       }
-      await archiver.add({...meta(rel, st), type: 'file', content: stream as AsyncIterable<Buffer>})
-      const after = await fsp.lstat(abs).catch(() => undefined)
-      if (!after || after.size !== st.size || after.mtimeMs !== st.mtimeMs) changed.push(rel)
+      try {
+        await archiver.add({...m, type: 'file', ctime, inode, content: readFile(fh)})
+      } finally {
+        await fh.close()
+      }
+      const after = await fsp.lstat(abs, {bigint: true}).catch(() => undefined)
+      if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
       return
     }
     if (st.isSymbolicLink()) {
@@ -165,15 +198,15 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
       return
     }
     if (st.isCharacterDevice()) {
-      if (opts.overlay && st.rdev === 0) {
+      if (opts.overlay && st.rdev === 0n) {
         await archiver.add({...meta(rel, st), type: 'whiteout'})
         return
       }
-      await archiver.add({...meta(rel, st), type: 'chardev', devMajor: major(st.rdev), devMinor: minor(st.rdev)})
+      await archiver.add({...meta(rel, st), type: 'chardev', devMajor: major(Number(st.rdev)), devMinor: minor(Number(st.rdev))})
       return
     }
     if (st.isBlockDevice()) {
-      await archiver.add({...meta(rel, st), type: 'blockdev', devMajor: major(st.rdev), devMinor: minor(st.rdev)})
+      await archiver.add({...meta(rel, st), type: 'blockdev', devMajor: major(Number(st.rdev)), devMinor: minor(Number(st.rdev))})
       return
     }
     if (st.isFIFO()) {
@@ -183,6 +216,32 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     // sockets are not archived (they cannot be restored meaningfully)
     debug('skipping socket %s', abs)
   }
-  await visit('')
+  const rootPrev: TreeNode | undefined = opts.parent?.tree ? {name: '', type: 'dir', mode: 0, uid: 0, gid: 0, mtime: [0, 0], subtree: opts.parent.tree} : undefined
+  await visit('', rootPrev)
   return changed
+}
+
+/**
+ * Read a file to its end in 4 MiB pieces with positioned reads, the next read already under
+ * way while the current piece is chunked and hashed. Each piece is a fresh buffer: the
+ * chunker keeps views of it until its chunks are stored.
+ */
+async function* readFile(fh: import('node:fs/promises').FileHandle): AsyncGenerator<Buffer> {
+  const size = 4 * 1024 * 1024
+  let pos = 0
+  const readAt = async (at: number): Promise<Buffer> => {
+    const buf = Buffer.allocUnsafeSlow(size)
+    const {bytesRead} = await fh.read(buf, 0, size, at)
+    return bytesRead === size ? buf : buf.subarray(0, bytesRead)
+  }
+  let next = readAt(pos)
+  for (;;) {
+    const buf = await next
+    if (buf.length === 0) return
+    pos += buf.length
+    next = readAt(pos)
+    // never leave a read in flight unobserved (the file handle closes after we return)
+    next.catch(() => undefined)
+    yield buf
+  }
 }

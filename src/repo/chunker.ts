@@ -65,7 +65,7 @@ export class Chunker {
     this.maskL = maskOf(bits - 2)
   }
 
-  /** Feed data; returns the chunks completed by it (each a fresh Buffer). */
+  /** Feed data (buffers the caller will not reuse); returns the chunks it completes. */
   push(data: Buffer): Buffer[] {
     const out: Buffer[] = []
     let pos = 0
@@ -92,7 +92,8 @@ export class Chunker {
   }
 
   private take(): Buffer {
-    const chunk = this.pending.length === 1 ? Buffer.from(this.pending[0]) : Buffer.concat(this.pending, this.pendingLen)
+    // a chunk inside one input buffer is a view of it (the caller hands us fresh buffers)
+    const chunk = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingLen)
     this.pending = []
     this.pendingLen = 0
     this.hash = 0

@@ -44,6 +44,12 @@ export interface TreeNode {
   gid: number
   /** modification time: [seconds since the epoch, nanoseconds] */
   mtime: [number, number]
+  /**
+   * direct reader only: status-change time and inode number, so that the next snapshot can
+   * reuse an unchanged file's chunks without reading it (with size and mtime)
+   */
+  ctime?: [number, number]
+  inode?: number
   /** regular files: length in bytes and the data blob ids in order */
   size?: number
   content?: string[]
@@ -91,6 +97,8 @@ export interface ArchiveStats {
   newBlobs: number
   /** paths that changed while they were read (a live snapshot) */
   changed?: string[]
+  /** files reused from the parent snapshot without reading them */
+  reused?: number
 }
 
 export interface ImageRecord {

@@ -22,24 +22,25 @@ export function sha256(data: Buffer | string): string {
 
 /**
  * Encode one blob: compress with zstd unless that does not pay, and check that what will
- * be stored decodes back to the blob's hash before it leaves (restic #4523).
+ * be stored decodes back to the blob's hash before it leaves (restic #4523). Returns the
+ * encoding byte and the payload (which may be `plain` itself: no copy).
  */
-export function encodeBlob(plain: Buffer, id: string, level: number): Buffer {
+export function encodeBlobParts(plain: Buffer, id: string, level: number): {enc: number; payload: Buffer} {
   const z = plain.length >= 64 ? compressChunk(plain, level) : undefined
   if (z && z.length + 1 < plain.length - plain.length / 32) {
-    const out = Buffer.allocUnsafe(z.length + 1)
-    out[0] = ENC_ZSTD
-    z.copy(out, 1)
-    const back = decompressChunk(z, plain.length)
+    const back = decompressChunk(z, plain.length, true)
     if (back.length !== plain.length || sha256(back) !== id) {
       throw new Error(`compression self-check failed for blob ${id}: the compressed data does not decode to it`)
     }
-    return out
+    return {enc: ENC_ZSTD, payload: z}
   }
-  const out = Buffer.allocUnsafe(plain.length + 1)
-  out[0] = ENC_PLAIN
-  plain.copy(out, 1)
-  return out
+  return {enc: ENC_PLAIN, payload: plain}
+}
+
+/** encodeBlobParts as one buffer: the stored form of a blob */
+export function encodeBlob(plain: Buffer, id: string, level: number): Buffer {
+  const {enc, payload} = encodeBlobParts(plain, id, level)
+  return Buffer.concat([Buffer.from([enc]), payload])
 }
 
 /** Decode a stored blob and verify its content hash. */
@@ -66,11 +67,15 @@ export class CorruptBlobError extends Error {
   }
 }
 
-/** Accumulates encoded blobs into one pack. */
+/**
+ * Accumulates encoded blobs into one pack, in one buffer that is reused from pack to pack
+ * (no per-blob or per-pack concatenation: big short-lived buffers are what makes V8's
+ * garbage collector busy).
+ */
 export class PackBuilder {
-  private parts: Buffer[] = []
+  private buf: Buffer = Buffer.alloc(0)
   private size = 0
-  readonly blobs: PackBlob[] = []
+  blobs: PackBlob[] = []
 
   get length(): number {
     return this.size
@@ -80,21 +85,49 @@ export class PackBuilder {
     return this.blobs.length
   }
 
+  private reserve(n: number): void {
+    if (this.size + n <= this.buf.length) return
+    const next = Buffer.allocUnsafeSlow(Math.max(this.size + n, this.buf.length * 2, 1 << 20))
+    this.buf.copy(next, 0, 0, this.size)
+    this.buf = next
+  }
+
+  /** add a stored blob (encoding byte included) */
   add(id: string, type: BlobType, encoded: Buffer, raw: number): void {
+    this.reserve(encoded.length)
     this.blobs.push({id, type, offset: this.size, length: encoded.length, raw})
-    this.parts.push(encoded)
+    encoded.copy(this.buf, this.size)
     this.size += encoded.length
   }
 
-  /** The finished pack and its id. */
+  /** add a blob as its encoding byte and payload */
+  addParts(id: string, type: BlobType, enc: number, payload: Buffer, raw: number): void {
+    this.reserve(payload.length + 1)
+    this.blobs.push({id, type, offset: this.size, length: payload.length + 1, raw})
+    this.buf[this.size] = enc
+    payload.copy(this.buf, this.size + 1)
+    this.size += payload.length + 1
+  }
+
+  /**
+   * The finished pack and its id. `data` is a view of the builder's buffer: use it before
+   * adding to the builder again (reset() starts the next pack).
+   */
   finish(): {id: string; data: Buffer; blobs: PackBlob[]} {
     const header = Buffer.concat([Buffer.from([ENC_PLAIN]), Buffer.from(JSON.stringify({v: 1, blobs: this.blobs}))])
     const trailer = Buffer.alloc(4 + PACK_MAGIC.length)
     trailer.writeUInt32LE(header.length, 0)
     PACK_MAGIC.copy(trailer, 4)
-    const data = Buffer.concat([...this.parts, header, trailer])
-    this.parts = []
+    this.reserve(header.length + trailer.length)
+    header.copy(this.buf, this.size)
+    trailer.copy(this.buf, this.size + header.length)
+    const data = this.buf.subarray(0, this.size + header.length + trailer.length)
     return {id: sha256(data), data, blobs: this.blobs}
+  }
+
+  reset(): void {
+    this.size = 0
+    this.blobs = []
   }
 }
 

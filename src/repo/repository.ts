@@ -23,7 +23,7 @@ import {
   indexKey,
   snapshotKey,
 } from './format.js'
-import {CorruptBlobError, PackBuilder, decodeBlob, encodeBlob, sha256} from './pack.js'
+import {CorruptBlobError, PackBuilder, decodeBlob, encodeBlobParts, sha256} from './pack.js'
 
 const debug = debugFactory('holyship:repo')
 
@@ -192,11 +192,11 @@ export class Repository {
   /** Store a blob unless the repository has it. `id` may be passed when already computed. */
   async saveBlob(type: BlobType, plain: Buffer, id = sha256(plain)): Promise<SaveResult> {
     if (this.hasBlob(id)) return {id, added: 0}
-    const encoded = encodeBlob(plain, id, this.config.compression.level)
-    this.pending.add(id, type, encoded, plain.length)
+    const {enc, payload} = encodeBlobParts(plain, id, this.config.compression.level)
+    this.pending.addParts(id, type, enc, payload, plain.length)
     this.pendingIds.set(id, {type, raw: plain.length})
     if (this.pending.length >= this.config.packSize) await this.writePack()
-    return {id, added: encoded.length}
+    return {id, added: payload.length + 1}
   }
 
   async saveTree(tree: Tree): Promise<SaveResult> {
@@ -213,9 +213,12 @@ export class Repository {
   private async writePack(): Promise<void> {
     if (this.pending.count === 0) return
     const {id, data, blobs} = this.pending.finish()
-    this.pending = new PackBuilder()
     const key = dataKey(id)
-    await this.backend.put(key, data)
+    try {
+      await this.backend.put(key, data)
+    } finally {
+      this.pending.reset()
+    }
     // a store can truncate silently (rustic #249): check what landed
     const size = await this.backend.stat(key)
     if (size !== data.length) {
@@ -251,7 +254,7 @@ export class Repository {
 
   /** Drop what is not yet in a pack (an aborted snapshot). Written packs stay, unreferenced. */
   discardPending(): void {
-    this.pending = new PackBuilder()
+    this.pending.reset()
     this.pendingIds.clear()
   }
 

@@ -1,22 +1,64 @@
-import {Compressor, Decompressor} from 'zstd-napi'
+/**
+ * zstd through zstd-napi's low-level binding, compressing and decompressing into scratch
+ * buffers that are reused from chunk to chunk: no allocation per chunk, so the garbage
+ * collector stays out of the hot path. Results are views of the scratch buffers, valid until
+ * the next call: copy them (into a pack) before compressing again.
+ */
+import {createRequire} from 'node:module'
 
-// one compressor per level, reused: creating a zstd context per chunk costs more than small chunks
-const compressors = new Map<number, Compressor>()
-let decompressor: Decompressor | undefined
-
-export function compressChunk(plain: Buffer, level: number): Buffer {
-  let c = compressors.get(level)
-  if (!c) {
-    c = new Compressor()
-    c.setParameters({compressionLevel: level, checksumFlag: true})
-    compressors.set(level, c)
-  }
-  return c.compress(plain)
+interface CCtx {
+  setParameter(param: number, value: number): void
+  compress2(dst: Uint8Array, src: Uint8Array): number
+}
+interface DCtx {
+  decompress(dst: Uint8Array, src: Uint8Array): number
+}
+interface Binding {
+  CCtx: new () => CCtx
+  DCtx: new () => DCtx
+  CParameter: Record<string, number>
+  compressBound(n: number): number
 }
 
-export function decompressChunk(z: Buffer, expectedLength: number): Buffer {
-  decompressor ??= new Decompressor()
-  const out = decompressor.decompress(z)
-  if (out.length !== expectedLength) throw new Error(`decompressed to ${out.length} bytes, expected ${expectedLength}`)
-  return out
+const binding = createRequire(import.meta.url)('zstd-napi/binding') as Binding
+
+const contexts = new Map<number, CCtx>()
+let dctx: DCtx | undefined
+let cScratch = Buffer.alloc(0)
+let dScratch = Buffer.alloc(0)
+
+function cctx(level: number): CCtx {
+  let c = contexts.get(level)
+  if (!c) {
+    c = new binding.CCtx()
+    c.setParameter(binding.CParameter.compressionLevel, level)
+    c.setParameter(binding.CParameter.checksumFlag, 1)
+    contexts.set(level, c)
+  }
+  return c
+}
+
+/** Compress; the result is a view of a scratch buffer, valid until the next compressChunk(). */
+export function compressChunk(plain: Buffer, level: number): Buffer {
+  const bound = binding.compressBound(plain.length)
+  if (cScratch.length < bound) cScratch = Buffer.allocUnsafeSlow(Math.max(bound, 4 * 1024 * 1024 + 65536))
+  const n = cctx(level).compress2(cScratch, plain)
+  return cScratch.subarray(0, n)
+}
+
+/**
+ * Decompress a frame of known plaintext length. With `scratch` the result is a view of a
+ * scratch buffer, valid until the next call (for checks); otherwise a fresh buffer.
+ */
+export function decompressChunk(z: Buffer, expectedLength: number, scratch = false): Buffer {
+  dctx ??= new binding.DCtx()
+  let out: Buffer
+  if (scratch) {
+    if (dScratch.length < expectedLength) dScratch = Buffer.allocUnsafeSlow(Math.max(expectedLength, 4 * 1024 * 1024))
+    out = dScratch
+  } else out = Buffer.allocUnsafe(expectedLength)
+  // a frame that decodes to more than expected fails here (the output buffer is too small)
+  const n = dctx.decompress(out.subarray(0, expectedLength), z)
+  if (n !== expectedLength) throw new Error(`decompressed to ${n} bytes, expected ${expectedLength}`)
+  return out.subarray(0, n)
 }

@@ -175,12 +175,13 @@ async function readMount(
   reader: 'api' | 'direct',
   containerId: string,
   m: MountSource,
+  parentTree?: string,
 ): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode}> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
   const archiver = new Archiver(opts.repo, (n) => progress.add(n))
   if (reader === 'direct' && m.hostPath) {
-    archiver.stats.changed = await archiveDir(m.hostPath, archiver)
+    archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, parentTree)})
   } else {
     await archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true})
   }
@@ -194,6 +195,7 @@ async function readFsDiff(
   reader: 'api' | 'direct',
   info: ContainerInspect,
   mounts: MountSource[],
+  parentTree?: string,
 ): Promise<{tree?: string; stats: ArchiveStats}> {
   const {engine, repo} = opts
   const progress = opts.progress ?? silentProgress
@@ -202,7 +204,7 @@ async function readFsDiff(
   progress.phase('container filesystem')
   const archiver = new Archiver(repo, (n) => progress.add(n))
   if (reader === 'direct' && upper) {
-    archiver.stats.changed = await archiveDir(upper, archiver, {overlay: true, exclude: mountPaths})
+    archiver.stats.changed = await archiveDir(upper, archiver, {overlay: true, exclude: mountPaths, parent: parentOf(opts, parentTree)})
   } else {
     const changes = await engine.changes(info.Id)
     if (changes.length === 0) return {stats: emptyStats()}
@@ -229,6 +231,18 @@ async function readFsDiff(
   return {tree, stats: archiver.stats}
 }
 
+function parentOf(opts: SnapshotOptions, tree: string | undefined): {tree?: string; loadTree: Repository['loadTree']} | undefined {
+  return tree ? {tree, loadTree: (id) => opts.repo.loadTree(id)} : undefined
+}
+
+/** The newest earlier snapshot of the same target, for reusing unchanged files. */
+function parentManifest(opts: SnapshotOptions, name: string): {id: string; manifest: SnapshotManifest} | undefined {
+  const id = latestOf(opts.catalogue, opts.repo, name)
+  if (!id) return undefined
+  const manifest = opts.catalogue.getManifest(opts.repo.id, id)
+  return manifest ? {id, manifest} : undefined
+}
+
 function addStats(into: ArchiveStats, s: ArchiveStats): void {
   into.files += s.files
   into.dirs += s.dirs
@@ -253,16 +267,18 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
 
   const base = await containerRecord(engine, info, image.record)
   const mounts = mountsOf(info)
+  const parent = parentManifest(opts, name)
   const guard = new StateGuard(engine, info.Id, name)
   let fsDiff: {tree?: string; stats: ArchiveStats}
   const mountRecords: MountRecord[] = []
   try {
     await guard.enter(consistency, info.State)
-    fsDiff = await readFsDiff(opts, reader, info, mounts)
+    fsDiff = await readFsDiff(opts, reader, info, mounts, parent?.manifest.container?.fsDiff)
     addStats(total, fsDiff.stats)
     changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
     for (const m of mounts) {
-      const r = await readMount(opts, reader, info.Id, m)
+      const prev = parent?.manifest.mounts.find((p) => p.type === m.type && p.source === m.source && p.destination === m.destination)
+      const r = await readMount(opts, reader, info.Id, m, prev?.tree)
       addStats(total, r.stats)
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
@@ -285,7 +301,6 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   }
 
   const container: ContainerRecord = {...base, fsDiff: fsDiff.tree, fsDiffStats: fsDiff.stats}
-  const parent = latestOf(catalogue, repo, name)
   const manifest: SnapshotManifest = {
     version: 1,
     kind: 'container',
@@ -297,7 +312,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
     container,
     mounts: mountRecords,
     stats: {bytes: total.bytes, newBytes: total.newBytes, files: total.files, durationMs: Date.now() - started},
-    ...(parent ? {parent} : {}),
+    ...(parent ? {parent: parent.id} : {}),
   }
   const id = await repo.saveSnapshot(manifest)
   catalogue.recordImage(repo.id, image.record)
@@ -337,12 +352,13 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
   const {repo, catalogue, engine} = opts
   const v = await engine.inspectVolume(volume)
   const reader = await chooseReader(opts, {mountpoint: v.Mountpoint})
+  const parent = parentManifest(opts, volume)
   const m: MountSource = {type: 'volume', source: volume, destination: '/holyship-volume', readOnly: true, hostPath: v.Mountpoint}
   let helper: string | undefined
   let r
   try {
     if (reader === 'api') helper = await createHelperContainer(engine, [`${volume}:/holyship-volume:ro`])
-    r = await readMount(opts, reader, helper ?? '', m)
+    r = await readMount(opts, reader, helper ?? '', m, parent?.manifest.mounts.find((p) => p.source === volume && p.type === 'volume')?.tree)
     await repo.flush()
   } catch (e) {
     repo.discardPending()
@@ -363,7 +379,6 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
     stats: r.stats,
   }
   if (r.root) rec.root = r.root
-  const parent = latestOf(catalogue, repo, volume)
   const manifest: SnapshotManifest = {
     version: 1,
     kind: 'volume',
@@ -374,7 +389,7 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
     reader,
     mounts: [rec],
     stats: {bytes: r.stats.bytes, newBytes: r.stats.newBytes, files: r.stats.files, durationMs: Date.now() - started},
-    ...(parent ? {parent} : {}),
+    ...(parent ? {parent: parent.id} : {}),
   }
   const id = await repo.saveSnapshot(manifest)
   catalogue.recordSnapshot(repo.id, id, manifest)
