@@ -147,30 +147,46 @@ export class Archiver {
     return {content: ids, size}
   }
 
-  /** Write all trees, deepest first; returns the root tree id. */
+  /**
+   * A depth-first source is done with a directory: write its tree now and forget its
+   * entries, so memory holds only the open directories, not the whole tree.
+   */
+  async closeDir(path: string): Promise<void> {
+    const p = normalise(path)
+    if (p === '' || !this.dirs.has(p)) return
+    await this.writeDir(p)
+  }
+
+  /** Write one directory's tree (its subdirectories are written already) and link it to its parent. */
+  private async writeDir(path: string): Promise<string> {
+    const d = this.dirs.get(path)!
+    const nodes = [...d.children.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    const r = await this.repo.saveTree({nodes} satisfies Tree)
+    if (r.added > 0) this.stats.newBytes += r.added
+    if (path !== '') {
+      const parent = this.dir(parentOf(path))
+      const name = baseOf(path)
+      let node = parent.children.get(name)
+      if (!node || node.type !== 'dir') {
+        // a directory known only from its children: record it with neutral metadata
+        node = d.node ?? {name, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]}
+        parent.children.set(name, node)
+      }
+      node.subtree = r.id
+      this.dirs.delete(path)
+    }
+    return r.id
+  }
+
+  /** Write all trees still open, deepest first; returns the root tree id. */
   async finish(): Promise<string> {
     const paths = [...this.dirs.keys()].sort((a, b) => depth(b) - depth(a))
-    const ids = new Map<string, string>()
+    let root = ''
     for (const path of paths) {
-      const d = this.dirs.get(path)!
-      // children directories were written before (deeper first) and carry their subtree ids
-      const nodes = [...d.children.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-      const r = await this.repo.saveTree({nodes} satisfies Tree)
-      if (r.added > 0) this.stats.newBytes += r.added
-      ids.set(path, r.id)
-      if (path !== '') {
-        const parent = this.dirs.get(parentOf(path))!
-        const name = baseOf(path)
-        let node = parent.children.get(name)
-        if (!node || node.type !== 'dir') {
-          // a directory known only from its children: record it with neutral metadata
-          node = d.node ?? {name, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]}
-          parent.children.set(name, node)
-        }
-        node.subtree = r.id
-      }
+      const id = await this.writeDir(path)
+      if (path === '') root = id
     }
-    return ids.get('')!
+    return root
   }
 
   /** The root directory's own metadata (mode, owner, mtime) if the source gave it. */

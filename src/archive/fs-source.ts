@@ -144,6 +144,8 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         if (opts.exclude?.has(childRel)) continue
         await visit(childRel, before?.get(name))
       }
+      // depth-first: this directory is complete, write its tree and free its entries
+      await archiver.closeDir(rel)
       return
     }
     if (st.isFile()) {

@@ -183,7 +183,7 @@ async function readMount(
   if (reader === 'direct' && m.hostPath) {
     archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, parentTree)})
   } else {
-    await archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true})
+    await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true}))
   }
   const tree = await archiver.finish()
   return {tree, stats: archiver.stats, root: archiver.rootNode()}
@@ -220,7 +220,7 @@ async function readFsDiff(
     for (const p of [...keep, ...deleted]) {
       for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
     }
-    await archiveTar(await engine.exportContainer(info.Id), archiver, {filter: (p) => keep.has(p)})
+    await apiRead('the container filesystem', async () => archiveTar(await engine.exportContainer(info.Id), archiver, {filter: (p) => keep.has(p)}))
     for (const p of deleted) {
       await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
     }
@@ -229,6 +229,23 @@ async function readFsDiff(
   if (s.files + s.dirs + s.others === 0) return {stats: s}
   const tree = await archiver.finish()
   return {tree, stats: archiver.stats}
+}
+
+/**
+ * A tar stream from the engine that breaks mid-way (the engine's "archive/tar: write too long"
+ * when a file grows while a live container is read, or the engine going away) is the engine's
+ * failure, reported as such, not our bug.
+ */
+async function apiRead(what: string, fn: () => Promise<void>): Promise<void> {
+  try {
+    await fn()
+  } catch (e) {
+    if (e instanceof HolyshipError || (e as NodeJS.ErrnoException).code === 'ENOSPC') throw e
+    throw new HolyshipError('DOCKER_FAILED', `reading ${what} through the Docker API failed: ${(e as Error).message}`, {
+      hint: 'files that change while read break the engine\'s tar stream: pause the container (the default) or run as root on the engine host (direct reader)',
+      cause: e,
+    })
+  }
 }
 
 function parentOf(opts: SnapshotOptions, tree: string | undefined): {tree?: string; loadTree: Repository['loadTree']} | undefined {
