@@ -186,7 +186,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         throw e
       }
       try {
-        await archiver.add({...m, type: 'file', ctime, inode, content: readFile(fh)})
+        await archiver.add({...m, type: 'file', ctime, inode, content: readFile(fh, size)})
       } finally {
         await fh.close()
       }
@@ -224,26 +224,27 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
 }
 
 /**
- * Read a file to its end in 4 MiB pieces with positioned reads, the next read already under
- * way while the current piece is chunked and hashed. Each piece is a fresh buffer: the
- * chunker keeps views of it until its chunks are stored.
+ * Read a file to its end with positioned reads of at most 4 MiB, sized by the size lstat
+ * gave (one read of size+1 bytes for a small file: a short read is the end), the next read
+ * already in flight while the current piece is chunked and hashed. Each piece is a fresh
+ * buffer: the chunker keeps views of it until its chunks are stored.
  */
-async function* readFile(fh: import('node:fs/promises').FileHandle): AsyncGenerator<Buffer> {
-  const size = 4 * 1024 * 1024
+async function* readFile(fh: import('node:fs/promises').FileHandle, expected: number): AsyncGenerator<Buffer> {
+  const MAX = 4 * 1024 * 1024
   let pos = 0
-  const readAt = async (at: number): Promise<Buffer> => {
-    const buf = Buffer.allocUnsafeSlow(size)
-    const {bytesRead} = await fh.read(buf, 0, size, at)
-    return bytesRead === size ? buf : buf.subarray(0, bytesRead)
+  const readAt = async (at: number): Promise<{buf: Buffer; full: boolean}> => {
+    const want = Math.min(MAX, Math.max(expected - at, 0) + 1)
+    const buf = Buffer.allocUnsafeSlow(want)
+    const {bytesRead} = await fh.read(buf, 0, want, at)
+    return {buf: bytesRead === want ? buf : buf.subarray(0, bytesRead), full: bytesRead === want}
   }
-  let next = readAt(pos)
-  for (;;) {
-    const buf = await next
-    if (buf.length === 0) return
+  let next: Promise<{buf: Buffer; full: boolean}> | undefined = readAt(pos)
+  while (next) {
+    const {buf, full}: {buf: Buffer; full: boolean} = await next
     pos += buf.length
-    next = readAt(pos)
-    // never leave a read in flight unobserved (the file handle closes after we return)
-    next.catch(() => undefined)
-    yield buf
+    // a short read is the end of the file; a full one may be followed by more (a growing file)
+    next = full ? readAt(pos) : undefined
+    next?.catch(() => undefined)
+    if (buf.length > 0) yield buf
   }
 }
