@@ -1,8 +1,10 @@
 import {Args, Flags} from '@oclif/core'
+import {SkippedEntry} from '../src/archive/restorer.js'
 import {BaseCommand} from '../src/cli/base.js'
+import {HolyshipError} from '../src/errors.js'
 import {formatBytes} from '../src/progress.js'
 import {resolveSnapshot} from '../src/services/inspect.js'
-import {restore, restorePath, RestoreResult} from '../src/services/restore.js'
+import {restore, restorePath, RestorePathResult, RestoreResult} from '../src/services/restore.js'
 import {withContext} from '../src/services/run.js'
 
 export default class Restore extends BaseCommand<typeof Restore> {
@@ -15,15 +17,18 @@ export default class Restore extends BaseCommand<typeof Restore> {
     force: Flags.boolean({description: 'replace an existing container, volume or target files'}),
     path: Flags.string({description: 'restore only this path (as the container sees it) to --target', dependsOn: ['target']}),
     target: Flags.string({description: 'host directory for --path', dependsOn: ['path']}),
+    partial: Flags.boolean({
+      description: 'restore what is intact of a damaged snapshot: files whose data is damaged are left out and listed, then exit 15 (REPO_DAMAGED)',
+    }),
     'docker-host': Flags.string({description: 'Docker engine (default: DOCKER_HOST)'}),
   }
 
-  async run(): Promise<RestoreResult | {source: string; target: string; files: number; bytes: number}> {
+  async run(): Promise<RestoreResult | RestorePathResult> {
     const f = this.flags
-    return withContext(f, async (ctx, engine) => {
+    const r = await withContext(f, async (ctx, engine): Promise<RestoreResult | RestorePathResult> => {
       const {id, manifest} = resolveSnapshot(ctx, this.args.snapshot)
       if (f.path) {
-        const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, progress: this.progress()})
+        const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})
         this.say(`restored ${f.path} (${r.files} files, ${formatBytes(r.bytes)}) from the ${r.source} into ${r.target}`)
         return r
       }
@@ -36,6 +41,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
         volumePrefix: f['volume-prefix'],
         start: f.start,
         force: f.force,
+        partial: f.partial,
         progress: this.progress(),
       })
       if (r.container) this.say(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)
@@ -43,5 +49,20 @@ export default class Restore extends BaseCommand<typeof Restore> {
       for (const b of r.binds) this.say(`restored bind mount ${b.source} at ${b.destination}`)
       return r
     })
+    this.failOnSkipped(r, f.start && 'container' in r && r.container !== undefined)
+    return r
+  }
+
+  /** --partial: list what was left out (stderr), print the result with --json, then exit REPO_DAMAGED */
+  private failOnSkipped(r: {skipped?: SkippedEntry[]}, wantedStart: boolean | undefined): void {
+    const skipped = r.skipped
+    if (!skipped || skipped.length === 0) return
+    for (const s of skipped) process.stderr.write(`not restored: ${s.path}: ${s.reason}\n`)
+    if (this.jsonEnabled()) this.logJson(r)
+    throw new HolyshipError(
+      'REPO_DAMAGED',
+      `${skipped.length} path(s) could not be restored because their data is damaged; everything else was restored${wantedStart ? ' (the container was not started)' : ''}`,
+      {hint: 'run `holyship verify --read-data` for the damaged objects'},
+    )
   }
 }

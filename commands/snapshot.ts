@@ -1,7 +1,8 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
 import {formatBytes} from '../src/progress.js'
-import {withContext} from '../src/services/run.js'
+import {openEngine} from '../src/services/context.js'
+import {withLockedContext} from '../src/services/locking.js'
 import {snapshot, SnapshotResult} from '../src/services/snapshot.js'
 
 export default class Snapshot extends BaseCommand<typeof Snapshot> {
@@ -25,11 +26,13 @@ export default class Snapshot extends BaseCommand<typeof Snapshot> {
   async run(): Promise<SnapshotResult[]> {
     const {argv} = await this.parse(Snapshot)
     const f = this.flags
-    return withContext(f, async (ctx, engine) => {
+    // a shared lock: snapshots run side by side, a prune waits for them (and they for it)
+    return withLockedContext({repo: f.repo, catalogue: f.catalogue, exclusive: false, purpose: 'snapshot', waitMs: 60_000}, async (ctx, lock) => {
       const results = await snapshot({
         repo: ctx.repo,
         catalogue: ctx.catalogue,
-        engine,
+        engine: openEngine({dockerHost: f['docker-host']}),
+        lock,
         containers: argv as string[],
         volumes: f.volume,
         tags: f.tag,

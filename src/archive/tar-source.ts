@@ -3,8 +3,10 @@
  */
 import {Readable} from 'node:stream'
 import * as tar from 'tar-stream'
+import {HolyshipError, classify, isHolyshipError} from '../errors.js'
 import {NodeType} from '../repo/format.js'
 import {Archiver, SourceEntry, normalise} from './archiver.js'
+import {badRelPath} from './tree-check.js'
 
 export interface TarSourceOptions {
   /** drop the first path component (getArchive names entries after the requested path) */
@@ -52,31 +54,70 @@ export function tarHeaderToEntry(h: tar.Header, path: string): SourceEntry | und
   }
 }
 
+/**
+ * A tar stream comes from the engine; a broken or hostile one (a path with `..`, a NUL, a hard
+ * link that climbs out, a non-directory root) must not become a tree: DOCKER_FAILED, naming
+ * the entry. Paths are normalised first (`./`, leading `/`, duplicate `/` are harmless).
+ */
+function unsafeEntry(what: string, name: string, why: string): HolyshipError {
+  return new HolyshipError('DOCKER_FAILED', `the engine's tar stream has an unsafe ${what} ${JSON.stringify(name)} (${why}); nothing was recorded`)
+}
+
+function cleanPath(p: string): string {
+  return normalise(p)
+    .split('/')
+    .filter((c) => c !== '' && c !== '.')
+    .join('/')
+}
+
 /** Feed every entry of a tar stream to the archiver. */
 export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<void> {
   const extract = tar.extract()
   stream.on('error', (e) => extract.destroy(e))
   stream.pipe(extract)
-  for await (const e of extract) {
-    const entry = e as unknown as AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
-    let path = normalise(entry.header.name)
-    if (opts.stripFirst) {
-      const i = path.indexOf('/')
-      path = i < 0 ? '' : path.slice(i + 1)
-    }
-    const se = tarHeaderToEntry(entry.header, path)
-    if (se && se.type === 'hardlink' && opts.stripFirst && se.target) {
-      const t = normalise(se.target)
-      const i = t.indexOf('/')
-      se.target = i < 0 ? '' : t.slice(i + 1)
-    }
-    if (!se || (opts.filter && !opts.filter(path, se.type))) {
+  try {
+    for await (const e of extract) {
+      const entry = e as unknown as AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
+      const name = entry.header.name
+      let path = cleanPath(name)
+      if (opts.stripFirst) {
+        const i = path.indexOf('/')
+        path = i < 0 ? '' : path.slice(i + 1)
+      }
+      if (path !== '') {
+        const why = badRelPath(path)
+        if (why) throw unsafeEntry('path', name, why)
+      }
+      const se = tarHeaderToEntry(entry.header, path)
+      if (se && se.type === 'hardlink') {
+        let t = cleanPath(se.target ?? '')
+        if (opts.stripFirst) {
+          const i = t.indexOf('/')
+          t = i < 0 ? '' : t.slice(i + 1)
+        }
+        const why = badRelPath(t)
+        if (why) throw unsafeEntry('hard link target', se.target ?? '', why)
+        se.target = t
+      }
+      if (se && se.type === 'symlink' && (se.target === '' || se.target?.includes('\0'))) throw unsafeEntry('symlink target', se.target ?? '', 'empty or NUL')
+      if (!se || (opts.filter && !opts.filter(path, se.type))) {
+        entry.resume()
+        continue
+      }
+      if (path === '' && se.type !== 'dir') {
+        throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory (a mount of a single file is not supported); nothing was recorded`)
+      }
+      if (se.type === 'file') se.content = entry
+      await archiver.add(se)
+      // make sure nothing of the entry is left unread (the archiver reads it fully)
       entry.resume()
-      continue
     }
-    if (se.type === 'file') se.content = entry
-    await archiver.add(se)
-    // make sure nothing of the entry is left unread (the archiver reads it fully)
-    entry.resume()
+  } catch (e) {
+    // ours to report as they are: HolyshipErrors, a full disk, permissions (the repository side)
+    if (isHolyshipError(e) || classify(e)) throw e
+    // a stream cut short (the engine went away) or not a tar at all
+    throw new HolyshipError('DOCKER_FAILED', `reading the engine's tar stream failed: ${(e as Error).message}`, {cause: e})
+  } finally {
+    extract.destroy()
   }
 }

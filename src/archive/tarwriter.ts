@@ -4,6 +4,7 @@
  * every entry that needs it gets a pax header of raw bytes.
  */
 import {Writable} from 'node:stream'
+import {HolyshipError} from '../errors.js'
 
 export interface TarHeader {
   name: Buffer | string
@@ -104,6 +105,22 @@ export function padding(size: number): Buffer {
 
 export const END_OF_ARCHIVE = Buffer.alloc(1024)
 
+/**
+ * The last line of defence for what we send to an engine: no absolute name, no `..`
+ * component, no NUL, and hard links only to relative names inside the archive (symlink
+ * targets may point anywhere: the engine resolves them inside the container).
+ */
+export function assertSafeEntry(h: TarHeader): void {
+  const check = (what: string, v: Buffer | string | undefined, relative: boolean): void => {
+    if (v === undefined) return
+    const s = Buffer.isBuffer(v) ? v.toString('utf8') : v
+    const bad = s.includes('\0') || (relative && (s.startsWith('/') || s.split('/').includes('..')))
+    if (bad) throw new HolyshipError('REPO_DAMAGED', `refusing to write a tar entry with the unsafe ${what} ${JSON.stringify(s)}`)
+  }
+  check('name', h.name, true)
+  check(h.type === 'hardlink' ? 'hard link target' : 'link target', h.linkname, h.type === 'hardlink')
+}
+
 /** Write a tar to a Writable with backpressure. */
 export class TarWriter {
   private written = 0
@@ -134,6 +151,7 @@ export class TarWriter {
   }
 
   async entry(h: TarHeader, content?: AsyncIterable<Buffer> | Iterable<Buffer>): Promise<void> {
+    assertSafeEntry(h)
     await this.write(encodeHeader(h))
     if (h.type !== 'file') return
     let n = 0

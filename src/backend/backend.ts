@@ -17,6 +17,8 @@
 export interface BackendEntry {
   key: string
   size: number
+  /** when the object was written, ms since the epoch, where the store reports it (prune's grace period) */
+  mtime?: number
 }
 
 export interface Backend {

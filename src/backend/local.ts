@@ -102,7 +102,10 @@ export class LocalBackend implements Backend {
         if (ent.name.startsWith('.tmp-')) continue
         const childRel = rel ? `${rel}/${ent.name}` : ent.name
         if (ent.isDirectory()) await walk(childRel)
-        else if (ent.isFile()) out.push({key: childRel, size: (await fsp.stat(path.join(this.location, childRel))).size})
+        else if (ent.isFile()) {
+          const st = await fsp.stat(path.join(this.location, childRel))
+          out.push({key: childRel, size: st.size, mtime: st.mtimeMs})
+        }
       }
     }
     await walk(base)

@@ -306,7 +306,7 @@ export class S3Backend implements Backend {
           if (o.Key === undefined) throw new Error(`${this.location}: listing returned an entry without a key`)
           if (!o.Key.startsWith(this.base)) throw new Error(`${this.location}: listing returned a key outside the prefix: ${o.Key}`)
           if (o.Key.endsWith('/')) continue // "folder" markers made by consoles
-          out.push({key: o.Key.slice(this.base.length), size: o.Size ?? 0})
+          out.push({key: o.Key.slice(this.base.length), size: o.Size ?? 0, ...(o.LastModified ? {mtime: o.LastModified.getTime()} : {})})
         }
         if (!r.IsTruncated) break
         token = r.NextContinuationToken

@@ -21,8 +21,7 @@ import * as path from 'node:path'
 import {deflateRawSync, inflateRawSync} from 'node:zlib'
 import Database from 'better-sqlite3'
 import {HolyshipError} from '../errors.js'
-import {BlobType, ImageRecord, IndexFile, SnapshotManifest, indexKey} from '../repo/format.js'
-import {sha256} from '../repo/pack.js'
+import {BlobType, ImageRecord, IndexFile, SnapshotManifest} from '../repo/format.js'
 import type {BlobLocation, Repository, TreeCache} from '../repo/repository.js'
 
 /**
@@ -98,6 +97,28 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (repo_id, id)
   ) WITHOUT ROWID;
   `,
+  // 2: the scheduler's state per target (`holyship status`). Unlike the rest of the catalogue
+  // this is not in the repository: a rebuild keeps it, deleting the catalogue loses it.
+  `
+  CREATE TABLE IF NOT EXISTS schedule_state (
+    repo_id          TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    schedule         TEXT,
+    last_run_at      INTEGER,
+    last_success_at  INTEGER,
+    last_failure_at  INTEGER,
+    last_error       TEXT,
+    last_snapshot    TEXT,
+    last_duration_ms INTEGER,
+    last_bytes       INTEGER,
+    last_new_bytes   INTEGER,
+    next_run_at      INTEGER,
+    runs             INTEGER NOT NULL DEFAULT 0,
+    failures         INTEGER NOT NULL DEFAULT 0,
+    overruns         INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (repo_id, target)
+  ) WITHOUT ROWID;
+  `,
 ]
 
 export const CATALOGUE_SCHEMA_VERSION = MIGRATIONS.length
@@ -117,6 +138,36 @@ export interface SnapshotRow {
   /** names of the named volumes in the snapshot */
   volumes: string[]
   parent?: string
+}
+
+/** one scheduled run's outcome (times in ms since the epoch) */
+export interface ScheduleRunRecord {
+  at: number
+  ok: boolean
+  error?: string
+  schedule?: string
+  snapshot?: string
+  durationMs: number
+  bytes?: number
+  newBytes?: number
+  nextRunAt?: number
+}
+
+export interface ScheduleStateRow {
+  target: string
+  schedule?: string
+  lastRunAt?: number
+  lastSuccessAt?: number
+  lastFailureAt?: number
+  lastError?: string
+  lastSnapshot?: string
+  lastDurationMs?: number
+  lastBytes?: number
+  lastNewBytes?: number
+  nextRunAt?: number
+  runs: number
+  failures: number
+  overruns: number
 }
 
 export interface SnapshotFilter {
@@ -488,6 +539,91 @@ export class Catalogue implements TreeCache {
     return new Map(rows)
   }
 
+  /**
+   * Drop the blob index of a repository (index files, packs, blob locations), keeping its
+   * snapshots: used when an index file the catalogue knew is gone from the repository (a prune
+   * rewrote the index), so that no blob is believed to be in a pack that was deleted.
+   */
+  forgetIndex(repoId: string): void {
+    this.transaction(() => {
+      for (const table of ['index_files', 'blobs', 'packs']) this.stmt(`DELETE FROM ${table} WHERE repo_id = ?`).run(repoId)
+    })
+  }
+
+  // ------------------------------------------------------------------------------ scheduler state
+
+  /** Record the outcome of one scheduled run of a target (`container:NAME`, `volume:NAME`, …). */
+  recordScheduleRun(repoId: string, target: string, run: ScheduleRunRecord): void {
+    this.stmt(
+      `INSERT INTO schedule_state (repo_id, target, schedule, last_run_at, last_success_at, last_failure_at, last_error,
+         last_snapshot, last_duration_ms, last_bytes, last_new_bytes, next_run_at, runs, failures)
+       VALUES (@repoId, @target, @schedule, @at, @success, @failure, @error, @snapshot, @durationMs, @bytes, @newBytes, @next, 1, @failed)
+       ON CONFLICT (repo_id, target) DO UPDATE SET
+         schedule = coalesce(excluded.schedule, schedule),
+         last_run_at = excluded.last_run_at,
+         last_success_at = coalesce(excluded.last_success_at, last_success_at),
+         last_failure_at = coalesce(excluded.last_failure_at, last_failure_at),
+         last_error = CASE WHEN excluded.last_failure_at IS NOT NULL THEN excluded.last_error ELSE last_error END,
+         last_snapshot = coalesce(excluded.last_snapshot, last_snapshot),
+         last_duration_ms = excluded.last_duration_ms,
+         last_bytes = coalesce(excluded.last_bytes, last_bytes),
+         last_new_bytes = coalesce(excluded.last_new_bytes, last_new_bytes),
+         next_run_at = coalesce(excluded.next_run_at, next_run_at),
+         runs = runs + 1,
+         failures = failures + excluded.failures`,
+    ).run({
+      repoId,
+      target,
+      schedule: run.schedule ?? null,
+      at: run.at,
+      success: run.ok ? run.at : null,
+      failure: run.ok ? null : run.at,
+      error: run.ok ? null : (run.error ?? 'failed'),
+      snapshot: run.snapshot ?? null,
+      durationMs: run.durationMs,
+      bytes: run.bytes ?? null,
+      newBytes: run.newBytes ?? null,
+      next: run.nextRunAt ?? null,
+      failed: run.ok ? 0 : 1,
+    })
+  }
+
+  /** A run that was due while the previous one of the same target was still going. */
+  recordScheduleOverrun(repoId: string, target: string): void {
+    this.stmt(
+      `INSERT INTO schedule_state (repo_id, target, overruns) VALUES (?, ?, 1)
+       ON CONFLICT (repo_id, target) DO UPDATE SET overruns = overruns + 1`,
+    ).run(repoId, target)
+  }
+
+  /** When the scheduler plans to run a target next (shown by `status`). */
+  recordScheduleNext(repoId: string, target: string, schedule: string, nextRunAt: number | undefined): void {
+    this.stmt(
+      `INSERT INTO schedule_state (repo_id, target, schedule, next_run_at) VALUES (?, ?, ?, ?)
+       ON CONFLICT (repo_id, target) DO UPDATE SET schedule = excluded.schedule, next_run_at = excluded.next_run_at`,
+    ).run(repoId, target, schedule, nextRunAt ?? null)
+  }
+
+  scheduleStates(repoId: string): ScheduleStateRow[] {
+    const rows = this.stmt('SELECT * FROM schedule_state WHERE repo_id = ? ORDER BY target').all(repoId) as Record<string, unknown>[]
+    return rows.map((r) => ({
+      target: r.target as string,
+      ...(r.schedule != null ? {schedule: r.schedule as string} : {}),
+      ...(r.last_run_at != null ? {lastRunAt: r.last_run_at as number} : {}),
+      ...(r.last_success_at != null ? {lastSuccessAt: r.last_success_at as number} : {}),
+      ...(r.last_failure_at != null ? {lastFailureAt: r.last_failure_at as number} : {}),
+      ...(r.last_error != null ? {lastError: r.last_error as string} : {}),
+      ...(r.last_snapshot != null ? {lastSnapshot: r.last_snapshot as string} : {}),
+      ...(r.last_duration_ms != null ? {lastDurationMs: r.last_duration_ms as number} : {}),
+      ...(r.last_bytes != null ? {lastBytes: r.last_bytes as number} : {}),
+      ...(r.last_new_bytes != null ? {lastNewBytes: r.last_new_bytes as number} : {}),
+      ...(r.next_run_at != null ? {nextRunAt: r.next_run_at as number} : {}),
+      runs: r.runs as number,
+      failures: r.failures as number,
+      overruns: r.overruns as number,
+    }))
+  }
+
   // ------------------------------------------------------------------------------ whole repository
 
   /**
@@ -545,11 +681,8 @@ export async function rebuildFromRepository(
   const indexFiles: {id: string; file: IndexFile}[] = []
   for (const {key} of await repo.backend.list('index/')) {
     const id = key.slice('index/'.length)
-    const data = await repo.backend.get(indexKey(id))
-    if (sha256(data) !== id) {
-      throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: its content does not match its name`)
-    }
-    indexFiles.push({id, file: JSON.parse(data.toString('utf8')) as IndexFile})
+    // checked against its name; decrypted and authenticated in an encrypted repository
+    indexFiles.push({id, file: await repo.readIndexFile(id)})
   }
   const snapshots = await repo.listSnapshots()
 

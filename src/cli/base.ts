@@ -6,6 +6,7 @@
 import {Command, Flags, Interfaces} from '@oclif/core'
 import {ExitCode, HolyshipError, classify} from '../errors.js'
 import {Progress, TtyProgress} from '../progress.js'
+import {setPasswordFile} from '../repo/keys.js'
 
 export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof BaseCommand)['baseFlags'] & T['flags']>
 
@@ -16,6 +17,12 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     repo: Flags.string({description: 'repository directory', env: 'HOLYSHIP_REPO', helpGroup: 'GLOBAL'}),
     catalogue: Flags.string({description: 'SQLite catalogue file', env: 'HOLYSHIP_CATALOGUE', helpGroup: 'GLOBAL'}),
     quiet: Flags.boolean({char: 'q', description: 'no progress output', env: 'HOLYSHIP_QUIET', helpGroup: 'GLOBAL'}),
+    // never the passphrase itself on the command line (it would show in ps and shell history)
+    'password-file': Flags.string({
+      description: 'file holding the passphrase of an encrypted repository (else HOLYSHIP_PASSWORD, else a prompt on a terminal)',
+      env: 'HOLYSHIP_PASSWORD_FILE',
+      helpGroup: 'GLOBAL',
+    }),
   }
 
   protected flags!: BaseFlags<T>
@@ -32,6 +39,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     })
     this.flags = flags as BaseFlags<T>
     this.args = args as Interfaces.InferredArgs<T['args']>
+    setPasswordFile(this.flags['password-file'])
   }
 
   /** progress on a TTY only, never with --json or --quiet */

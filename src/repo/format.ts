@@ -1,8 +1,19 @@
 /**
- * Repository format version 1. FORMAT.md is the normative description; keep them in step.
+ * Repository format versions 1 (plain) and 2 (encrypted). FORMAT.md is the normative
+ * description; keep them in step.
  */
 export const FORMAT_NAME = 'holyship'
-export const FORMAT_VERSION = 1
+/** the newest format this holyship reads */
+export const FORMAT_VERSION = 2
+/** the format of a plain repository (unchanged, so older holyships keep reading them) */
+export const FORMAT_VERSION_PLAIN = 1
+/** the format of an encrypted repository (older holyships refuse it: REPO_NEWER_FORMAT) */
+export const FORMAT_VERSION_ENCRYPTED = 2
+
+export interface EncryptionParams {
+  algorithm: 'aes-256-gcm'
+  kdf: 'scrypt'
+}
 
 export type BlobType = 'data' | 'tree'
 
@@ -11,10 +22,15 @@ export interface RepoConfig {
   version: number
   id: string
   created: string
+  /**
+   * In the stored config of an encrypted repository there is no `seed`: it is derived from
+   * the master key (MasterKey.chunkerSeed), and Repository.config (the effective config) has it.
+   */
   chunker: {min: number; avg: number; max: number; seed: string}
   compression: {algorithm: 'zstd'; level: number}
   packSize: number
-  encryption: null
+  /** null: a plain repository (format 1); else an encrypted one (format 2) */
+  encryption: EncryptionParams | null
 }
 
 /** One blob's place inside a pack. `length` counts the stored bytes (encoding byte included). */

@@ -10,10 +10,13 @@ import debugFactory from 'debug'
 import {Backend, isNotFound} from '../backend/backend.js'
 import {HolyshipError} from '../errors.js'
 import {DEFAULT_CHUNKER} from './chunker.js'
+import {MasterKey} from './crypto.js'
 import {
   BlobType,
   FORMAT_NAME,
   FORMAT_VERSION,
+  FORMAT_VERSION_ENCRYPTED,
+  FORMAT_VERSION_PLAIN,
   IndexFile,
   PackBlob,
   RepoConfig,
@@ -23,7 +26,8 @@ import {
   indexKey,
   snapshotKey,
 } from './format.js'
-import {CorruptBlobError, PackBuilder, decodeBlob, encodeBlobParts, sha256} from './pack.js'
+import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
+import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, decodeBlob, openJson, sealJson, sha256} from './pack.js'
 
 const debug = debugFactory('holyship:repo')
 
@@ -55,11 +59,45 @@ export interface SnapshotEntry {
   manifest: SnapshotManifest
 }
 
+export interface InitOptions {
+  packSize?: number
+  level?: number
+  /** make an encrypted repository (format 2) */
+  encrypt?: boolean
+  /** its first passphrase (default: --password-file / HOLYSHIP_PASSWORD / typed twice on a terminal) */
+  password?: string
+  /** scrypt parameters of the first key file (default: memory-hard; tests pass cheap ones) */
+  kdf?: ScryptParams
+}
+
+export interface OpenOptions {
+  loadIndex?: boolean
+  /** an encrypted repository's passphrase (default: --password-file / HOLYSHIP_PASSWORD / a prompt) */
+  password?: string
+}
+
+/**
+ * Check the `encryption` field of a config read from `where` (null, or parameters this holyship
+ * knows, with the matching format version). Throws REPO_NEWER_FORMAT / `damaged`.
+ */
+export function checkEncryptionConfig(config: RepoConfig, where: string, damaged: 'REPO_DAMAGED' | 'REMOTE_CORRUPT'): void {
+  const e = config.encryption as unknown
+  if (e === null || e === undefined) {
+    if (config.version >= FORMAT_VERSION_ENCRYPTED) throw new HolyshipError(damaged, `${where}/config: format ${config.version} without encryption parameters`)
+    return
+  }
+  const p = e as {algorithm?: unknown; kdf?: unknown}
+  if (typeof e !== 'object' || p.algorithm !== 'aes-256-gcm' || p.kdf !== 'scrypt') {
+    throw new HolyshipError('REPO_NEWER_FORMAT', `${where} uses encryption ${JSON.stringify(e)}, which this holyship does not know`, {hint: 'upgrade holyship'})
+  }
+  if (config.version < FORMAT_VERSION_ENCRYPTED) throw new HolyshipError(damaged, `${where}/config: encryption parameters in a format ${config.version} config`)
+}
+
 export class Repository {
   private readonly index = new Map<string, BlobLocation>()
   private readonly loadedIndexFiles = new Set<string>()
   private readonly packSizes = new Map<string, number>()
-  private pending = new PackBuilder()
+  private pending: PackBuilder
   private readonly pendingIds = new Map<string, {type: BlobType; raw: number}>()
   /** packs written since the last index file */
   private unindexed: IndexFile['packs'] = []
@@ -68,31 +106,74 @@ export class Repository {
   /** optional cache of tree blobs */
   treeCache?: TreeCache
 
-  private constructor(readonly backend: Backend, readonly config: RepoConfig) {}
+  /**
+   * `config` is the effective config: for an encrypted repository its chunker seed is the one
+   * derived from the master key (the stored config has none). `masterKey` is set exactly when
+   * the repository is encrypted; `keyId` names the key file that opened it.
+   */
+  private constructor(
+    readonly backend: Backend,
+    readonly config: RepoConfig,
+    readonly masterKey?: MasterKey,
+    readonly keyId?: string,
+  ) {
+    this.pending = new PackBuilder(masterKey)
+  }
 
   get id(): string {
     return this.config.id
   }
 
-  static async init(backend: Backend, opts: {packSize?: number; level?: number} = {}): Promise<Repository> {
+  get encrypted(): boolean {
+    return this.masterKey !== undefined
+  }
+
+  static async init(backend: Backend, opts: InitOptions = {}): Promise<Repository> {
     if ((await backend.stat('config')) !== undefined) {
       throw new HolyshipError('REPO_EXISTS', `a repository already exists at ${backend.location}`)
     }
-    const config: RepoConfig = {
-      format: FORMAT_NAME,
-      version: FORMAT_VERSION,
+    const base = {
+      format: FORMAT_NAME as typeof FORMAT_NAME,
       id: randomBytes(16).toString('hex'),
       created: new Date().toISOString(),
-      chunker: {...DEFAULT_CHUNKER, seed: randomBytes(16).toString('hex')},
-      compression: {algorithm: 'zstd', level: opts.level ?? 3},
+      compression: {algorithm: 'zstd' as const, level: opts.level ?? 3},
       packSize: opts.packSize ?? 16 * 1024 * 1024,
-      encryption: null,
     }
-    await backend.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'))
-    return new Repository(backend, config)
+    if (!opts.encrypt) {
+      const config: RepoConfig = {
+        ...base,
+        version: FORMAT_VERSION_PLAIN,
+        chunker: {...DEFAULT_CHUNKER, seed: randomBytes(16).toString('hex')},
+        encryption: null,
+      }
+      await backend.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+      return new Repository(backend, config)
+    }
+    // the passphrase first (nothing is written if none is given), then the key file, then the
+    // config: a repository exists once its config does, and then it can be opened
+    const password = opts.password ?? (await getNewPassword({envName: 'HOLYSHIP_PASSWORD', useDefaultSources: true}))
+    const key = MasterKey.generate()
+    const stored = {
+      format: base.format,
+      version: FORMAT_VERSION_ENCRYPTED,
+      id: base.id,
+      created: base.created,
+      chunker: {...DEFAULT_CHUNKER},
+      compression: base.compression,
+      packSize: base.packSize,
+      encryption: {algorithm: 'aes-256-gcm', kdf: 'scrypt'},
+    }
+    const keyId = await addKeyFile(backend, key, password, opts.kdf)
+    try {
+      await backend.put('config', Buffer.from(JSON.stringify(stored, null, 2) + '\n'))
+    } catch (e) {
+      await backend.delete(keyFileKey(keyId)).catch(() => undefined)
+      throw e
+    }
+    return new Repository(backend, effectiveConfig(stored as RepoConfig, key), key, keyId)
   }
 
-  static async open(backend: Backend, opts: {loadIndex?: boolean} = {}): Promise<Repository> {
+  static async open(backend: Backend, opts: OpenOptions = {}): Promise<Repository> {
     let raw: Buffer
     try {
       raw = await backend.get('config')
@@ -120,7 +201,12 @@ export class Repository {
         {hint: 'upgrade holyship'},
       )
     }
-    const repo = new Repository(backend, config)
+    checkEncryptionConfig(config, backend.location, 'REPO_DAMAGED')
+    let repo: Repository
+    if (config.encryption) {
+      const {key, keyId} = await unlockRepository(backend, {password: opts.password})
+      repo = new Repository(backend, effectiveConfig(config, key), key, keyId)
+    } else repo = new Repository(backend, config)
     if (opts.loadIndex !== false) await repo.loadIndex()
     return repo
   }
@@ -131,14 +217,48 @@ export class Repository {
     for (const {key} of entries) {
       const id = key.slice('index/'.length)
       if (this.loadedIndexFiles.has(id)) continue
-      const data = await this.backend.get(key)
-      if (sha256(data) !== id) {
-        throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: its content does not match its name`)
-      }
-      this.addIndex(JSON.parse(data.toString('utf8')) as IndexFile)
+      this.addIndex(await this.readIndexFile(id))
       this.loadedIndexFiles.add(id)
     }
     debug('index: %d blobs from %d files', this.index.size, this.loadedIndexFiles.size)
+  }
+
+  /** Read one index file: checked against its name, decrypted, parsed (REPO_DAMAGED otherwise). */
+  async readIndexFile(id: string): Promise<IndexFile> {
+    let data: Buffer
+    try {
+      data = await this.backend.get(indexKey(id))
+    } catch (e) {
+      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `index file ${indexKey(id)} is missing`)
+      throw e
+    }
+    return this.decodeIndexFile(id, data)
+  }
+
+  /** The stored bytes of an index file → the index file (checked against its name). */
+  decodeIndexFile(id: string, data: Buffer): IndexFile {
+    const key = indexKey(id)
+    if (sha256(data) !== id) throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: its content does not match its name`)
+    let file: IndexFile
+    try {
+      file = openJson<IndexFile>('index', data, `index file ${key}`, this.masterKey)
+    } catch (e) {
+      if (e instanceof CorruptObjectError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
+      throw e
+    }
+    if (!file || !Array.isArray(file.packs)) throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: it has no pack list`)
+    return file
+  }
+
+  /** An index file's stored bytes (sealed in an encrypted repository) and id. */
+  encodeIndexFile(file: IndexFile): {id: string; data: Buffer} {
+    const data = sealJson('index', file, this.masterKey)
+    return {id: sha256(data), data}
+  }
+
+  /** a blob's id: SHA-256, or HMAC-SHA256 with the repository's MAC key when encrypted */
+  blobId(plain: Buffer): string {
+    return blobIdOf(plain, this.masterKey)
   }
 
   /** Load blob locations from a cache (the catalogue) instead of reading index files. */
@@ -189,14 +309,19 @@ export class Repository {
     return [...this.loadedIndexFiles]
   }
 
-  /** Store a blob unless the repository has it. `id` may be passed when already computed. */
-  async saveBlob(type: BlobType, plain: Buffer, id = sha256(plain)): Promise<SaveResult> {
+  /** Store a blob unless the repository has it. `id` (from blobId()) may be passed when already computed. */
+  async saveBlob(type: BlobType, plain: Buffer, id = this.blobId(plain)): Promise<SaveResult> {
     if (this.hasBlob(id)) return {id, added: 0}
-    const {enc, payload} = encodeBlobParts(plain, id, this.config.compression.level)
-    this.pending.addParts(id, type, enc, payload, plain.length)
+    const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
+    let added: number
+    if (this.masterKey) added = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
+    else {
+      this.pending.addParts(id, type, enc, payload, plain.length)
+      added = payload.length + 1
+    }
     this.pendingIds.set(id, {type, raw: plain.length})
     if (this.pending.length >= this.config.packSize) await this.writePack()
-    return {id, added: payload.length + 1}
+    return {id, added}
   }
 
   async saveTree(tree: Tree): Promise<SaveResult> {
@@ -238,9 +363,7 @@ export class Repository {
 
   private async writeIndex(): Promise<void> {
     if (this.unindexed.length === 0) return
-    const file: IndexFile = {version: 1, packs: this.unindexed}
-    const data = Buffer.from(JSON.stringify(file))
-    const id = sha256(data)
+    const {id, data} = this.encodeIndexFile({version: 1, packs: this.unindexed})
     await this.backend.put(indexKey(id), data)
     this.loadedIndexFiles.add(id)
     this.unindexed = []
@@ -272,7 +395,7 @@ export class Repository {
       throw e
     }
     try {
-      return decodeBlob(stored, id, loc.raw, key)
+      return decodeBlob(stored, id, loc.raw, key, this.masterKey)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
       throw e
@@ -295,7 +418,7 @@ export class Repository {
   /** Write the manifest last; its id is the SHA-256 of its bytes. */
   async saveSnapshot(manifest: SnapshotManifest): Promise<string> {
     await this.flush()
-    const data = Buffer.from(JSON.stringify(manifest))
+    const data = this.encodeManifest(manifest)
     const id = sha256(data)
     await this.backend.put(snapshotKey(id), data)
     return id
@@ -313,8 +436,25 @@ export class Repository {
       if (isNotFound(e)) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} not found in ${this.backend.location}`)
       throw e
     }
+    return this.decodeManifest(id, data)
+  }
+
+  /** A manifest's stored bytes (sealed in an encrypted repository); its id is their SHA-256. */
+  encodeManifest(manifest: SnapshotManifest): Buffer {
+    return sealJson('snapshot', manifest, this.masterKey)
+  }
+
+  /** The stored bytes of a manifest → the manifest (checked against its id, decrypted). */
+  decodeManifest(id: string, data: Buffer): SnapshotManifest {
     if (sha256(data) !== id) throw new HolyshipError('REPO_DAMAGED', `snapshot ${id} is damaged: its content does not match its id`)
-    const m = JSON.parse(data.toString('utf8')) as SnapshotManifest
+    let m: SnapshotManifest
+    try {
+      m = openJson<SnapshotManifest>('snapshot', data, `snapshot ${snapshotKey(id)}`, this.masterKey)
+    } catch (e) {
+      if (e instanceof CorruptObjectError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
+      throw e
+    }
+    if (!m || typeof m.version !== 'number') throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: not a manifest`)
     if (m.version > 1) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
     return m
   }
@@ -328,3 +468,8 @@ export class Repository {
 }
 
 export const hostName = (): string => os.hostname()
+
+/** the config an encrypted repository works with: the stored one, with the derived chunker seed */
+function effectiveConfig(stored: RepoConfig, key: MasterKey): RepoConfig {
+  return {...stored, chunker: {...stored.chunker, seed: key.chunkerSeed()}}
+}

@@ -38,9 +38,10 @@ export async function openContext(opts: ContextOptions = {}): Promise<Context> {
     throw new HolyshipError('REPO_MISSING', `no repository at ${dir}`, {hint: 'run `holyship init` (or pass --repo / set HOLYSHIP_REPO)'})
   }
   if (!st.isDirectory()) throw new HolyshipError('REPO_MISSING', `${dir} is not a directory`)
+  // the repository first: a wrong passphrase (encrypted repository) fails before anything is created
+  const repo = await Repository.open(new LocalBackend(dir), {loadIndex: false})
   const catalogue = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
   try {
-    const repo = await Repository.open(new LocalBackend(dir), {loadIndex: false})
     repo.treeCache = catalogue
     await syncCatalogue(catalogue, repo)
     return {repo, catalogue, close: () => catalogue.close()}

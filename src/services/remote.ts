@@ -10,6 +10,9 @@ import {LocalBackend} from '../backend/local.js'
 import {Catalogue, SnapshotFilter, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
+import {Backend} from '../backend/backend.js'
+import type {MasterKey} from '../repo/crypto.js'
+import {copyKeyFiles, unlockRepository} from '../repo/keys.js'
 import {Repository} from '../repo/repository.js'
 import {readRemoteConfig} from '../transfer/common.js'
 import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
@@ -119,8 +122,12 @@ async function pullWith(
       hint: 'push to it first, or check the bucket, prefix and endpoint',
     })
   }
+  // an encrypted remote's index files and manifests need its key: the passphrase opens one of
+  // its key files (nothing is written anywhere before that)
+  let key: MasterKey | undefined
+  if (rc.config.encryption) key = (await unlockRepository(remote.backend)).key
   progress.phase(`reading the snapshot list of ${remote.location}`)
-  await syncRemote(cat, remote, parallel)
+  await syncRemote(cat, remote, parallel, key)
   const base = {
     remote: remote.location,
     ...(remote.name ? {remoteName: remote.name} : {}),
@@ -155,7 +162,17 @@ async function pullWith(
       throw e
     }
   })
-  const {repo, created} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw)
+  const {repo, created} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw, rc.config.encryption ? remote.backend : undefined)
+  if ((key || repo.encrypted) && (repo.id !== rc.config.id || !key || !repo.masterKey || !repo.masterKey.equals(key))) {
+    // one side's key cannot read the other's objects
+    throw new HolyshipError(
+      repo.id === rc.config.id ? 'REMOTE_CORRUPT' : 'USAGE',
+      repo.id === rc.config.id
+        ? `${remote.location} has this repository's id but not its key`
+        : `${remote.location} holds repository ${rc.config.id.slice(0, 12)}${key ? ' (encrypted)' : ''}, not the local ${repo.encrypted ? 'encrypted ' : ''}repository ${repo.id.slice(0, 12)}: an encrypted repository is only pulled into its own copy`,
+      {hint: repo.id === rc.config.id ? undefined : 'pull into a new directory (--repo)'},
+    )
+  }
   if (repo.id !== rc.config.id) {
     progress.note(`note: the local repository ${repo.id.slice(0, 12)} is not ${remote.location}'s (${rc.config.id.slice(0, 12)}); data still dedups by content hash`)
   }
@@ -174,9 +191,10 @@ async function pullWith(
 
 /**
  * Open the local repository and bring the catalogue up to date; when the directory is missing
- * or empty, create the repository first with the remote's config (same id and chunker seed).
+ * or empty, create the repository first with the remote's config (same id and chunker seed)
+ * and, for an encrypted remote (`keysFrom`), its key files.
  */
-async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: Buffer): Promise<{repo: Repository; created: boolean}> {
+async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: Buffer, keysFrom?: Backend): Promise<{repo: Repository; created: boolean}> {
   const dir = path.resolve(dirArg)
   const entries = await fsp.readdir(dir).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined
@@ -186,7 +204,10 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
   let created = false
   if (!entries || entries.length === 0) {
     await fsp.mkdir(dir, {recursive: true, mode: 0o700})
-    await new LocalBackend(dir).put('config', remoteConfig)
+    const local = new LocalBackend(dir)
+    // key files first: a config without them could not be opened
+    if (keysFrom) await copyKeyFiles(keysFrom, local)
+    await local.put('config', remoteConfig)
     created = true
   } else if (!entries.includes('config')) {
     throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})

@@ -9,13 +9,14 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
-import {fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
+import {SkippedEntry, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, SnapshotManifest} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
+import {recoverOnce} from './pause-journal.js'
 import {createHelperContainer} from './snapshot.js'
 
 const debug = debugFactory('holyship:restore')
@@ -30,6 +31,11 @@ export interface RestoreOptions {
   volumePrefix?: string
   start?: boolean
   force?: boolean
+  /**
+   * restore what can be restored: files whose data is damaged are left out and listed in
+   * `skipped` (the caller exits REPO_DAMAGED); the container is then not started
+   */
+  partial?: boolean
   progress?: Progress
 }
 
@@ -40,6 +46,8 @@ export interface RestoreResult {
   volumes: {name: string; destination: string}[]
   binds: {source: string; destination: string}[]
   bytes: number
+  /** --partial: what could not be restored (paths as the container sees them) */
+  skipped?: SkippedEntry[]
 }
 
 /** Undo list: what this restore created, removed in reverse order on failure. */
@@ -60,7 +68,10 @@ class Created {
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  checkManifest(opts.snapshotId, opts.manifest)
   await opts.engine.ping()
+  // containers a killed holyship left paused or stopped on this engine are put back first
+  await recoverOnce(opts.engine)
   const created = new Created()
   try {
     const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created) : await restoreVolumes(opts, created)
@@ -71,6 +82,44 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     ;(opts.progress ?? silentProgress).done()
   }
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
+const TREE_ID = /^[0-9a-f]{64}$/
+
+/** an absolute, clean container or host path, safe inside a `-v SRC:DST:OPTS` bind spec */
+function badAbsPath(p: unknown): boolean {
+  if (typeof p !== 'string' || !p.startsWith('/') || p.includes('\0') || p.includes(':')) return true
+  return p !== '/' && p.slice(1).split('/').some((c) => c === '' || c === '.' || c === '..')
+}
+
+/**
+ * A manifest may come from a hostile remote (its id is just its hash): before anything is
+ * created, its mounts must name safe volume names, absolute clean paths and real tree ids.
+ */
+export function checkManifest(id: string, m: SnapshotManifest): void {
+  const bad = (what: string): never => {
+    throw new HolyshipError('REPO_DAMAGED', `snapshot ${id.slice(0, 12)} is damaged or hostile: ${what}`)
+  }
+  if (!m || typeof m !== 'object' || !Array.isArray(m.mounts)) bad('it has no list of mounts')
+  if (m.kind !== 'container' && m.kind !== 'volume') bad(`unknown kind ${JSON.stringify(m.kind)}`)
+  if (m.kind === 'container' && (!m.container || typeof m.container.image?.tree !== 'string')) bad('a container snapshot without its container')
+  for (const t of [m.container?.image?.tree, m.container?.fsDiff]) if (t !== undefined && !TREE_ID.test(String(t))) bad(`bad tree id ${JSON.stringify(t)}`)
+  for (const mount of m.mounts) {
+    if (!TREE_ID.test(String(mount.tree))) bad(`mount ${JSON.stringify(mount.destination)} has a bad tree id`)
+    if (mount.type === 'volume') {
+      if (typeof mount.source !== 'string' || !VOLUME_NAME.test(mount.source)) bad(`bad volume name ${JSON.stringify(mount.source)}`)
+    } else if (mount.type === 'bind') {
+      if (badAbsPath(mount.source) || mount.source === '/') bad(`bad bind mount source ${JSON.stringify(mount.source)}`)
+    } else bad(`unknown mount type ${JSON.stringify((mount as MountRecord).type)}`)
+    if (m.kind === 'container' && (badAbsPath(mount.destination) || mount.destination === '/')) bad(`bad mount destination ${JSON.stringify(mount.destination)}`)
+  }
+}
+
+/** paths of a tree restored at `base` (a mount destination, or '' for the filesystem diff), as the container sees them */
+function underBase(base: string, skipped: SkippedEntry[]): SkippedEntry[] {
+  const b = base === '/' ? '' : base
+  return skipped.map((s) => ({path: `${b}/${s.path}`, reason: s.reason}))
 }
 
 function volumeName(opts: RestoreOptions, m: MountRecord): string {
@@ -132,7 +181,7 @@ function imageTagFor(name: string, snapshotId: string): string {
  * (whiteouts for deleted paths), loaded with `docker load`; the base layers are already in
  * the engine, so the archive carries only the new layer. Works with any engine, local or remote.
  */
-async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: string): Promise<string> {
+async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: string, skipped?: SkippedEntry[]): Promise<string> {
   const {engine, repo} = opts
   const base = await engine.inspectImage(c.image.id)
   if (!base) throw new HolyshipError('DOCKER_FAILED', `image ${c.image.id} vanished from the engine`)
@@ -143,7 +192,9 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
     progress.phase('container filesystem')
     const out = createWriteStream(layerFile)
     const tw = new TarWriter(out)
-    await writeTreeAsTar(repo, c.fsDiff!, tw, {layer: true, onBytes: (n) => progress.add(n)})
+    const left: SkippedEntry[] | undefined = skipped ? [] : undefined
+    await writeTreeAsTar(repo, c.fsDiff!, tw, {layer: true, onBytes: (n) => progress.add(n), skipped: left})
+    if (left) skipped!.push(...underBase('', left))
     await tw.finish()
     const hash = createHash('sha256')
     for await (const b of createReadStream(layerFile)) hash.update(b as Buffer)
@@ -186,7 +237,7 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
 }
 
 /** Fill a mounted volume or bind of a created (never started) container through the API. */
-async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string): Promise<void> {
+async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[]): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const body = new PassThrough()
@@ -194,11 +245,13 @@ async function fillMount(opts: RestoreOptions, containerId: string, m: MountReco
   // extract into the parent under the mount's own name, so the root's mode, owner and time apply
   const parent = path.posix.dirname(destination)
   const rootName = path.posix.basename(destination)
+  const left: SkippedEntry[] | undefined = skipped ? [] : undefined
   const putting = opts.engine.putArchive(containerId, parent, body)
   const writing = (async () => {
     try {
-      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, rootName, onBytes: (n) => progress.add(n)})
+      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, rootName, onBytes: (n) => progress.add(n), skipped: left})
       await tw.finish()
+      if (left) skipped!.push(...underBase(destination, left))
     } catch (e) {
       body.destroy(e as Error)
       throw e
@@ -224,9 +277,10 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   await preflightVolumes(opts, mounts, names)
 
   await ensureImage(opts, c)
+  const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
-    image = await loadDiffImage(opts, c, name)
+    image = await loadDiffImage(opts, c, name, skipped)
     const img = image
     created.add(`image ${img}`, () => engine.removeImage(img))
   }
@@ -272,11 +326,12 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   let bytes = 0
   for (const m of mounts) {
-    await fillMount(opts, id, m, m.destination)
+    await fillMount(opts, id, m, m.destination, skipped)
     bytes += m.stats.bytes
   }
   let started = false
-  if (opts.start) {
+  // a container with files missing is not started: its owner decides
+  if (opts.start && !skipped?.length) {
     await engine.start(id)
     started = true
   }
@@ -287,6 +342,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     volumes: mounts.flatMap((m, i) => (m.type === 'volume' ? [{name: names[i], destination: m.destination}] : [])),
     binds: mounts.filter((m) => m.type === 'bind').map((m) => ({source: m.source, destination: m.destination})),
     bytes,
+    ...(skipped ? {skipped} : {}),
   }
 }
 
@@ -297,16 +353,24 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   await preflightVolumes(opts, mounts, names)
   await replaceVolumes(opts, mounts, names, created)
   let bytes = 0
+  const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   for (let i = 0; i < mounts.length; i++) {
     const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
+    const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     try {
-      await fillMount(opts, helper, mounts[i], '/holyship-volume')
+      await fillMount(opts, helper, mounts[i], '/holyship-volume', left)
     } finally {
-      await opts.engine.removeContainer(helper).catch(() => undefined)
+      // with its anonymous volumes: the helper's image may declare VOLUMEs (any image will do)
+      await opts.engine.docker
+        .getContainer(helper)
+        .remove({force: true, v: true})
+        .catch(() => undefined)
     }
+    // paths inside the volume, named after it
+    if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:${e.path.slice('/holyship-volume'.length)}`, reason: e.reason})))
     bytes += mounts[i].stats.bytes
   }
-  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes}
+  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes, ...(skipped ? {skipped} : {})}
 }
 
 export interface RestorePathOptions {
@@ -317,20 +381,32 @@ export interface RestorePathOptions {
   path: string
   target: string
   force?: boolean
+  /** restore what can be restored; damaged files are left out and listed in `skipped` */
+  partial?: boolean
   progress?: Progress
+}
+
+export interface RestorePathResult {
+  source: string
+  target: string
+  files: number
+  bytes: number
+  /** --partial: what could not be restored (paths as the container sees them) */
+  skipped?: SkippedEntry[]
 }
 
 /**
  * Copy one file or folder out of a snapshot to a host directory. The path is looked up in the
  * mount whose destination holds it (longest match), else in the container's filesystem diff.
  */
-export async function restorePath(opts: RestorePathOptions): Promise<{source: string; target: string; files: number; bytes: number}> {
+export async function restorePath(opts: RestorePathOptions): Promise<RestorePathResult> {
   const want = '/' + opts.path.split('/').filter((p) => p !== '' && p !== '.').join('/')
   if (want.split('/').includes('..')) throw new HolyshipError('USAGE', `--path must not contain "..": ${opts.path}`)
   const m = opts.manifest
   let tree: string | undefined
   let rel = ''
   let source = ''
+  let base = ''
   const candidates = [...m.mounts].sort((a, b) => b.destination.length - a.destination.length)
   for (const mount of candidates) {
     const dest = mount.destination === '' ? '/' : mount.destination
@@ -338,6 +414,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<{source: st
       tree = mount.tree
       rel = want.slice(dest === '/' ? 1 : dest.length + 1)
       source = `${mount.type} ${mount.source}`
+      base = dest === '/' ? '' : dest
       break
     }
   }
@@ -350,8 +427,10 @@ export async function restorePath(opts: RestorePathOptions): Promise<{source: st
   const progress = opts.progress ?? silentProgress
   progress.phase(`restoring ${want}`)
   try {
-    const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, onBytes: (n) => progress.add(n)})
-    return {source, target: path.resolve(opts.target), ...r}
+    const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, onBytes: (n) => progress.add(n), skipped: opts.partial ? [] : undefined})
+    const out: RestorePathResult = {source, target: path.resolve(opts.target), files: r.files, bytes: r.bytes}
+    if (opts.partial) out.skipped = underBase(base, r.skipped)
+    return out
   } finally {
     progress.done()
   }

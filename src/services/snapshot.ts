@@ -31,6 +31,11 @@ export interface SnapshotOptions {
   consistency?: Consistency
   reader?: ReaderChoice
   progress?: Progress
+  /**
+   * the shared repository lock this snapshot holds (src/repo/lock.ts): checked right before
+   * the manifest is written, so a prune that broke it can never orphan the snapshot's data
+   */
+  lock?: {assertHeld(): Promise<void>}
 }
 
 export interface SnapshotResult {
@@ -331,6 +336,8 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
     stats: {bytes: total.bytes, newBytes: total.newBytes, files: total.files, durationMs: Date.now() - started},
     ...(parent ? {parent: parent.id} : {}),
   }
+  await repo.flush()
+  await opts.lock?.assertHeld()
   const id = await repo.saveSnapshot(manifest)
   catalogue.recordImage(repo.id, image.record)
   catalogue.recordSnapshot(repo.id, id, manifest)
@@ -408,6 +415,8 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
     stats: {bytes: r.stats.bytes, newBytes: r.stats.newBytes, files: r.stats.files, durationMs: Date.now() - started},
     ...(parent ? {parent: parent.id} : {}),
   }
+  await repo.flush()
+  await opts.lock?.assertHeld()
   const id = await repo.saveSnapshot(manifest)
   catalogue.recordSnapshot(repo.id, id, manifest)
   return result(id, manifest, volume, (r.stats.changed ?? []).map((p) => `/${p}`))

@@ -5,21 +5,24 @@
  * repository does not re-read every index file.
  */
 import {Catalogue} from '../catalogue/catalogue.js'
-import {HolyshipError} from '../errors.js'
-import {IndexFile} from '../repo/format.js'
-import {sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
 
 export async function syncCatalogue(cat: Catalogue, repo: Repository): Promise<{newIndexFiles: number; newSnapshots: number; removedSnapshots: number}> {
-  const known = cat.indexFilesKnown(repo.id)
+  let known = cat.indexFilesKnown(repo.id)
   const listed = await repo.backend.list('index/')
+  // an index file we knew is gone: a prune rewrote the index and may have deleted packs, so
+  // relearn every blob location rather than keep ones that point into deleted packs
+  const listedIds = new Set(listed.map((e) => e.key.slice('index/'.length)))
+  if ([...known].some((id) => !listedIds.has(id))) {
+    cat.forgetIndex(repo.id)
+    known = new Set()
+  }
   let newIndexFiles = 0
   for (const {key} of listed) {
     const id = key.slice('index/'.length)
     if (known.has(id)) continue
-    const data = await repo.backend.get(key)
-    if (sha256(data) !== id) throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: its content does not match its name`)
-    cat.recordIndexFile(repo.id, id, JSON.parse(data.toString('utf8')) as IndexFile)
+    // checked against its name and, in an encrypted repository, decrypted and authenticated
+    cat.recordIndexFile(repo.id, id, await repo.readIndexFile(id))
     newIndexFiles++
   }
   repo.seedIndex(cat.blobLocations(repo.id), listed.map((e) => e.key.slice('index/'.length)))

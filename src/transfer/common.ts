@@ -7,7 +7,9 @@ import {isNotFound} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {FORMAT_NAME, FORMAT_VERSION, IndexFile, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, snapshotKey} from '../repo/format.js'
-import {CorruptBlobError, decodeBlob, parsePackHeader, sha256} from '../repo/pack.js'
+import type {MasterKey} from '../repo/crypto.js'
+import {CorruptBlobError, CorruptObjectError, decodeBlob, openJson, parsePackHeader, sealJson, sha256} from '../repo/pack.js'
+import {checkEncryptionConfig} from '../repo/repository.js'
 import {RemoteHandle} from './remotes.js'
 
 /** most packs one index file names (as Repository does) so a long transfer is durable in pieces */
@@ -48,7 +50,11 @@ export class IndexBatcher {
   private chain: Promise<void> = Promise.resolve()
   written = 0
 
-  constructor(private readonly sink: (id: string, data: Buffer, file: IndexFile) => Promise<void>) {}
+  /** with a key (an encrypted repository) the index files are sealed with it */
+  constructor(
+    private readonly sink: (id: string, data: Buffer, file: IndexFile) => Promise<void>,
+    private readonly key?: MasterKey,
+  ) {}
 
   /** resolves once the index file that names this pack (if one was cut) is written */
   add(pack: IndexFile['packs'][number]): Promise<void> {
@@ -60,7 +66,7 @@ export class IndexBatcher {
     const packs = this.pending
     this.pending = []
     const file: IndexFile = {version: 1, packs}
-    const data = Buffer.from(JSON.stringify(file))
+    const data = sealJson('index', file, this.key)
     const id = sha256(data)
     this.chain = this.chain.then(async () => {
       await this.sink(id, data, file)
@@ -83,14 +89,16 @@ export class PackCheckError extends Error {
 }
 
 /**
- * Check a whole pack: its SHA-256 is its id, its header parses, and every blob decodes to its
- * hash. Tree blobs are handed to onTree (decoded). Returns the header's blob list.
+ * Check a whole pack: its SHA-256 is its id (no key needed), its header parses, and every blob
+ * decodes to its id. An encrypted repository's pack needs its key for the last two: the header
+ * and every blob are authenticated, and blob ids are HMACs of the plaintext. Tree blobs are
+ * handed to onTree (decoded). Returns the header's blob list.
  */
-export function verifyPack(data: Buffer, packId: string, where: string, onTree?: (id: string, plain: Buffer) => void): PackBlob[] {
+export function verifyPack(data: Buffer, packId: string, where: string, onTree?: (id: string, plain: Buffer) => void, key?: MasterKey): PackBlob[] {
   if (sha256(data) !== packId) throw new PackCheckError('its content does not match its name (SHA-256 mismatch)')
   let blobs: PackBlob[]
   try {
-    blobs = parsePackHeader(data, where)
+    blobs = parsePackHeader(data, where, key)
   } catch (e) {
     throw new PackCheckError((e as Error).message)
   }
@@ -98,7 +106,7 @@ export function verifyPack(data: Buffer, packId: string, where: string, onTree?:
     if (b.type !== 'data' && b.type !== 'tree') throw new PackCheckError(`blob ${String(b.id).slice(0, 16)} has unknown type ${JSON.stringify(b.type)}`)
     let plain: Buffer
     try {
-      plain = decodeBlob(data.subarray(b.offset, b.offset + b.length), b.id, b.raw, where)
+      plain = decodeBlob(data.subarray(b.offset, b.offset + b.length), b.id, b.raw, where, key)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new PackCheckError(e.message)
       throw e
@@ -122,6 +130,7 @@ export function parseRepoConfig(raw: Buffer, where: string): RepoConfig {
   if (typeof config.version !== 'number' || config.version > FORMAT_VERSION) {
     throw new HolyshipError('REPO_NEWER_FORMAT', `${where} has repository format ${config.version}; this holyship reads up to ${FORMAT_VERSION}`, {hint: 'upgrade holyship'})
   }
+  checkEncryptionConfig(config, where, 'REMOTE_CORRUPT')
   return config
 }
 
@@ -145,15 +154,17 @@ export function treeChildren(tree: Tree): {data: string[]; subtrees: string[]} {
   return {data, subtrees}
 }
 
-/** Parse a manifest whose bytes were checked against its id. */
-export function parseManifest(data: Buffer, id: string, where: string): SnapshotManifest {
+/** Parse a manifest whose bytes were checked against its id (decrypted with the key of an encrypted repository). */
+export function parseManifest(data: Buffer, id: string, where: string, key?: MasterKey): SnapshotManifest {
   if (sha256(data) !== id) throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is damaged: its content does not match its name`)
   let m: SnapshotManifest
   try {
-    m = JSON.parse(data.toString('utf8')) as SnapshotManifest
-  } catch {
-    throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not valid JSON`)
+    m = openJson<SnapshotManifest>('snapshot', data, `${where}/${snapshotKey(id)}`, key)
+  } catch (e) {
+    if (!(e instanceof CorruptObjectError)) throw e
+    throw new HolyshipError('REMOTE_CORRUPT', e.why === 'not valid JSON' ? `${where}/${snapshotKey(id)} is not valid JSON` : e.message)
   }
+  if (!m || typeof m !== 'object') throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not a manifest`)
   if (typeof m.version !== 'number' || m.version > 1) {
     throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
   }
@@ -165,7 +176,7 @@ export function parseManifest(data: Buffer, id: string, where: string): Snapshot
  * before are read (each checked against its name). If one we knew is gone (pruned elsewhere),
  * the namespace is forgotten and relearnt. Listing `index/` is small; no pack is listed.
  */
-export async function syncRemoteIndex(cat: Catalogue, remote: RemoteHandle, parallel: number): Promise<{indexFiles: number; fetched: number}> {
+export async function syncRemoteIndex(cat: Catalogue, remote: RemoteHandle, parallel: number, masterKey?: MasterKey): Promise<{indexFiles: number; fetched: number}> {
   const ns = remote.namespace
   const listed = (await remote.backend.list('index/')).map((e) => e.key.slice('index/'.length))
   const listedSet = new Set(listed)
@@ -181,9 +192,10 @@ export async function syncRemoteIndex(cat: Catalogue, remote: RemoteHandle, para
     if (sha256(data) !== id) throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is damaged: its content does not match its name`)
     let file: IndexFile
     try {
-      file = JSON.parse(data.toString('utf8')) as IndexFile
-    } catch {
-      throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is not valid JSON`)
+      file = openJson<IndexFile>('index', data, `${remote.location}/${key}`, masterKey)
+    } catch (e) {
+      if (!(e instanceof CorruptObjectError)) throw e
+      throw new HolyshipError('REMOTE_CORRUPT', e.why === 'not valid JSON' ? `${remote.location}/${key} is not valid JSON` : e.message)
     }
     if (!file || !Array.isArray(file.packs)) throw new HolyshipError('REMOTE_CORRUPT', `${remote.location}/${key} is not an index file`)
     cat.recordIndexFile(ns, id, file)
@@ -195,13 +207,13 @@ export async function syncRemoteIndex(cat: Catalogue, remote: RemoteHandle, para
  * Bring the catalogue's list of the remote's snapshots up to date: manifests not seen before
  * are read and checked; snapshots gone from the remote are dropped from the namespace.
  */
-export async function syncRemoteSnapshots(cat: Catalogue, remote: RemoteHandle, parallel: number): Promise<{snapshots: number; fetched: number}> {
+export async function syncRemoteSnapshots(cat: Catalogue, remote: RemoteHandle, parallel: number, key?: MasterKey): Promise<{snapshots: number; fetched: number}> {
   const ns = remote.namespace
   const listed = (await remote.backend.list('snapshots/')).map((e) => e.key.slice('snapshots/'.length))
   const inCat = new Set(cat.snapshotIds(ns))
   const todo = listed.filter((id) => !inCat.has(id))
   await pool(todo, parallel, async (id) => {
-    const m = parseManifest(await remote.backend.get(snapshotKey(id)), id, remote.location)
+    const m = parseManifest(await remote.backend.get(snapshotKey(id)), id, remote.location, key)
     cat.recordSnapshot(ns, id, m)
   })
   const listedSet = new Set(listed)

@@ -17,6 +17,7 @@ import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {PackBlob, SnapshotManifest, Tree, dataKey, indexKey, snapshotKey} from '../repo/format.js'
+import type {MasterKey} from '../repo/crypto.js'
 import {Repository} from '../repo/repository.js'
 import {IndexBatcher, PackCheckError, parseManifest, pool, snapshotRoots, syncRemoteIndex, syncRemoteSnapshots, treeChildren, verifyPack} from './common.js'
 import {RemoteHandle} from './remotes.js'
@@ -24,9 +25,9 @@ import {RemoteHandle} from './remotes.js'
 const debug = debugFactory('holyship:pull')
 
 /** Cache the remote's index files and snapshot list in the catalogue (metadata only, no packs). */
-export async function syncRemote(cat: Catalogue, remote: RemoteHandle, parallel = 4): Promise<{indexFiles: number; snapshots: number; fetched: number}> {
-  const i = await syncRemoteIndex(cat, remote, parallel)
-  const s = await syncRemoteSnapshots(cat, remote, parallel)
+export async function syncRemote(cat: Catalogue, remote: RemoteHandle, parallel = 4, key?: MasterKey): Promise<{indexFiles: number; snapshots: number; fetched: number}> {
+  const i = await syncRemoteIndex(cat, remote, parallel, key)
+  const s = await syncRemoteSnapshots(cat, remote, parallel, key)
   return {indexFiles: i.indexFiles, snapshots: s.snapshots, fetched: i.fetched + s.fetched}
 }
 
@@ -92,7 +93,7 @@ export async function pullSnapshots(o: PullSnapshotsOptions): Promise<PullTransf
     await repo.backend.put(indexKey(id), data)
     cat.recordIndexFile(repo.id, id, file)
     repo.registerIndexFile(id, file)
-  })
+  }, repo.masterKey)
   const received = new Set<string>()
   let left = 0
   const fetchPacks = async (packs: string[]): Promise<void> => {
@@ -176,7 +177,7 @@ export async function pullSnapshots(o: PullSnapshotsOptions): Promise<PullTransf
   const order = [...toPull].sort((a, b) => Date.parse(manifests.get(a)!.time) - Date.parse(manifests.get(b)!.time))
   for (const id of order) {
     const data = await remote.backend.get(snapshotKey(id))
-    const m = parseManifest(data, id, remote.location)
+    const m = parseManifest(data, id, remote.location, repo.masterKey)
     await repo.backend.put(snapshotKey(id), data)
     cat.recordSnapshot(repo.id, id, m)
     stats.snapshotsPulled.push(id)
@@ -196,7 +197,7 @@ async function fetchPack(o: PullSnapshotsOptions, p: string, expectedSize: numbe
   const key = dataKey(p)
   const check = (data: Buffer, where: string): PackBlob[] => {
     const trees: [string, Buffer][] = []
-    const blobs = verifyPack(data, p, where, (id, plain) => trees.push([id, plain]))
+    const blobs = verifyPack(data, p, where, (id, plain) => trees.push([id, plain]), repo.masterKey)
     for (const [id, plain] of trees) cat.putTree(id, plain)
     return blobs
   }

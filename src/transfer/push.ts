@@ -19,6 +19,7 @@ import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {IndexFile, SnapshotManifest, Tree, dataKey, indexKey, snapshotKey} from '../repo/format.js'
+import {copyKeyFiles} from '../repo/keys.js'
 import {parsePackHeader, sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
 import {IndexBatcher, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex, treeChildren} from './common.js'
@@ -80,6 +81,10 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
   if (!rc) {
     const raw = await repo.backend.get('config')
     try {
+      // an encrypted repository's key files go first (a remote with a config can be opened);
+      // they travel only now: afterwards each side's passphrases are its own (`key ... --to`),
+      // so a passphrase removed on one side is never brought back by a transfer
+      if (repo.encrypted) await copyKeyFiles(repo.backend, remote.backend)
       await remote.backend.put('config', raw)
       createdRemote = true
     } catch (e) {
@@ -89,6 +94,12 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
     rc = (await readRemoteConfig(remote)) ?? {raw, config: repo.config}
   }
   const sameRepository = rc.config.id === repo.id
+  if ((repo.encrypted || rc.config.encryption) && (!sameRepository || !!rc.config.encryption !== repo.encrypted)) {
+    // another repository's key (or none) cannot read what we would send, nor we its index
+    throw new HolyshipError('USAGE', `${remote.location} holds repository ${rc.config.id.slice(0, 12)}${rc.config.encryption ? ' (encrypted)' : ''}, not this ${repo.encrypted ? 'encrypted ' : ''}repository ${repo.id.slice(0, 12)}: an encrypted repository is only pushed to its own copy`, {
+      hint: 'push to an empty bucket prefix',
+    })
+  }
   if (!sameRepository) {
     progress.note(`note: ${remote.location} belongs to repository ${rc.config.id.slice(0, 12)}, not ${repo.id.slice(0, 12)}; data still dedups by content hash`)
   }
@@ -110,7 +121,7 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
 
   // what the remote has: its index files, cached in the catalogue under its namespace
   progress.phase(`reading the index of ${remote.location}`)
-  await syncRemoteIndex(cat, remote, parallel)
+  await syncRemoteIndex(cat, remote, parallel, repo.masterKey)
   const remoteBlobs = new Set<string>()
   for (const [id] of cat.blobLocations(remote.namespace)) remoteBlobs.add(id)
   const remotePacks = cat.packSizes(remote.namespace)
@@ -154,10 +165,10 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
   const batcher = new IndexBatcher(async (id, data, file) => {
     await remote.backend.put(indexKey(id), data)
     cat.recordIndexFile(remote.namespace, id, file)
-  })
+  }, repo.masterKey)
   for (const p of present) {
     const data = await readLocalPack(repo, p)
-    await batcher.add({id: p, size: data.length, blobs: parsePackHeader(data, dataKey(p))})
+    await batcher.add({id: p, size: data.length, blobs: parsePackHeader(data, dataKey(p), repo.masterKey)})
   }
 
   const total = upload.reduce((n, p) => n + (localPacks.get(p) ?? 0), 0)
@@ -167,7 +178,7 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
   progress.detail?.(`${left} packs left`)
   await pool(upload, parallel, async (p) => {
     const data = await readLocalPack(repo, p)
-    const packBlobs = parsePackHeader(data, dataKey(p))
+    const packBlobs = parsePackHeader(data, dataKey(p), repo.masterKey)
     await remote.backend.put(dataKey(p), data)
     bytesSent += data.length
     progress.add(data.length)
