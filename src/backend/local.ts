@@ -103,8 +103,12 @@ export class LocalBackend implements Backend {
         const childRel = rel ? `${rel}/${ent.name}` : ent.name
         if (ent.isDirectory()) await walk(childRel)
         else if (ent.isFile()) {
-          const st = await fsp.stat(path.join(this.location, childRel))
-          out.push({key: childRel, size: st.size, mtime: st.mtimeMs})
+          // deleted between readdir and stat (a lock released, a pack pruned): not there, not an error
+          const st = await fsp.stat(path.join(this.location, childRel)).catch((e: NodeJS.ErrnoException) => {
+            if (e.code === 'ENOENT') return undefined
+            throw e
+          })
+          if (st) out.push({key: childRel, size: st.size, mtime: st.mtimeMs})
         }
       }
     }

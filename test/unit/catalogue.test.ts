@@ -334,7 +334,9 @@ describe('blob locations', () => {
     )
     expect(n).toBe(100_000)
     expect(packs.size).toBe(100)
-    expect(ms).toBeLessThan(1000)
+    // ~300 ms on an idle 2-core machine, 1.3 s seen while other suites ran beside it: the bound
+    // catches a per-row transaction (tens of seconds), not scheduling noise
+    expect(ms).toBeLessThan(3000)
   })
 })
 
