@@ -67,6 +67,8 @@ export class Engine {
   }
 
   async inspectContainer(ref: string): Promise<ContainerInspect> {
+    // a reference goes into the request URL: refuse anything that is not a name or an id
+    if (!VALID_REF.test(ref)) throw new HolyshipError('CONTAINER_NOT_FOUND', `no container named ${JSON.stringify(ref)} on ${this.host} (not a valid container name)`)
     return this.call(`inspect container ${ref}`, () => this.docker.getContainer(ref).inspect() as Promise<ContainerInspect>, () =>
       new HolyshipError('CONTAINER_NOT_FOUND', `no container named ${JSON.stringify(ref)} on ${this.host}`),
     )
@@ -167,6 +169,7 @@ export class Engine {
   }
 
   async inspectVolume(name: string): Promise<Docker.VolumeInspectInfo & {CreatedAt?: string}> {
+    if (!VALID_REF.test(name)) throw new HolyshipError('VOLUME_NOT_FOUND', `no volume named ${JSON.stringify(name)} on ${this.host} (not a valid volume name)`)
     return this.call(`inspect volume ${name}`, () => this.docker.getVolume(name).inspect(), () =>
       new HolyshipError('VOLUME_NOT_FOUND', `no volume named ${JSON.stringify(name)} on ${this.host}`),
     )
@@ -213,6 +216,9 @@ export class Engine {
     await this.call(`create network ${opts.Name}`, () => this.docker.createNetwork(opts))
   }
 }
+
+/** Docker's own rule for container and volume names (and ids): [a-zA-Z0-9][a-zA-Z0-9_.-]* */
+const VALID_REF = /^\/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$/
 
 function dockerOptions(host: string): Docker.DockerOptions {
   if (host.startsWith('unix://')) return {socketPath: host.slice('unix://'.length)}

@@ -157,15 +157,15 @@ describe('hostile and broken input', () => {
     expect(await state()).toMatchObject({Running: true, Paused: false})
   }, 120_000)
 
-  // KNOWN BUG, src/docker/engine.ts (not ours to edit): a container reference with `../`
-  // reaches docker-modem, which resolves it into the URL (exit 31 "HTTP code 301", or an
-  // unhandled ENOTFOUND crash, exit 1). Fix: refuse references that are not
-  // /?[A-Za-z0-9][A-Za-z0-9_.-]* in Engine.inspectContainer (and volume names in
-  // inspectVolume) with CONTAINER_NOT_FOUND / VOLUME_NOT_FOUND; then drop `.fails`.
-  it.fails('a container name with ../ is CONTAINER_NOT_FOUND (22), not a crash', async () => {
+  // a reference with `../` used to reach docker-modem's URL building (exit 31 or a crash):
+  // Engine refuses what is not a Docker name before any request
+  it('a container or volume name with ../ is not found (22, 23), not a crash', async () => {
     const r = await holyship(['snapshot', '../../etc'], env)
     expect(r.code).toBe(22)
     oneLineError(r)
+    const v = await holyship(['snapshot', '--volume', '../x'], env)
+    expect(v.code).toBe(23)
+    oneLineError(v)
   }, 60_000)
 
   it('a hostile snapshot is refused before anything reaches the engine or the host', async () => {
