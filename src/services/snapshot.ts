@@ -15,6 +15,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ArchiveStats, ContainerRecord, ImageRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
+import {recoverOnce} from './pause-journal.js'
 import {Consistency, StateGuard} from './state-guard.js'
 
 const debug = debugFactory('holyship:snapshot')
@@ -60,6 +61,9 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
     throw new HolyshipError('USAGE', 'name at least one container, or --volume NAME')
   }
   await opts.engine.ping()
+  // containers a killed holyship left paused or stopped on this engine are put back first,
+  // so what is inspected below is their real state
+  await recoverOnce(opts.engine)
   // check every name first so a typo fails before any work is done
   const infos = []
   for (const c of containers) infos.push(await opts.engine.inspectContainer(c))
@@ -388,7 +392,8 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
     repo.discardPending()
     throw e
   } finally {
-    if (helper) await engine.removeContainer(helper).catch(() => undefined)
+    // v: also the anonymous volumes the helper's image may declare
+    if (helper) await engine.docker.getContainer(helper).remove({force: true, v: true}).catch(() => undefined)
     ;(opts.progress ?? silentProgress).done()
   }
   const rec: MountRecord = {

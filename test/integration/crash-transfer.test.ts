@@ -124,14 +124,14 @@ describe('kill -9 during push and pull', () => {
 
   afterAll(() => console.log(report.join('\n')))
 
-  it('push: killed at 6 points spread over its uploads; never a half snapshot on the remote; the next push finishes', async () => {
+  it('push: killed at 5 points spread over its uploads; never a half snapshot on the remote; the next push finishes', async () => {
     const countFile = join(tmp, 'push-count.json')
     const measured = await cli(['push', '--to', `s3://${s3.bucket}/measured`, '--endpoint', s3.endpoint, '--repo', A.dir, '--catalogue', A.catalogue], {HOLYSHIP_TEST_CRASH_COUNT: countFile})
     expect(measured.stderr).toBe('')
     expect(measured.code).toBe(0)
     const total = JSON.parse(await fsp.readFile(countFile, 'utf8')).put as number
     expect(total).toBeGreaterThan(12)
-    const points = spread(total, 6)
+    const points = spread(total, 5)
     for (const at of points) {
       const prefix = `push-kill-${at}`
       const url = `s3://${s3.bucket}/${prefix}`
@@ -153,7 +153,7 @@ describe('kill -9 during push and pull', () => {
     expect((await verifyRepository(await Repository.open(new LocalBackend(A.dir)), {readData: true})).problems).toEqual([])
   }, 240_000)
 
-  it('pull: killed at 6 points spread over its local writes; never a half snapshot locally; the next pull finishes', async () => {
+  it('pull: killed at 5 points spread over its local writes; never a half snapshot locally; the next pull finishes', async () => {
     const url = `s3://${s3.bucket}/measured`
     const countFile = join(tmp, 'pull-count.json')
     const M = join(tmp, 'pull-measured')
@@ -164,7 +164,7 @@ describe('kill -9 during push and pull', () => {
     expect(measured.code).toBe(0)
     const total = JSON.parse(await fsp.readFile(countFile, 'utf8')).rename as number
     expect(total).toBeGreaterThan(12)
-    for (const at of spread(total, 6)) {
+    for (const at of spread(total, 5)) {
       const dir = join(tmp, `pull-kill-${at}`)
       const args = ['pull', 'latest:one', 'latest:two', '--from', url, '--endpoint', s3.endpoint, '--repo', join(dir, 'repo'), '--catalogue', join(dir, 'cat.sqlite3')]
       const r = await cli(args, {HOLYSHIP_TEST_CRASH: `rename:${at}`})

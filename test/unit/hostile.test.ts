@@ -599,7 +599,7 @@ describe('the pause journal', () => {
 
   it('removes helper containers of dead holyship processes only', async () => {
     const dead = deadPid()
-    const helpers = [
+    const helpers: {Id: string; Names: string[]; Labels: Record<string, string>; State: string}[] = [
       {Id: 'h-dead', Names: [`/holyship-helper-${dead}-abc`], Labels: {'holyship.helper': 'true'}, State: 'created'},
       {Id: 'h-live', Names: [`/holyship-helper-${process.pid}-abc`], Labels: {'holyship.helper': 'true'}, State: 'created'},
       {Id: 'not-ours', Names: [`/holyship-helper-${dead}-abc`], Labels: {}, State: 'created'},
