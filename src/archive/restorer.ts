@@ -383,6 +383,8 @@ export async function restoreToDir(
     return tmp
   }
 
+  /** directories this restore made or found to be real directories, their ancestors checked */
+  const safeDirs = new Set<string>()
   const place = async (relOut: string, treePath: string, n: TreeNode): Promise<boolean> => {
     if (relOut.split('/').some((c) => c === '..' || c === '.' || c.includes('\0'))) {
       throw new HolyshipError('REPO_DAMAGED', `refusing unsafe path ${JSON.stringify(relOut)} in the snapshot`)
@@ -390,7 +392,7 @@ export async function restoreToDir(
     const abs = relOut === '' ? root : path.join(root, relOut)
     if (abs !== root && !abs.startsWith(root + path.sep)) throw new HolyshipError('REPO_DAMAGED', `refusing path outside the target: ${relOut}`)
     // never follow a symlink left on the way (written earlier or already there)
-    await assertNoSymlinkBetween(root, abs)
+    await assertNoSymlinkBetween(root, abs, safeDirs)
     if (n.type === 'whiteout') return false
     const existing = abs === root ? await fsp.lstat(abs) : await fsp.lstat(abs).catch(() => undefined)
     const replace = existing !== undefined && (n.type !== 'dir' || !existing.isDirectory())
@@ -435,6 +437,8 @@ export async function restoreToDir(
       switch (n.type) {
         case 'dir':
           if (fresh) await fsp.mkdir(abs)
+          // a real directory now (lstat saw one, or we made it): entries below need not look past it
+          safeDirs.add(abs)
           dirsToTime.push({abs, node: n})
           break
         case 'file':
@@ -488,10 +492,26 @@ export async function restoreToDir(
         skip(treePath === '' ? '/' : `${treePath}/`, `directory listing unreadable: ${e.message}`)
         return
       }
+      // regular files of a directory are written several at a time (each is mostly waiting
+      // on the disk); everything else, and hard links to those files, in order after them
+      let inFlight: Promise<void>[] = []
+      const drain = async (): Promise<void> => {
+        const results = await Promise.allSettled(inFlight)
+        inFlight = []
+        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+        if (failed) throw failed.reason
+      }
       for (const child of tree.nodes) {
         const join = (a: string): string => (a === '' ? child.name : `${a}/${child.name}`)
+        if (child.type === 'file') {
+          inFlight.push(walk(join(relOut), join(treePath), child))
+          if (inFlight.length >= RESTORE_PARALLEL) await drain()
+          continue
+        }
+        await drain()
         await walk(join(relOut), join(treePath), child)
       }
+      await drain()
     }
   }
   try {
@@ -505,6 +525,9 @@ export async function restoreToDir(
   return {...stats, skipped}
 }
 
+/** files written at the same time by restoreToDir */
+const RESTORE_PARALLEL = 8
+
 function isZero(buf: Buffer): boolean {
   for (let i = 0; i < buf.length; i += 8192) {
     const end = Math.min(buf.length, i + 8192)
@@ -513,9 +536,9 @@ function isZero(buf: Buffer): boolean {
   return true
 }
 
-async function assertNoSymlinkBetween(root: string, abs: string): Promise<void> {
+async function assertNoSymlinkBetween(root: string, abs: string, safe?: Set<string>): Promise<void> {
   let cur = path.dirname(abs)
-  while (cur.length > root.length) {
+  while (cur.length > root.length && !safe?.has(cur)) {
     const st = await fsp.lstat(cur).catch(() => undefined)
     if (st?.isSymbolicLink()) throw new HolyshipError('REPO_DAMAGED', `refusing to write through the symlink ${cur}`)
     cur = path.dirname(cur)
