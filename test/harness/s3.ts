@@ -99,3 +99,30 @@ export async function startS3Server(bucket = 'holyship-test'): Promise<S3Server>
     },
   }
 }
+
+/**
+ * Point the AWS SDK's default credential chain at s3rver for this process (and no ambient
+ * endpoint or profile); returns the function that puts the environment back.
+ */
+export function useS3rverEnv(): () => void {
+  const want: Record<string, string | undefined> = {
+    AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+    AWS_REGION: 'us-east-1',
+    AWS_ENDPOINT_URL: undefined,
+    AWS_ENDPOINT_URL_S3: undefined,
+    AWS_PROFILE: undefined,
+  }
+  const saved: Record<string, string | undefined> = {}
+  for (const [k, v] of Object.entries(want)) {
+    saved[k] = process.env[k]
+    if (v === undefined) delete process.env[k]
+    else process.env[k] = v
+  }
+  return () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k]
+      else process.env[k] = v
+    }
+  }
+}

@@ -23,27 +23,15 @@ import {Repository} from '../../src/repo/repository.js'
 import {pull, push} from '../../src/services/remote.js'
 import {verifyRepository} from '../../src/services/verify.js'
 import {FaultProxy, RECOVERABLE, rotatingFaults, startFaultProxy} from '../harness/fault-proxy.js'
-import {S3RVER_CREDENTIALS, S3Server, s3rverObjectPath, startS3Server} from '../harness/s3.js'
+import {S3Server, s3rverObjectPath, startS3Server, useS3rverEnv} from '../harness/s3.js'
 
 let s3: S3Server
 let proxy: FaultProxy
 let tmp: string
-const saved: Record<string, string | undefined> = {}
-const ENV = {
-  AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-  AWS_REGION: 'us-east-1',
-  AWS_ENDPOINT_URL: undefined,
-  AWS_ENDPOINT_URL_S3: undefined,
-  AWS_PROFILE: undefined,
-}
+let restoreEnv: () => void = () => {}
 
 beforeAll(async () => {
-  for (const [k, v] of Object.entries(ENV)) {
-    saved[k] = process.env[k]
-    if (v === undefined) delete process.env[k]
-    else process.env[k] = v
-  }
+  restoreEnv = useS3rverEnv()
   s3 = await startS3Server()
   proxy = await startFaultProxy(s3.endpoint)
   tmp = await fsp.mkdtemp(join(tmpdir(), 'holyship-s3faults-'))
@@ -53,10 +41,7 @@ afterAll(async () => {
   await proxy?.stop()
   await s3?.stop()
   if (tmp) await fsp.rm(tmp, {recursive: true, force: true})
-  for (const [k, v] of Object.entries(saved)) {
-    if (v === undefined) delete process.env[k]
-    else process.env[k] = v
-  }
+  restoreEnv()
 })
 
 interface Side {

@@ -15,26 +15,14 @@ import {HolyshipError} from '../../src/errors.js'
 import {SnapshotManifest} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {listRemoteSnapshots, pull, push, remoteAdd, remoteList, remoteRemove} from '../../src/services/remote.js'
-import {S3RVER_CREDENTIALS, S3Server, s3rverObjectPath, startS3Server} from '../harness/s3.js'
+import {S3Server, s3rverObjectPath, startS3Server, useS3rverEnv} from '../harness/s3.js'
 
 let s3: S3Server
 let tmp: string
-const savedEnv: Record<string, string | undefined> = {}
-const ENV = {
-  AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-  AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-  AWS_REGION: 'us-east-1',
-  AWS_ENDPOINT_URL: undefined,
-  AWS_ENDPOINT_URL_S3: undefined,
-  AWS_PROFILE: undefined,
-}
+let restoreEnv: () => void = () => {}
 
 beforeAll(async () => {
-  for (const [k, v] of Object.entries(ENV)) {
-    savedEnv[k] = process.env[k]
-    if (v === undefined) delete process.env[k]
-    else process.env[k] = v
-  }
+  restoreEnv = useS3rverEnv()
   s3 = await startS3Server()
   tmp = await fsp.mkdtemp(join(tmpdir(), 'holyship-transfer-'))
 }, 20_000)
@@ -42,10 +30,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await s3?.stop()
   if (tmp) await fsp.rm(tmp, {recursive: true, force: true})
-  for (const [k, v] of Object.entries(savedEnv)) {
-    if (v === undefined) delete process.env[k]
-    else process.env[k] = v
-  }
+  restoreEnv()
 })
 
 // ------------------------------------------------------------------------------ fixtures
