@@ -1,14 +1,26 @@
 /**
- * The narrow interface holyship uses of a Docker engine, over dockerode. Every call is
- * logged under the `holyship:docker` debug namespace, and engine errors are mapped to the
- * error taxonomy here, once.
+ * The narrow interface holyship uses of a Docker engine. Every call is logged under the
+ * `holyship:docker` debug namespace, and engine errors are mapped to the error taxonomy here,
+ * once.
+ *
+ * The small JSON calls a snapshot makes (ping, info, inspect, pause, unpause, list) go straight
+ * to a local engine's unix socket over node:http: dockerode takes ~300 ms of CPU just to load
+ * (it pulls in ssh2 and gRPC), more than a whole unchanged snapshot should cost. dockerode is
+ * loaded on first use only, for streams (export, archives, save, load), creating containers and
+ * for engines not reached over a unix socket (TCP, TLS, SSH).
  */
+import {existsSync} from 'node:fs'
+import * as http from 'node:http'
+import {createRequire} from 'node:module'
+import * as os from 'node:os'
+import * as path from 'node:path'
 import {Readable} from 'node:stream'
 import debugFactory from 'debug'
-import Docker from 'dockerode'
+import type Docker from 'dockerode'
 import {HolyshipError} from '../errors.js'
 
 const debug = debugFactory('holyship:docker')
+const requireCjs = createRequire(import.meta.url)
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export type ContainerInspect = Docker.ContainerInspectInfo & {GraphDriver?: {Name: string; Data: Record<string, string>}}
@@ -20,13 +32,56 @@ export interface Change {
 }
 
 export class Engine {
-  readonly docker: Docker
   readonly host: string
+  private dockerode?: Docker
+  /** the engine's unix socket, when it is reached over one: the light client's way in */
+  private readonly socketPath?: string
+  private infoCache?: Promise<EngineInfo>
 
   /** `host` like DOCKER_HOST; without it dockerode's default: DOCKER_HOST or the local socket */
-  constructor(host?: string) {
-    this.host = host ?? process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock'
-    this.docker = host ? new Docker(dockerOptions(host)) : new Docker()
+  constructor(private readonly explicitHost?: string) {
+    this.host = explicitHost ?? process.env.DOCKER_HOST ?? 'unix:///var/run/docker.sock'
+    this.socketPath = unixSocketOf(explicitHost)
+  }
+
+  /** the dockerode client, loaded on first use */
+  get docker(): Docker {
+    if (!this.dockerode) {
+      const Dockerode = requireCjs('dockerode') as typeof Docker
+      this.dockerode = this.explicitHost ? new Dockerode(dockerOptions(this.explicitHost)) : new Dockerode()
+    }
+    return this.dockerode
+  }
+
+  /**
+   * One JSON call on the engine's unix socket (undefined body for 204), or through dockerode's
+   * `viaDockerode` when there is no socket. Errors look like docker-modem's (statusCode, json),
+   * so mapError treats both alike.
+   */
+  private async json<T>(method: 'GET' | 'POST', urlPath: string, viaDockerode: () => Promise<T>): Promise<T> {
+    if (!this.socketPath) return viaDockerode()
+    return await new Promise<T>((resolve, reject) => {
+      const req = http.request({socketPath: this.socketPath, method, path: urlPath, headers: {Host: 'docker'}}, (res) => {
+        const parts: Buffer[] = []
+        res.on('data', (c: Buffer) => parts.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const text = Buffer.concat(parts).toString('utf8')
+          let body: unknown = text
+          try {
+            body = text === '' ? undefined : JSON.parse(text)
+          } catch {
+            // plain text (ping's "OK", some errors)
+          }
+          const status = res.statusCode ?? 0
+          if (status >= 200 && status < 300) return resolve(body as T)
+          const message = (body as {message?: string} | undefined)?.message ?? text
+          reject(Object.assign(new Error(`(HTTP code ${status}) unexpected - ${message} `), {statusCode: status, json: body}))
+        })
+      })
+      req.on('error', reject)
+      req.end()
+    })
   }
 
   /** true when the engine is reached over a local unix socket (its files may be on this host) */
@@ -59,17 +114,21 @@ export class Engine {
   }
 
   async ping(): Promise<void> {
-    await this.call('ping', () => this.docker.ping())
+    await this.call('ping', () => this.json('GET', '/_ping', () => this.docker.ping()))
   }
 
-  async info(): Promise<{ID: string; Name: string; Driver: string; DockerRootDir: string; ServerVersion: string}> {
-    return this.call('info', () => this.docker.info())
+  /** docker info; asked once per Engine (what holyship reads of it does not change while it runs) */
+  async info(): Promise<EngineInfo> {
+    this.infoCache ??= this.call('info', () => this.json<EngineInfo>('GET', '/info', () => this.docker.info()))
+    this.infoCache.catch(() => (this.infoCache = undefined))
+    return this.infoCache
   }
 
   async inspectContainer(ref: string): Promise<ContainerInspect> {
     // a reference goes into the request URL: refuse anything that is not a name or an id
     if (!VALID_REF.test(ref)) throw new HolyshipError('CONTAINER_NOT_FOUND', `no container named ${JSON.stringify(ref)} on ${this.host} (not a valid container name)`)
-    return this.call(`inspect container ${ref}`, () => this.docker.getContainer(ref).inspect() as Promise<ContainerInspect>, () =>
+    const id = encodeURIComponent(ref.replace(/^\//, ''))
+    return this.call(`inspect container ${ref}`, () => this.json('GET', `/containers/${id}/json`, () => this.docker.getContainer(ref).inspect() as Promise<ContainerInspect>), () =>
       new HolyshipError('CONTAINER_NOT_FOUND', `no container named ${JSON.stringify(ref)} on ${this.host}`),
     )
   }
@@ -106,11 +165,11 @@ export class Engine {
   }
 
   async pause(id: string): Promise<void> {
-    await this.call(`pause ${id.slice(0, 12)}`, () => this.docker.getContainer(id).pause())
+    await this.call(`pause ${id.slice(0, 12)}`, () => this.json('POST', `/containers/${encodeURIComponent(id)}/pause`, () => this.docker.getContainer(id).pause()))
   }
 
   async unpause(id: string): Promise<void> {
-    await this.call(`unpause ${id.slice(0, 12)}`, () => this.docker.getContainer(id).unpause())
+    await this.call(`unpause ${id.slice(0, 12)}`, () => this.json('POST', `/containers/${encodeURIComponent(id)}/unpause`, () => this.docker.getContainer(id).unpause()))
   }
 
   async stop(id: string, timeoutSeconds?: number): Promise<void> {
@@ -131,7 +190,7 @@ export class Engine {
 
   async inspectImage(ref: string): Promise<Docker.ImageInspectInfo | undefined> {
     try {
-      return await this.call(`inspect image ${ref.slice(0, 19)}`, () => this.docker.getImage(ref).inspect())
+      return await this.call(`inspect image ${ref.slice(0, 19)}`, () => this.json('GET', `/images/${encodeURIComponent(ref)}/json`, () => this.docker.getImage(ref).inspect()))
     } catch (e) {
       if (e instanceof HolyshipError && e.code === 'DOCKER_FAILED' && /no such image|not found/i.test(e.message)) return undefined
       throw e
@@ -170,7 +229,8 @@ export class Engine {
 
   async inspectVolume(name: string): Promise<Docker.VolumeInspectInfo & {CreatedAt?: string}> {
     if (!VALID_REF.test(name)) throw new HolyshipError('VOLUME_NOT_FOUND', `no volume named ${JSON.stringify(name)} on ${this.host} (not a valid volume name)`)
-    return this.call(`inspect volume ${name}`, () => this.docker.getVolume(name).inspect(), () =>
+    const v = encodeURIComponent(name.replace(/^\//, ''))
+    return this.call(`inspect volume ${name}`, () => this.json('GET', `/volumes/${v}`, () => this.docker.getVolume(name).inspect()), () =>
       new HolyshipError('VOLUME_NOT_FOUND', `no volume named ${JSON.stringify(name)} on ${this.host}`),
     )
   }
@@ -195,8 +255,10 @@ export class Engine {
     await this.call(`remove volume ${name}`, () => this.docker.getVolume(name).remove())
   }
 
-  async listContainers(all = true): Promise<Docker.ContainerInfo[]> {
-    return this.call('list containers', () => this.docker.listContainers({all}))
+  async listContainers(all = true, filters?: Record<string, string[]>): Promise<Docker.ContainerInfo[]> {
+    const q = new URLSearchParams(all ? {all: 'true'} : {})
+    if (filters) q.set('filters', JSON.stringify(filters))
+    return this.call('list containers', () => this.json('GET', `/containers/json?${q}`, () => this.docker.listContainers({all, ...(filters ? {filters} : {})})))
   }
 
   async listImages(): Promise<Docker.ImageInfo[]> {
@@ -205,7 +267,7 @@ export class Engine {
 
   async inspectNetwork(name: string): Promise<Docker.NetworkInspectInfo | undefined> {
     try {
-      return await this.call(`inspect network ${name}`, () => this.docker.getNetwork(name).inspect())
+      return await this.call(`inspect network ${name}`, () => this.json('GET', `/networks/${encodeURIComponent(name)}`, () => this.docker.getNetwork(name).inspect()))
     } catch (e) {
       if (e instanceof HolyshipError && /not found|no such network/i.test(e.message)) return undefined
       throw e
@@ -215,6 +277,31 @@ export class Engine {
   async createNetwork(opts: Docker.NetworkCreateOptions): Promise<void> {
     await this.call(`create network ${opts.Name}`, () => this.docker.createNetwork(opts))
   }
+}
+
+export interface EngineInfo {
+  ID: string
+  Name: string
+  Driver: string
+  DockerRootDir: string
+  ServerVersion: string
+}
+
+/**
+ * The unix socket an engine is reached over, as dockerode would pick it: `host` (unix:// or a
+ * path), else DOCKER_HOST, else ~/.docker/run/docker.sock when it exists, else
+ * /var/run/docker.sock. undefined for anything else (TCP, TLS, SSH, npipe): dockerode then.
+ */
+function unixSocketOf(host: string | undefined): string | undefined {
+  const h = host ?? process.env.DOCKER_HOST
+  if (h === undefined || h === '' || h === 'unix://') {
+    if (h === undefined && process.platform === 'win32') return undefined
+    const user = path.join(os.homedir(), '.docker', 'run', 'docker.sock')
+    return existsSync(user) ? user : '/var/run/docker.sock'
+  }
+  if (h.startsWith('unix://')) return h.slice('unix://'.length)
+  if (host !== undefined && h.startsWith('/')) return h
+  return undefined
 }
 
 /** Docker's own rule for container and volume names (and ids): [a-zA-Z0-9][a-zA-Z0-9_.-]* */
