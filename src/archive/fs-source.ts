@@ -3,25 +3,33 @@
  * writable layer) straight from disk: the fast path when holyship runs as root on the
  * engine's host. Files that change while they are read never fail the snapshot: each is
  * stored as read and reported in stats.changed.
+ *
+ * With a parent snapshot most of a tree is usually unchanged, and what it costs is metadata:
+ * one lstat per entry (synchronous: a CLI has nothing else to do meanwhile, and the thread
+ * pool's round trip costs several times the system call), and extended attributes only where
+ * an entry's ctime or inode differs from the parent's (setting or removing an xattr changes the
+ * ctime), so an unchanged tree spawns no `getfattr` at all.
  */
 import {execFile} from 'node:child_process'
-import {promises as fsp} from 'node:fs'
+import {BigIntStats, lstatSync, promises as fsp, readdirSync, readlinkSync} from 'node:fs'
 import * as path from 'node:path'
-import {promisify} from 'node:util'
 import debugFactory from 'debug'
-import {Tree, TreeNode} from '../repo/format.js'
+import {NodeType, Tree, TreeNode} from '../repo/format.js'
 import {Archiver, SourceEntry} from './archiver.js'
 
 const debug = debugFactory('holyship:fs-source')
-const execFileP = promisify(execFile)
 
 export interface FsSourceOptions {
   /** an overlay2 upper dir: 0/0 character devices are whiteouts, trusted.overlay.opaque marks opaque dirs */
   overlay?: boolean
   /** relative paths (no leading /) to leave out, with everything below them */
   exclude?: Set<string>
-  /** the same source's tree in the previous snapshot: unchanged files are not read again */
-  parent?: {tree?: string; loadTree: (id: string) => Promise<Tree>}
+  /**
+   * the same source's tree in the previous snapshot: unchanged files are not read again, and
+   * unchanged entries keep their extended attributes without reading them; `root` is the
+   * previous root directory's own node, when the snapshot recorded it
+   */
+  parent?: {tree?: string; root?: TreeNode; loadTree: (id: string) => Promise<Tree>}
 }
 
 export function major(rdev: number): number {
@@ -31,27 +39,27 @@ export function minor(rdev: number): number {
   return Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 }
 
+type Xattrs = Map<string, Record<string, string>>
+
 /**
- * All extended attributes below root in one `getfattr` run (Node has no xattr API).
- * Returns relative path -> name -> base64 value. Missing getfattr: no xattrs, with a debug note.
+ * Extended attributes of `paths` (absolute, below root; with `recursive` everything below each)
+ * in one `getfattr` run (Node has no xattr API), never following symlinks: a symlink's own
+ * attributes, not its target's. Returns root-relative path -> name -> base64 value, only for
+ * entries that have any. Missing getfattr: undefined.
  */
-export async function readXattrs(root: string): Promise<Map<string, Record<string, string>>> {
-  const out = new Map<string, Record<string, string>>()
-  let stdout: string
-  try {
-    ;({stdout} = await execFileP('getfattr', ['-R', '-P', '-d', '-m', '-', '-e', 'base64', '--absolute-names', root], {
-      maxBuffer: 1024 * 1024 * 1024,
-      encoding: 'utf8',
-    }))
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & {stdout?: string}
-    if (err.code === 'ENOENT') {
-      debug('getfattr not installed: extended attributes are not read')
-      return out
-    }
-    // getfattr exits 1 when some file vanished; what it printed is still good
-    stdout = err.stdout ?? ''
-  }
+async function runGetfattr(root: string, paths: string[], recursive: boolean): Promise<Xattrs | undefined> {
+  const args = [...(recursive ? ['-R', '-P'] : []), '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...paths]
+  const stdout = await new Promise<string | undefined>((resolve, reject) => {
+    execFile('getfattr', args, {maxBuffer: 1024 * 1024 * 1024, encoding: 'utf8'}, (err, out) => {
+      if (!err) return resolve(out)
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return resolve(undefined)
+      // getfattr exits 1 when some file vanished; what it printed is still good
+      if (typeof err.code === 'number') return resolve(out)
+      reject(err)
+    })
+  })
+  if (stdout === undefined) return undefined
+  const out: Xattrs = new Map()
   let current: Record<string, string> | undefined
   for (const line of stdout.split('\n')) {
     if (line.startsWith('# file: ')) {
@@ -71,12 +79,82 @@ export async function readXattrs(root: string): Promise<Map<string, Record<strin
   return out
 }
 
+/** All extended attributes below root (one recursive `getfattr`); empty without getfattr. */
+export async function readXattrs(root: string): Promise<Map<string, Record<string, string>>> {
+  const out = await runGetfattr(root, [root], true)
+  if (!out) debug('getfattr not installed: extended attributes are not read')
+  return out ?? new Map()
+}
+
 function unescapeGetfattr(s: string): string {
   // getfattr escapes unusual bytes as \ooo octal
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
 }
 
-type BigStats = import('node:fs').BigIntStats
+/**
+ * Where the extended attributes of the walk come from: either one recursive run over the whole
+ * root (a first snapshot, or once the changes are many), or small runs for just the entries
+ * that changed since the parent snapshot and the new directories (recursively).
+ */
+class XattrReader {
+  private readonly map: Xattrs = new Map()
+  /** the whole root has been read: the map has every entry that has attributes */
+  private all = false
+  private missing = false
+  private runs = 0
+  private entries = 0
+  /** past these, one recursive run over everything is cheaper than more small ones */
+  static readonly MAX_RUNS = 16
+  static readonly MAX_ENTRIES = 2048
+
+  constructor(private readonly root: string) {}
+
+  get complete(): boolean {
+    return this.all || this.missing
+  }
+
+  /** every entry's attributes are in the map (none there: it has none) */
+  get everything(): boolean {
+    return this.all
+  }
+
+  async readAll(): Promise<void> {
+    if (this.complete) return
+    const m = await runGetfattr(this.root, [this.root], true)
+    this.all = true
+    this.merge(m)
+  }
+
+  /** read `entries` (root-relative) and, recursively, `trees`; no-op once everything is read */
+  async fetch(entries: string[], trees: string[]): Promise<void> {
+    if (this.complete || entries.length + trees.length === 0) return
+    this.entries += entries.length
+    this.runs += (entries.length > 0 ? Math.ceil(entries.length / 512) : 0) + (trees.length > 0 ? 1 : 0)
+    if (this.runs > XattrReader.MAX_RUNS || this.entries > XattrReader.MAX_ENTRIES) return this.readAll()
+    const abs = (rel: string): string => (rel === '' ? this.root : path.join(this.root, rel))
+    // bounded argument lists (ARG_MAX)
+    for (let i = 0; i < entries.length && !this.missing; i += 512) {
+      this.merge(await runGetfattr(this.root, entries.slice(i, i + 512).map(abs), false))
+    }
+    if (trees.length > 0 && !this.missing) this.merge(await runGetfattr(this.root, trees.map(abs), true))
+  }
+
+  /** an entry's attributes once read (each entry is asked for once: forgotten here) */
+  take(rel: string): Record<string, string> | undefined {
+    const x = this.map.get(rel)
+    if (x) this.map.delete(rel)
+    return x
+  }
+
+  private merge(m: Xattrs | undefined): void {
+    if (!m) {
+      if (!this.missing) debug('getfattr not installed: extended attributes are not read')
+      this.missing = true
+      return
+    }
+    for (const [k, v] of m) this.map.set(k, v)
+  }
+}
 
 function timeOf(ns: bigint): [number, number] {
   const sec = ns / 1_000_000_000n
@@ -87,141 +165,259 @@ function sameTime(a: [number, number] | undefined, b: [number, number]): boolean
   return !!a && a[0] === b[0] && a[1] === b[1]
 }
 
+/** lstat, or undefined when the entry is gone */
+function lstatOrGone(abs: string): BigIntStats | undefined {
+  return lstatSync(abs, {bigint: true, throwIfNoEntry: false})
+}
+
+// file type bits of st_mode (BigIntStats' isFile() etc. allocate BigInts on every call)
+const S_IFMT = 0o170000
+const S_IFDIR = 0o040000
+const S_IFREG = 0o100000
+const S_IFLNK = 0o120000
+const S_IFCHR = 0o020000
+const S_IFBLK = 0o060000
+const S_IFIFO = 0o010000
+
+/** one directory entry as the walk sees it: stat'ed once, matched to the parent snapshot's node */
+interface Child {
+  rel: string
+  abs: string
+  st: BigIntStats
+  /** st_mode & S_IFMT */
+  kind: number
+  mtime: [number, number]
+  ctime: [number, number]
+  inode: number
+  size: number
+  prev?: TreeNode
+  /** the parent snapshot's attributes of this entry are still right (same inode, same ctime) */
+  keepXattrs: boolean
+}
+
+function childOf(rel: string, abs: string, st: BigIntStats, prev: TreeNode | undefined): Child {
+  const ctime = timeOf(st.ctimeNs)
+  const inode = Number(st.ino)
+  return {
+    rel,
+    abs,
+    st,
+    kind: Number(st.mode) & S_IFMT,
+    mtime: timeOf(st.mtimeNs),
+    ctime,
+    inode,
+    size: Number(st.size),
+    prev,
+    keepXattrs: prev !== undefined && prev.inode === inode && sameTime(prev.ctime, ctime),
+  }
+}
+
+/** stat this many entries of a directory ahead (one getfattr for those that changed) */
+const BATCH = 512
+
 /** Walk `root` depth-first and add every entry to the archiver; returns the paths that changed while read. */
 export async function archiveDir(root: string, archiver: Archiver, opts: FsSourceOptions = {}): Promise<string[]> {
   const changed: string[] = []
-  const xattrs = await readXattrs(root)
+  const xattrs = new XattrReader(root)
+  // a first snapshot needs every entry's attributes: one recursive run
+  if (!opts.parent?.tree) await xattrs.readAll()
   const links = new Map<string, string>()
-  const meta = (rel: string, st: BigStats): Omit<SourceEntry, 'type'> => {
-    const x = xattrs.get(rel)
-    let xa: Record<string, string> | undefined
-    if (x) {
-      xa = {}
-      for (const [k, v] of Object.entries(x)) if (!(opts.overlay && k.startsWith('trusted.overlay.'))) xa[k] = v
-      if (Object.keys(xa).length === 0) xa = undefined
+
+  /** the entry's common fields, with the attributes to record (overlayfs' own trusted.overlay.* left out) */
+  const entryOf = (c: Child, type: NodeType): SourceEntry => {
+    const e: SourceEntry = {
+      path: c.rel,
+      type,
+      mode: Number(c.st.mode) & 0o7777,
+      uid: Number(c.st.uid),
+      gid: Number(c.st.gid),
+      mtime: c.mtime,
+      ctime: c.ctime,
+      inode: c.inode,
     }
-    return {path: rel, mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), mtime: timeOf(st.mtimeNs), xattrs: xa}
+    if (c.keepXattrs && !xattrs.everything) {
+      if (c.prev!.xattrs) e.xattrs = c.prev!.xattrs
+      if (type === 'dir' && c.prev!.type === 'dir' && c.prev!.opaque) e.opaque = true
+      return e
+    }
+    const x = xattrs.take(c.rel)
+    if (!x) return e
+    if (type === 'dir' && opts.overlay && x['trusted.overlay.opaque'] === OPAQUE) e.opaque = true
+    for (const k in x) {
+      if (opts.overlay && k.startsWith('trusted.overlay.')) continue
+      ;(e.xattrs ??= {})[k] = x[k]
+    }
+    return e
   }
-  const parentChildren = async (tree: string | undefined): Promise<Map<string, TreeNode> | undefined> => {
+
+  const parentChildren = async (prev: TreeNode | undefined): Promise<Map<string, TreeNode> | undefined> => {
+    const tree = prev?.type === 'dir' ? prev.subtree : undefined
     if (!tree || !opts.parent) return undefined
     try {
-      return new Map((await opts.parent.loadTree(tree)).nodes.map((n) => [n.name, n]))
+      const nodes = (await opts.parent.loadTree(tree)).nodes
+      const m = new Map<string, TreeNode>()
+      for (const n of nodes) m.set(n.name, n)
+      return m
     } catch (e) {
       debug('parent tree %s unreadable, reading everything: %s', tree, (e as Error).message)
       return undefined
     }
   }
 
-  const visit = async (rel: string, prev: TreeNode | undefined): Promise<void> => {
-    const abs = rel === '' ? root : path.join(root, rel)
-    let st: BigStats
+  /** a directory: its own entry, then its children in name order, then its tree */
+  const visitDir = async (c: Child, subtreeKnown: boolean): Promise<void> => {
+    await archiver.add(entryOf(c, 'dir'))
+    let names: string[]
     try {
-      st = await fsp.lstat(abs, {bigint: true})
+      names = readdirSync(c.abs)
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT' && rel !== '') {
-        changed.push(rel)
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        changed.push(c.rel)
         return
       }
       throw e
     }
-    if (st.isDirectory()) {
-      const opaque = opts.overlay ? xattrs.get(rel)?.['trusted.overlay.opaque'] === Buffer.from('y').toString('base64') : false
-      await archiver.add({...meta(rel, st), type: 'dir', opaque})
-      let names: string[]
-      try {
-        names = await fsp.readdir(abs)
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+    names.sort()
+    const before = await parentChildren(c.prev)
+    const dirSlash = c.abs.endsWith('/') ? c.abs : `${c.abs}/`
+    const relSlash = c.rel === '' ? '' : `${c.rel}/`
+    for (let i = 0; i < names.length; i += BATCH) {
+      // stat a batch, then read the attributes of those that changed in one go
+      const batch: Child[] = []
+      const need: string[] = []
+      const newTrees = new Set<string>()
+      for (let j = i; j < names.length && j < i + BATCH; j++) {
+        const name = names[j]
+        const rel = relSlash + name
+        if (opts.exclude?.has(rel)) continue
+        const abs = dirSlash + name
+        const st = lstatOrGone(abs)
+        if (!st) {
           changed.push(rel)
-          return
+          continue
         }
-        throw e
+        const child = childOf(rel, abs, st, before?.get(name))
+        batch.push(child)
+        if (subtreeKnown || child.keepXattrs) continue
+        // a directory the parent snapshot does not have: everything below it is new
+        if (child.kind === S_IFDIR && child.prev?.type !== 'dir') newTrees.add(rel)
+        else need.push(rel)
       }
-      names.sort()
-      const before = await parentChildren(prev?.type === 'dir' ? prev.subtree : undefined)
-      for (const name of names) {
-        const childRel = rel === '' ? name : `${rel}/${name}`
-        if (opts.exclude?.has(childRel)) continue
-        await visit(childRel, before?.get(name))
+      await xattrs.fetch(need, [...newTrees])
+      for (const child of batch) {
+        if (child.kind === S_IFDIR) await visitDir(child, subtreeKnown || newTrees.has(child.rel))
+        else await visitOther(child)
       }
-      // depth-first: this directory is complete, write its tree and free its entries
-      await archiver.closeDir(rel)
-      return
     }
-    if (st.isFile()) {
-      const m = meta(rel, st)
-      if (st.nlink > 1n) {
-        const key = `${st.dev}:${st.ino}`
-        const first = links.get(key)
-        if (first !== undefined) {
-          await archiver.add({...m, type: 'hardlink', target: first})
-          return
-        }
-        links.set(key, rel)
-      }
-      const ctime = timeOf(st.ctimeNs)
-      const inode = Number(st.ino)
-      const size = Number(st.size)
-      // unchanged since the parent snapshot (size, mtime, ctime, inode): reuse its chunks unread
-      if (
-        prev?.type === 'file' &&
-        prev.size === size &&
-        prev.inode === inode &&
-        sameTime(prev.ctime, ctime) &&
-        sameTime(prev.mtime, m.mtime) &&
-        prev.content &&
-        archiver.hasAll(prev.content)
-      ) {
-        await archiver.add({...m, type: 'file', ctime, inode, reuse: {content: prev.content, size}})
-        return
-      }
-      let fh
-      try {
-        fh = await fsp.open(abs, 'r')
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-          changed.push(rel)
-          return
-        }
-        throw e
-      }
-      try {
-        await archiver.add({...m, type: 'file', ctime, inode, content: readFile(fh, size)})
-      } finally {
-        await fh.close()
-      }
-      const after = await fsp.lstat(abs, {bigint: true}).catch(() => undefined)
-      if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
-      return
-    }
-    if (st.isSymbolicLink()) {
-      const target = await fsp.readlink(abs)
-      await archiver.add({...meta(rel, st), type: 'symlink', target})
-      return
-    }
-    if (st.isCharacterDevice()) {
-      if (opts.overlay && st.rdev === 0n) {
-        await archiver.add({...meta(rel, st), type: 'whiteout'})
-        return
-      }
-      await archiver.add({...meta(rel, st), type: 'chardev', devMajor: major(Number(st.rdev)), devMinor: minor(Number(st.rdev))})
-      return
-    }
-    if (st.isBlockDevice()) {
-      await archiver.add({...meta(rel, st), type: 'blockdev', devMajor: major(Number(st.rdev)), devMinor: minor(Number(st.rdev))})
-      return
-    }
-    if (st.isFIFO()) {
-      await archiver.add({...meta(rel, st), type: 'fifo'})
-      return
-    }
-    // sockets are not archived (they cannot be restored meaningfully)
-    debug('skipping socket %s', abs)
+    // depth-first: this directory is complete, write its tree and free its entries
+    await archiver.closeDir(c.rel)
   }
-  const rootPrev: TreeNode | undefined = opts.parent?.tree ? {name: '', type: 'dir', mode: 0, uid: 0, gid: 0, mtime: [0, 0], subtree: opts.parent.tree} : undefined
-  await visit('', rootPrev)
+
+  const visitOther = async (c: Child): Promise<void> => {
+    const {st, rel, prev} = c
+    switch (c.kind) {
+      case S_IFREG: {
+        if (st.nlink > 1n) {
+          const key = `${st.dev}:${st.ino}`
+          const first = links.get(key)
+          if (first !== undefined) {
+            const e = entryOf(c, 'hardlink')
+            e.target = first
+            await archiver.add(e)
+            return
+          }
+          links.set(key, rel)
+        }
+        const e = entryOf(c, 'file')
+        // unchanged since the parent snapshot (size, mtime, ctime, inode): reuse its chunks unread
+        if (
+          prev?.type === 'file' &&
+          prev.size === c.size &&
+          prev.inode === c.inode &&
+          sameTime(prev.ctime, c.ctime) &&
+          sameTime(prev.mtime, c.mtime) &&
+          prev.content &&
+          archiver.hasAll(prev.content)
+        ) {
+          e.reuse = {content: prev.content, size: c.size}
+          await archiver.add(e)
+          return
+        }
+        let fh
+        try {
+          fh = await fsp.open(c.abs, 'r')
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+            changed.push(rel)
+            return
+          }
+          throw err
+        }
+        try {
+          e.content = readFile(fh, c.size)
+          await archiver.add(e)
+        } finally {
+          await fh.close()
+        }
+        const after = lstatOrGone(c.abs)
+        if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
+        return
+      }
+      case S_IFLNK: {
+        // a symlink's target never changes in place: same inode and ctime, same target
+        let target = c.keepXattrs && prev?.type === 'symlink' ? prev.target : undefined
+        if (target === undefined) {
+          try {
+            target = readlinkSync(c.abs)
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+              changed.push(rel)
+              return
+            }
+            throw err
+          }
+        }
+        const e = entryOf(c, 'symlink')
+        e.target = target
+        await archiver.add(e)
+        return
+      }
+      case S_IFCHR:
+      case S_IFBLK: {
+        if (c.kind === S_IFCHR && opts.overlay && st.rdev === 0n) {
+          await archiver.add(entryOf(c, 'whiteout'))
+          return
+        }
+        const e = entryOf(c, c.kind === S_IFCHR ? 'chardev' : 'blockdev')
+        e.devMajor = major(Number(st.rdev))
+        e.devMinor = minor(Number(st.rdev))
+        await archiver.add(e)
+        return
+      }
+      case S_IFIFO:
+        await archiver.add(entryOf(c, 'fifo'))
+        return
+      default:
+        // sockets are not archived (they cannot be restored meaningfully)
+        debug('skipping socket %s', c.abs)
+    }
+  }
+
+  const st = lstatSync(root, {bigint: true})
+  // the root's own node: the previous snapshot's, or a stand-in that only names the tree
+  const rootPrev: TreeNode | undefined = opts.parent?.tree
+    ? {...(opts.parent.root ?? {name: '', type: 'dir', mode: 0, uid: 0, gid: 0, mtime: [0, 0]}), subtree: opts.parent.tree}
+    : undefined
+  const rootChild = childOf('', root, st, rootPrev)
+  // an overlay upper dir's root is not recorded (only what is below it), so its attributes are not needed
+  if (!rootChild.keepXattrs && !opts.overlay) await xattrs.fetch([''], [])
+  // not a directory (a bind-mounted file): the archiver refuses it
+  if (rootChild.kind === S_IFDIR) await visitDir(rootChild, false)
+  else await visitOther(rootChild)
   return changed
 }
+
+const OPAQUE = Buffer.from('y').toString('base64')
 
 /**
  * Read a file to its end with positioned reads of at most 4 MiB, sized by the size lstat

@@ -184,13 +184,13 @@ async function readMount(
   reader: 'api' | 'direct',
   containerId: string,
   m: MountSource,
-  parentTree?: string,
+  prev?: Pick<MountRecord, 'tree' | 'root'>,
 ): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode}> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
   const archiver = new Archiver(opts.repo, (n) => progress.add(n))
   if (reader === 'direct' && m.hostPath) {
-    archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, parentTree)})
+    archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, prev?.tree, prev?.root)})
   } else {
     await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true}))
   }
@@ -257,8 +257,8 @@ async function apiRead(what: string, fn: () => Promise<void>): Promise<void> {
   }
 }
 
-function parentOf(opts: SnapshotOptions, tree: string | undefined): {tree?: string; loadTree: Repository['loadTree']} | undefined {
-  return tree ? {tree, loadTree: (id) => opts.repo.loadTree(id)} : undefined
+function parentOf(opts: SnapshotOptions, tree: string | undefined, root?: TreeNode): {tree?: string; root?: TreeNode; loadTree: Repository['loadTree']} | undefined {
+  return tree ? {tree, ...(root ? {root} : {}), loadTree: (id) => opts.repo.loadTree(id)} : undefined
 }
 
 /** The newest earlier snapshot of the same target, for reusing unchanged files. */
@@ -304,7 +304,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
     changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
     for (const m of mounts) {
       const prev = parent?.manifest.mounts.find((p) => p.type === m.type && p.source === m.source && p.destination === m.destination)
-      const r = await readMount(opts, reader, info.Id, m, prev?.tree)
+      const r = await readMount(opts, reader, info.Id, m, prev)
       addStats(total, r.stats)
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
@@ -386,7 +386,7 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
   let r
   try {
     if (reader === 'api') helper = await createHelperContainer(engine, [`${volume}:/holyship-volume:ro`])
-    r = await readMount(opts, reader, helper ?? '', m, parent?.manifest.mounts.find((p) => p.source === volume && p.type === 'volume')?.tree)
+    r = await readMount(opts, reader, helper ?? '', m, parent?.manifest.mounts.find((p) => p.source === volume && p.type === 'volume'))
     await repo.flush()
   } catch (e) {
     repo.discardPending()

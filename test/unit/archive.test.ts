@@ -11,6 +11,7 @@ import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
 import {findNode, restoreToDir, walkTree} from '../../src/archive/restorer.js'
 import {LocalBackend} from '../../src/backend/local.js'
+import type {TreeNode} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 
 describe('archiver and restorer', () => {
@@ -106,5 +107,80 @@ describe('archiver and restorer', () => {
     await restoreToDir(repo, root, 'dir', out, {overwrite: true})
     expect((await fsp.lstat(path.join(out, 'dir'))).isDirectory()).toBe(true)
     expect(await fsp.readdir(outside)).toEqual([])
+  })
+})
+
+describe('direct reader with a parent snapshot', () => {
+  let work: string
+  let src: string
+  let repo: Repository
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-parent-'))
+    src = path.join(work, 'src')
+    await fsp.mkdir(path.join(src, 'a/b'), {recursive: true})
+    await fsp.writeFile(path.join(src, 'a/one.txt'), 'one\n')
+    await fsp.writeFile(path.join(src, 'a/b/two.txt'), 'two\n')
+    await fsp.symlink('../one.txt', path.join(src, 'a/b/sym'))
+    execFileSync('setfattr', ['-n', 'user.note', '-v', 'first', path.join(src, 'a/one.txt')])
+    execFileSync('setfattr', ['-n', 'user.dir', '-v', 'd', path.join(src, 'a/b')])
+    await fsp.mkdir(path.join(work, 'repo'))
+    repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+  })
+
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  const snap = async (parent?: {tree: string; root?: TreeNode}) => {
+    const a = new Archiver(repo)
+    const changed = await archiveDir(src, a, parent ? {parent: {...parent, loadTree: (id) => repo.loadTree(id)}} : {})
+    const tree = await a.finish()
+    await repo.flush()
+    return {tree, root: a.rootNode(), stats: a.stats, changed}
+  }
+  const xattrsOf = async (tree: string, p: string) => (await findNode(repo, tree, p))?.xattrs
+
+  it('reuses unchanged files and their attributes, and sees what changed since', async () => {
+    const first = await snap()
+    expect(await xattrsOf(first.tree, 'a/one.txt')).toEqual({'user.note': Buffer.from('first').toString('base64')})
+    expect(await xattrsOf(first.tree, 'a/b')).toEqual({'user.dir': Buffer.from('d').toString('base64')})
+    // a symlink's own attributes, not its target's
+    expect(await xattrsOf(first.tree, 'a/b/sym')).toBeUndefined()
+
+    const same = await snap(first)
+    expect(same.tree).toBe(first.tree)
+    expect(same.stats.reused).toBe(2)
+    expect(same.stats.newBlobs).toBe(0)
+
+    // an attribute changed (content not), one removed, a new directory with attributes below it
+    execFileSync('setfattr', ['-n', 'user.note', '-v', 'second', path.join(src, 'a/one.txt')])
+    execFileSync('setfattr', ['-x', 'user.dir', path.join(src, 'a/b')])
+    await fsp.mkdir(path.join(src, 'a/new/deeper'), {recursive: true})
+    await fsp.writeFile(path.join(src, 'a/new/deeper/three.txt'), 'three\n')
+    execFileSync('setfattr', ['-n', 'user.new', '-v', 'n', path.join(src, 'a/new/deeper/three.txt')])
+    execFileSync('setfattr', ['-n', 'user.newdir', '-v', 'n', path.join(src, 'a/new')])
+    await fsp.writeFile(path.join(src, 'a/b/two.txt'), 'two, changed\n')
+    const next = await snap(same)
+    expect(next.tree).not.toBe(first.tree)
+    expect(await xattrsOf(next.tree, 'a/one.txt')).toEqual({'user.note': Buffer.from('second').toString('base64')})
+    expect(await xattrsOf(next.tree, 'a/b')).toBeUndefined()
+    expect(await xattrsOf(next.tree, 'a/new')).toEqual({'user.newdir': Buffer.from('n').toString('base64')})
+    expect(await xattrsOf(next.tree, 'a/new/deeper/three.txt')).toEqual({'user.new': Buffer.from('n').toString('base64')})
+    expect((await findNode(repo, next.tree, 'a/b/two.txt'))?.size).toBe('two, changed\n'.length)
+    // one.txt's ctime moved with its attribute: read again (its content is the same)
+    expect(next.stats.reused ?? 0).toBe(0)
+    expect(next.stats.newBlobs).toBe(2)
+
+    // and a restore of it has them
+    const out = path.join(work, 'out')
+    await restoreToDir(repo, next.tree, '', out)
+    expect(await fsp.readFile(path.join(out, 'a/b/two.txt'), 'utf8')).toBe('two, changed\n')
+    expect(execFileSync('getfattr', ['--only-values', '-n', 'user.new', path.join(out, 'a/new/deeper/three.txt')]).toString()).toBe('n')
+  })
+
+  it('reads the attributes of everything when the parent tree cannot be read', async () => {
+    const first = await snap()
+    const a = new Archiver(repo)
+    await archiveDir(src, a, {parent: {tree: first.tree, loadTree: async () => Promise.reject(new Error('gone'))}})
+    expect(await a.finish()).toBe(first.tree)
   })
 })
