@@ -368,7 +368,7 @@ describe('tree cache', () => {
     db.close()
     expect(rows).toHaveLength(2)
     const big = rows.find((r) => r.id === id)!
-    expect(big.z).toBe(1)
+    expect(big.z).toBe(2)
     expect(big.n).toBeLessThan(data.length * 0.6)
     expect(rows.find((r) => r.id === sha256(tiny))!.z).toBe(0)
   })
