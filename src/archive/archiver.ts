@@ -25,6 +25,11 @@ export interface SourceEntry {
   opaque?: boolean
   /** regular files: the content */
   content?: AsyncIterable<Buffer>
+  /**
+   * the content's buffers are new and the source never touches them again (a file read into
+   * fresh buffers), so they may be handed to a blob worker without a copy
+   */
+  fresh?: boolean
   /** regular files known unchanged since the parent snapshot: its chunk ids, not read again */
   reuse?: {content: string[]; size: number}
   ctime?: [number, number]
@@ -34,7 +39,16 @@ export interface SourceEntry {
 interface DirBuild {
   node?: TreeNode
   children: Map<string, TreeNode>
+  /** its files' chunk saves still in flight: the tree is written once they are done */
+  saves?: Promise<void>[]
 }
+
+/**
+ * Chunk bytes handed to the repository and not saved yet, at most (a chunk bigger than this
+ * still goes, alone). Enough to keep every blob worker busy across many small files; bounded
+ * so memory does not grow with the data.
+ */
+export const IN_FLIGHT_BYTES = 16 * 1024 * 1024
 
 export interface ArchiverProgress {
   (bytes: number): void
@@ -42,6 +56,10 @@ export interface ArchiverProgress {
 
 export class Archiver {
   private readonly dirs = new Map<string, DirBuild>()
+  private inFlight = 0
+  private waiters: (() => void)[] = []
+  /** the first failed chunk save: reported when the tree that needs it is written */
+  private failure?: unknown
   readonly stats: ArchiveStats = {files: 0, dirs: 0, others: 0, bytes: 0, newBytes: 0, newBlobs: 0}
   private readonly chunkerParams
 
@@ -91,9 +109,10 @@ export class Archiver {
           this.stats.reused = (this.stats.reused ?? 0) + 1
           break
         }
-        const {content, size} = await this.chunkContent(entry.content)
+        const {content, size, saved} = await this.chunkStream(entry.content, entry.fresh === true)
         node.size = size
         node.content = content
+        if (saved) (this.dir(parentOf(path)).saves ??= []).push(saved)
         this.stats.files++
         break
       }
@@ -124,19 +143,86 @@ export class Archiver {
 
   /** Chunk a stream and store its chunks; returns the chunk ids and the byte count. */
   async chunkContent(content?: AsyncIterable<Buffer>): Promise<{content: string[]; size: number}> {
+    const {content: ids, size, saved} = await this.chunkStream(content)
+    await saved
+    this.throwIfFailed()
+    return {content: ids, size}
+  }
+
+  /**
+   * Chunk a stream, handing each chunk to the repository without waiting for it to be stored
+   * (at most IN_FLIGHT_BYTES in flight across all files): the blob workers hash and compress
+   * while the next chunks and files are read. `content` gets each chunk's id in place as its
+   * save finishes; `saved` settles (never rejects: failures go to this.failure) when all have.
+   */
+  private async chunkStream(content?: AsyncIterable<Buffer>, fresh = false): Promise<{content: string[]; size: number; saved?: Promise<void>}> {
     const ids: string[] = []
     let size = 0
     if (!content) return {content: ids, size}
-    const chunker = new Chunker(this.chunkerParams)
-    const store = async (chunk: Buffer): Promise<void> => {
-      const r = await this.repo.saveBlob('data', chunk)
-      ids.push(r.id)
-      if (r.added > 0) {
-        this.stats.newBytes += r.added
-        this.stats.newBlobs++
-      }
+    const it = content[Symbol.asyncIterator]()
+    const first = await it.next()
+    if (first.done) return {content: ids, size}
+    const second = await it.next()
+    if (second.done) {
+      // the whole file in one piece (most files): cut, hashed and compressed in a blob worker
+      const buf = first.value
+      const n = buf.length
+      this.stats.bytes += n
+      this.onBytes?.(n)
+      this.throwIfFailed()
+      await this.reserve(n)
+      const saved = this.repo
+        .saveContent(buf, fresh)
+        .then(
+          (rs) => {
+            for (const r of rs) {
+              ids.push(r.id)
+              if (r.added > 0) {
+                this.stats.newBytes += r.added
+                this.stats.newBlobs++
+              }
+            }
+          },
+          (e: unknown) => {
+            this.failure ??= e
+          },
+        )
+        .finally(() => this.release(n))
+      return {content: ids, size: n, saved}
     }
-    for await (const buf of content) {
+    const chunker = new Chunker(this.chunkerParams)
+    const saves: Promise<void>[] = []
+    // the source's buffer being chunked: a chunk that is a view of it stays the source's; one
+    // the chunker assembled from several buffers is ours to give away (no copy to a worker)
+    let input: Buffer | undefined
+    const store = async (chunk: Buffer): Promise<void> => {
+      const giveAway = chunk.buffer !== input?.buffer
+      this.throwIfFailed()
+      const n = chunk.length
+      await this.reserve(n)
+      const i = ids.push('') - 1
+      saves.push(
+        this.repo.saveBlob('data', chunk, undefined, giveAway).then(
+          (r) => {
+            ids[i] = r.id
+            if (r.added > 0) {
+              this.stats.newBytes += r.added
+              this.stats.newBlobs++
+            }
+          },
+          (e: unknown) => {
+            this.failure ??= e
+          },
+        ).finally(() => this.release(n)),
+      )
+    }
+    const rest = async function* (): AsyncGenerator<Buffer> {
+      yield first.value
+      yield second.value
+      for (let r = await it.next(); !r.done; r = await it.next()) yield r.value
+    }
+    for await (const buf of rest()) {
+      input = buf
       size += buf.length
       this.stats.bytes += buf.length
       this.onBytes?.(buf.length)
@@ -144,7 +230,23 @@ export class Archiver {
     }
     const last = chunker.finish()
     if (last) await store(last)
-    return {content: ids, size}
+    return {content: ids, size, saved: saves.length > 0 ? Promise.all(saves).then(() => undefined) : undefined}
+  }
+
+  private async reserve(n: number): Promise<void> {
+    while (this.inFlight > 0 && this.inFlight + n > IN_FLIGHT_BYTES) await new Promise<void>((resolve) => this.waiters.push(resolve))
+    this.inFlight += n
+  }
+
+  private release(n: number): void {
+    this.inFlight -= n
+    const w = this.waiters
+    this.waiters = []
+    for (const wake of w) wake()
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure !== undefined) throw this.failure
   }
 
   /**
@@ -160,6 +262,8 @@ export class Archiver {
   /** Write one directory's tree (its subdirectories are written already) and link it to its parent. */
   private async writeDir(path: string): Promise<string> {
     const d = this.dirs.get(path)!
+    if (d.saves) await Promise.all(d.saves)
+    this.throwIfFailed()
     const nodes = [...d.children.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     const r = await this.repo.saveTree({nodes} satisfies Tree)
     if (r.added > 0) this.stats.newBytes += r.added

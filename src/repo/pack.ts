@@ -40,10 +40,24 @@ export function blobIdOf(plain: Buffer, key?: MasterKey): string {
  * buffer (valid until the next compression).
  */
 export function compressBlob(plain: Buffer, id: string, level: number, key?: MasterKey): {enc: number; payload: Buffer} {
+  return compressChecked(plain, level, id, (back) => blobIdOf(back, key) === id)
+}
+
+/**
+ * compressBlob for a blob whose id was computed from these very bytes (by blobIdOf, in this
+ * thread or a blob worker, from memory nobody writes to afterwards): the decoded frame is
+ * compared with `plain` byte for byte, which proves the same as hashing it again (it decodes
+ * to the bytes that have the id) at a fraction of the cost.
+ */
+export function compressBlobOfId(plain: Buffer, id: string, level: number): {enc: number; payload: Buffer} {
+  return compressChecked(plain, level, id, (back) => back.equals(plain))
+}
+
+function compressChecked(plain: Buffer, level: number, id: string, decodesToId: (back: Buffer) => boolean): {enc: number; payload: Buffer} {
   const z = plain.length >= 64 ? compressChunk(plain, level) : undefined
   if (z && z.length + 1 < plain.length - plain.length / 32) {
     const back = decompressChunk(z, plain.length, true)
-    if (back.length !== plain.length || blobIdOf(back, key) !== id) {
+    if (back.length !== plain.length || !decodesToId(back)) {
       throw new Error(`compression self-check failed for blob ${id}: the compressed data does not decode to it`)
     }
     return {enc: ENC_ZSTD, payload: z}
@@ -65,6 +79,20 @@ export function encodeBlobParts(plain: Buffer, id: string, level: number, key?: 
 export function encodeBlob(plain: Buffer, id: string, level: number, key?: MasterKey): Buffer {
   const {enc, payload} = encodeBlobParts(plain, id, level, key)
   return Buffer.concat([Buffer.from([enc]), payload])
+}
+
+/**
+ * encodeBlob for a blob whose id was computed from `plain` itself (compressBlobOfId's check),
+ * into a buffer of its own (a blob worker transfers it to the main thread).
+ */
+export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: MasterKey): Uint8Array {
+  const {enc, payload} = compressBlobOfId(plain, id, level)
+  const e = key ? enc | ENC_ENCRYPTED : enc
+  const body = key ? key.seal(e, 'blob', payload) : payload
+  const out = new Uint8Array(1 + body.length)
+  out[0] = e
+  out.set(body, 1)
+  return out
 }
 
 /**
@@ -99,7 +127,7 @@ export function decodeBlob(stored: Buffer, id: string, raw: number, where: strin
 }
 
 export class CorruptBlobError extends Error {
-  constructor(readonly blobId: string, readonly where: string, why: string) {
+  constructor(readonly blobId: string, readonly where: string, readonly why: string) {
     super(`blob ${blobId.slice(0, 16)} in ${where} is damaged: ${why}`)
     this.name = 'CorruptBlobError'
   }
@@ -115,8 +143,12 @@ export class PackBuilder {
   private size = 0
   blobs: PackBlob[] = []
 
-  /** with a key, the header is sealed (blobs are added already encoded, sealed or not) */
-  constructor(private readonly key?: MasterKey) {}
+  /**
+   * With a key, the header is sealed (blobs are added already encoded, sealed or not).
+   * `capacity`: the size to allocate at once (a pack's target size plus one blob), so that a
+   * full pack does not end in a buffer grown to twice that.
+   */
+  constructor(private readonly key?: MasterKey, private readonly capacity = 0) {}
 
   get length(): number {
     return this.size
@@ -128,7 +160,8 @@ export class PackBuilder {
 
   private reserve(n: number): void {
     if (this.size + n <= this.buf.length) return
-    const next = Buffer.allocUnsafeSlow(Math.max(this.size + n, this.buf.length * 2, 1 << 20))
+    const want = this.size + n
+    const next = Buffer.allocUnsafeSlow(want <= this.capacity ? this.capacity : Math.max(want, this.buf.length * 2, 1 << 20))
     this.buf.copy(next, 0, 0, this.size)
     this.buf = next
   }

@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Backend, isNotFound} from '../backend/backend.js'
 import {HolyshipError} from '../errors.js'
-import {DEFAULT_CHUNKER} from './chunker.js'
+import {Chunker, DEFAULT_CHUNKER} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {
   BlobType,
@@ -28,6 +28,7 @@ import {
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, decodeBlob, openJson, sealJson, sha256} from './pack.js'
+import {BlobPool, POOL_MIN_BLOB, owned, sharedPool} from './blob-pool.js'
 
 const debug = debugFactory('holyship:repo')
 
@@ -97,8 +98,25 @@ export class Repository {
   private readonly index = new Map<string, BlobLocation>()
   private readonly loadedIndexFiles = new Set<string>()
   private readonly packSizes = new Map<string, number>()
+  /** the pack being filled; `spare` is the one last written, reused for the next */
   private pending: PackBuilder
+  private spare?: PackBuilder
+  /** blobs in `pending` or in a pack being written, not yet in `index` */
   private readonly pendingIds = new Map<string, {type: BlobType; raw: number}>()
+  /** blobs being compressed by a worker: known (saveBlob dedups against them), not yet in a pack */
+  private readonly compressing = new Set<string>()
+  /** every save not finished yet (flush waits for them) */
+  private readonly running = new Set<Promise<unknown>>()
+  /** the last addToPack in line (blobs go into packs in the order they arrive) */
+  private packTurn: Promise<unknown> = Promise.resolve()
+  /** the pack write in progress (one at a time, while the next pack fills) */
+  private writing?: Promise<void>
+  /** the first failed save or pack write: the repository refuses to flush after it */
+  private failure?: unknown
+  /** bumped by discardPending(): saves that finish later belong to an abandoned snapshot */
+  private generation = 0
+  /** worker pool for hashing/compressing/decoding big blobs (undefined: not looked up yet, null: none) */
+  private pool?: BlobPool | null
   /** packs written since the last index file */
   private unindexed: IndexFile['packs'] = []
   /** optional observer for progress reporting */
@@ -117,7 +135,7 @@ export class Repository {
     readonly masterKey?: MasterKey,
     readonly keyId?: string,
   ) {
-    this.pending = new PackBuilder(masterKey)
+    this.pending = new PackBuilder(masterKey, packCapacity(config))
   }
 
   get id(): string {
@@ -289,7 +307,7 @@ export class Repository {
   }
 
   hasBlob(id: string): boolean {
-    return this.index.has(id) || this.pendingIds.has(id)
+    return this.index.has(id) || this.pendingIds.has(id) || this.compressing.has(id)
   }
 
   blobLocation(id: string): BlobLocation | undefined {
@@ -309,19 +327,133 @@ export class Repository {
     return [...this.loadedIndexFiles]
   }
 
-  /** Store a blob unless the repository has it. `id` (from blobId()) may be passed when already computed. */
-  async saveBlob(type: BlobType, plain: Buffer, id = this.blobId(plain)): Promise<SaveResult> {
-    if (this.hasBlob(id)) return {id, added: 0}
-    const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
-    let added: number
-    if (this.masterKey) added = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
-    else {
-      this.pending.addParts(id, type, enc, payload, plain.length)
-      added = payload.length + 1
+  /**
+   * Store a blob unless the repository has it. `id` (from blobId()) may be passed when already
+   * computed. Big data blobs are hashed and compressed in the worker pool, so several saves may
+   * be in flight at once (the archiver keeps a bounded number going): a save resolves once its
+   * blob is in a pack buffer, and flush() makes everything durable. With `giveAway` the caller
+   * will not touch `plain` again, so it may be handed to a worker without a copy (and come
+   * back detached: empty).
+   */
+  async saveBlob(type: BlobType, plain: Buffer, id?: string, giveAway = false): Promise<SaveResult> {
+    const pool = type === 'data' && id === undefined && plain.length >= POOL_MIN_BLOB ? this.workers() : undefined
+    if (!pool) return this.saveHere(type, plain, id ?? this.blobId(plain))
+    const generation = this.generation
+    const raw = plain.length
+    // to the worker and back by transfer: the caller's buffer itself only when it gives it away
+    const hashed = await pool.hash(giveAway ? owned(plain) : Buffer.from(plain))
+    const bid = hashed.id
+    if (this.hasBlob(bid)) return {id: bid, added: 0}
+    // from here until it is in a pack, the id counts as stored: equal chunks are not compressed twice
+    this.compressing.add(bid)
+    const job = (async (): Promise<number> => {
+      try {
+        const {stored} = await pool.compress(hashed.data, bid, this.config.compression.level)
+        if (generation !== this.generation) return 0
+        return await this.addToPack(() => {
+          this.pending.add(bid, type, stored, raw)
+          this.pendingIds.set(bid, {type, raw})
+          return stored.length
+        })
+      } finally {
+        this.compressing.delete(bid)
+      }
+    })()
+    return {id: bid, added: await this.track(job)}
+  }
+
+  /**
+   * Save a whole file's content that came in one piece: cut it into chunks and save them. With
+   * a pool, a worker cuts and hashes, the main thread only decides which chunks are new, and
+   * the worker compresses just those: the main thread never touches the bytes. `giveAway` as
+   * in saveBlob. Returns each chunk's result, in order.
+   */
+  async saveContent(data: Buffer, giveAway = false): Promise<SaveResult[]> {
+    const pool = data.length >= POOL_MIN_BLOB ? this.workers() : undefined
+    if (!pool) {
+      const out: SaveResult[] = []
+      const chunker = new Chunker(this.config.chunker)
+      const parts = chunker.push(data)
+      const last = chunker.finish()
+      if (last) parts.push(last)
+      for (const c of parts) out.push(await this.saveBlob('data', c))
+      return out
     }
-    this.pendingIds.set(id, {type, raw: plain.length})
-    if (this.pending.length >= this.config.packSize) await this.writePack()
-    return {id, added}
+    const generation = this.generation
+    const {chunks, token} = await pool.chunk(giveAway ? owned(data) : Buffer.from(data), this.config.chunker)
+    const results: SaveResult[] = []
+    const wanted: number[] = []
+    for (let i = 0; i < chunks.length; i++) {
+      const {id} = chunks[i]
+      if (this.hasBlob(id)) results.push({id, added: 0})
+      else {
+        this.compressing.add(id)
+        wanted.push(i)
+        results.push({id, added: 0})
+      }
+    }
+    const job = (async (): Promise<void> => {
+      try {
+        const kept = await pool.keep(token, wanted, this.config.compression.level)
+        if (generation !== this.generation) return
+        for (let k = 0; k < wanted.length; k++) {
+          const i = wanted[k]
+          const stored = kept[k]
+          const {id, length} = chunks[i]
+          results[i].added = await this.addToPack(() => {
+            this.pending.add(id, 'data', stored, length)
+            this.pendingIds.set(id, {type: 'data', raw: length})
+            return stored.length
+          })
+          this.compressing.delete(id)
+        }
+      } finally {
+        for (const i of wanted) this.compressing.delete(chunks[i].id)
+      }
+    })()
+    await this.track(job)
+    return results
+  }
+
+  /** saveBlob on the main thread (small blobs, trees, no pool) */
+  private async saveHere(type: BlobType, plain: Buffer, id: string): Promise<SaveResult> {
+    if (this.hasBlob(id)) return {id, added: 0}
+    this.compressing.add(id)
+    try {
+      const added = await this.addToPack(() => {
+        // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
+        const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
+        let n: number
+        if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
+        else {
+          this.pending.addParts(id, type, enc, payload, plain.length)
+          n = payload.length + 1
+        }
+        this.pendingIds.set(id, {type, raw: plain.length})
+        return n
+      })
+      return {id, added}
+    } finally {
+      this.compressing.delete(id)
+    }
+  }
+
+  private workers(): BlobPool | undefined {
+    if (this.pool === undefined || this.pool?.failed) this.pool = sharedPool(this.masterKey) ?? null
+    return this.pool ?? undefined
+  }
+
+  /** follow a save until it settles; its failure fails the next flush() too */
+  private async track<T>(job: Promise<T>): Promise<T> {
+    this.running.add(job)
+    try {
+      return await job
+    } catch (e) {
+      this.failure ??= e
+      throw e
+    } finally {
+      this.running.delete(job)
+    }
   }
 
   async saveTree(tree: Tree): Promise<SaveResult> {
@@ -335,15 +467,55 @@ export class Repository {
     return this.saveBlob('tree', Buffer.from(JSON.stringify(value)))
   }
 
-  private async writePack(): Promise<void> {
-    if (this.pending.count === 0) return
-    const {id, data, blobs} = this.pending.finish()
-    const key = dataKey(id)
-    try {
-      await this.backend.put(key, data)
-    } finally {
-      this.pending.reset()
+  /**
+   * Run `add` (which puts one blob into the pending pack, synchronously) once the pending pack
+   * has room, and hand the pack to the writer when the blob fills it. One pack is written at a
+   * time while the next one fills; a save that finds the next one full too waits for the
+   * writer, which is what holds back a producer faster than the disk.
+   */
+  private async addToPack(add: () => number): Promise<number> {
+    // first come, first added: blobs land in packs in the order they were saved (a file's
+    // chunks stay together, which is what a restore reads), not in the order waiters wake up
+    const turn = this.packTurn.then(async () => {
+      while (this.pending.length >= this.config.packSize) await this.handOver()
+      return add()
+    })
+    this.packTurn = turn.then(
+      () => undefined,
+      () => undefined,
+    )
+    const n = await turn
+    if (this.pending.length >= this.config.packSize) await this.handOver()
+    return n
+  }
+
+  /**
+   * Give the pending pack to the writer and wait for the write; when the writer is busy, only
+   * wait for it (the caller looks again). Throws the first failure of any save or write.
+   */
+  private async handOver(): Promise<void> {
+    if (this.failure !== undefined) throw this.failure
+    if (this.writing) {
+      await this.writing.catch(() => undefined)
+      return
     }
+    if (this.pending.count === 0) return
+    const builder = this.pending
+    this.pending = this.spare ?? new PackBuilder(this.masterKey, packCapacity(this.config))
+    this.spare = undefined
+    const write = this.writePack(builder).finally(() => {
+      builder.reset()
+      this.spare = builder
+      this.writing = undefined
+    })
+    this.writing = write
+    await this.track(write)
+  }
+
+  private async writePack(builder: PackBuilder): Promise<void> {
+    const {id, data, blobs} = builder.finish()
+    const key = dataKey(id)
+    await this.backend.put(key, data)
     // a store can truncate silently (rustic #249): check what landed
     const size = await this.backend.stat(key)
     if (size !== data.length) {
@@ -369,16 +541,21 @@ export class Repository {
     this.unindexed = []
   }
 
-  /** Make everything saved so far durable: the pending pack, then an index file for new packs. */
+  /** Make everything saved so far durable: saves in flight, the pending pack, then an index file for new packs. */
   async flush(): Promise<void> {
-    await this.writePack()
+    while (this.running.size > 0) await Promise.allSettled([...this.running])
+    while (this.pending.count > 0 || this.writing) await this.handOver()
+    if (this.failure !== undefined) throw this.failure
     await this.writeIndex()
   }
 
   /** Drop what is not yet in a pack (an aborted snapshot). Written packs stay, unreferenced. */
   discardPending(): void {
+    this.generation++
     this.pending.reset()
     this.pendingIds.clear()
+    this.compressing.clear()
+    this.failure = undefined
   }
 
   async loadBlob(id: string): Promise<Buffer> {
@@ -395,7 +572,8 @@ export class Repository {
       throw e
     }
     try {
-      return decodeBlob(stored, id, loc.raw, key, this.masterKey)
+      const pool = loc.raw >= POOL_MIN_BLOB ? this.workers() : undefined
+      return pool ? await pool.decode(stored, id, loc.raw, key) : decodeBlob(stored, id, loc.raw, key, this.masterKey)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
       throw e
@@ -468,6 +646,11 @@ export class Repository {
 }
 
 export const hostName = (): string => os.hostname()
+
+/** room for a full pack: its target size, the biggest blob that can overflow it, and a header */
+function packCapacity(config: RepoConfig): number {
+  return config.packSize + config.chunker.max + 256 * 1024
+}
 
 /** the config an encrypted repository works with: the stored one, with the derived chunker seed */
 function effectiveConfig(stored: RepoConfig, key: MasterKey): RepoConfig {

@@ -41,7 +41,9 @@ function cctx(level: number): CCtx {
 /** Compress; the result is a view of a scratch buffer, valid until the next compressChunk(). */
 export function compressChunk(plain: Buffer, level: number): Buffer {
   const bound = binding.compressBound(plain.length)
-  if (cScratch.length < bound) cScratch = Buffer.allocUnsafeSlow(Math.max(bound, 4 * 1024 * 1024 + 65536))
+  // grown to what the biggest chunk so far needed (a thread that only ever compresses small
+  // blobs and trees keeps a small one)
+  if (cScratch.length < bound) cScratch = Buffer.allocUnsafeSlow(Math.max(bound, cScratch.length * 2, 64 * 1024))
   const n = cctx(level).compress2(cScratch, plain)
   return cScratch.subarray(0, n)
 }
@@ -54,7 +56,7 @@ export function decompressChunk(z: Buffer, expectedLength: number, scratch = fal
   dctx ??= new binding.DCtx()
   let out: Buffer
   if (scratch) {
-    if (dScratch.length < expectedLength) dScratch = Buffer.allocUnsafeSlow(Math.max(expectedLength, 4 * 1024 * 1024))
+    if (dScratch.length < expectedLength) dScratch = Buffer.allocUnsafeSlow(Math.max(expectedLength, dScratch.length * 2, 64 * 1024))
     out = dScratch
   } else out = Buffer.allocUnsafe(expectedLength)
   // a frame that decodes to more than expected fails here (the output buffer is too small)

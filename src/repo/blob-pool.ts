@@ -1,0 +1,251 @@
+/**
+ * A pool of blob workers (blob-worker.ts): hashing, compressing (with its decode-and-compare
+ * check) and decoding blobs on every core while the main thread reads, chunks, deduplicates
+ * and writes packs.
+ *
+ * Buffers cross the thread boundary by transfer, not copy: a chunk goes to a worker to be
+ * hashed and comes back with its id; if it is new it goes again to be compressed and comes
+ * back with its stored form. Nothing writes to a chunk in between, so the id a worker
+ * computed still names the bytes it later compresses. (SharedArrayBuffers were tried first:
+ * their memory lives until every thread's garbage collector lets go, and a worker's seldom
+ * runs; RSS went to 650 MB.)
+ *
+ * Workers are referenced only while they have work, so an idle pool never keeps the process
+ * alive, and a worker that dies fails every request it had (and the pool, from then on) with
+ * an error instead of leaving a promise that never settles.
+ */
+import * as os from 'node:os'
+import {Worker} from 'node:worker_threads'
+import debugFactory from 'debug'
+import {ChunkerParams} from './chunker.js'
+import {MasterKey} from './crypto.js'
+import {CorruptBlobError} from './pack.js'
+import type {BlobReply, BlobRequest, BlobWorkerData} from './blob-worker.js'
+
+const debug = debugFactory('holyship:workers')
+
+/** blobs smaller than this are handled on the main thread: a round trip costs more than the work */
+export const POOL_MIN_BLOB = 16 * 1024
+
+/**
+ * Workers to start: HOLYSHIP_WORKERS (0 = none, everything on the main thread), else one per
+ * core the process may use, at most 4 (zstd level 3 and SHA-256 do not scale further on the
+ * main thread's feed rate).
+ */
+export function poolSize(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.HOLYSHIP_WORKERS
+  if (v !== undefined && v !== '') {
+    const n = Number(v)
+    if (Number.isInteger(n) && n >= 0 && n <= 64) return n
+  }
+  return Math.min(4, Math.max(1, os.availableParallelism()))
+}
+
+/** a request without its sequence number (which call() assigns) */
+type RequestBody = BlobRequest extends infer R ? (R extends {seq: number} ? Omit<R, 'seq'> : never) : never
+
+interface Pending {
+  resolve: (r: BlobReply) => void
+  reject: (e: Error) => void
+  slot: Slot
+}
+
+interface Slot {
+  worker: Worker
+  busy: number
+}
+
+/** names data a worker holds after chunk() until keep() */
+export interface ChunkToken {
+  readonly slot: unknown
+  readonly seq: number
+}
+
+/**
+ * `buf` as a buffer that owns its whole ArrayBuffer (so it can be transferred to a worker
+ * without detaching anything else): `buf` itself when it does, else a copy.
+ */
+export function owned(buf: Buffer): Buffer {
+  if (buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && !(buf.buffer instanceof SharedArrayBuffer)) return buf
+  const out = Buffer.allocUnsafeSlow(buf.length)
+  buf.copy(out)
+  return out
+}
+
+export class BlobPool {
+  private readonly slots: Slot[] = []
+  private readonly pending = new Map<number, Pending>()
+  private seq = 0
+  private broken?: Error
+  private closed = false
+
+  constructor(readonly size: number, key?: MasterKey) {
+    if (size < 1) throw new Error(`a blob pool needs at least one worker, not ${size}`)
+    const workerData: BlobWorkerData = {key: key ? new Uint8Array(key.toBytes()) : null}
+    for (let i = 0; i < size; i++) {
+      const worker = startWorker(workerData)
+      const slot: Slot = {worker, busy: 0}
+      worker.unref()
+      worker.on('message', (r: BlobReply) => this.settle(r))
+      worker.on('error', (e) => this.fail(slot, e))
+      worker.on('exit', (code) => {
+        if (!this.closed) this.fail(slot, new Error(`blob worker exited with code ${code}`))
+      })
+      this.slots.push(slot)
+    }
+    debug('started %d blob workers%s', size, key ? ' (encrypted repository)' : '')
+  }
+
+  /** true once a worker died: the pool refuses work (a new one can be started) */
+  get failed(): boolean {
+    return this.broken !== undefined
+  }
+
+  /**
+   * The blob id of `data`, which is handed to the worker and back (transferred: `data` itself
+   * is unusable afterwards, use the returned buffer). `data` must own its memory: see owned().
+   */
+  async hash(data: Buffer): Promise<{id: string; data: Buffer}> {
+    const r = (await this.call({op: 'hash', data: transferable(data)}, [data.buffer as ArrayBuffer])) as {id: string; data: Uint8Array}
+    return {id: r.id, data: asBuffer(r.data)}
+  }
+
+  /**
+   * The stored form of a blob (encoding byte | payload, sealed with a key), checked to decode
+   * to `data`; `data` travels like in hash().
+   */
+  async compress(data: Buffer, id: string, level: number): Promise<{stored: Buffer; data: Buffer}> {
+    const r = (await this.call({op: 'compress', data: transferable(data), id, level}, [data.buffer as ArrayBuffer])) as {stored: Uint8Array; data: Uint8Array}
+    return {stored: asBuffer(r.stored), data: asBuffer(r.data)}
+  }
+
+  /** decodeBlob in a worker (`stored` is handed over when it owns its memory). Throws CorruptBlobError like decodeBlob. */
+  async decode(stored: Buffer, id: string, raw: number, where: string): Promise<Buffer> {
+    const data = owned(stored)
+    const r = await this.call({op: 'decode', data: transferable(data), id, raw, where}, [data.buffer as ArrayBuffer])
+    if ('corrupt' in r && r.corrupt) throw new CorruptBlobError(id, where, r.corrupt.why)
+    return asBuffer((r as {plain: Uint8Array}).plain)
+  }
+
+  /**
+   * Cut a whole file's content (`data`, handed over: transferred) into chunks and hash them in
+   * a worker, which keeps the data for keep(): call it exactly once with the returned token.
+   */
+  async chunk(data: Buffer, chunker: ChunkerParams): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
+    const slot = this.leastBusy()
+    const {reply, seq} = await this.callOn(slot, {op: 'chunk', data: transferable(data), chunker}, [data.buffer as ArrayBuffer])
+    return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
+  }
+
+  /** The stored form of the `wanted` chunks (indexes) of a chunk() call; the worker then lets go of the data. */
+  async keep(token: ChunkToken, wanted: number[], level: number): Promise<Buffer[]> {
+    const {reply} = await this.callOn(token.slot as Slot, {op: 'keep', token: token.seq, wanted, level}, [])
+    return (reply as {kept: Uint8Array[]}).kept.map(asBuffer)
+  }
+
+  /** stop the workers; requests still running fail */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.failAll(new Error('the blob pool was closed'))
+    await Promise.all(this.slots.map((s) => s.worker.terminate()))
+  }
+
+  private async call(req: RequestBody, transfer: ArrayBuffer[]): Promise<BlobReply> {
+    return (await this.callOn(this.leastBusy(), req, transfer)).reply
+  }
+
+  private leastBusy(): Slot {
+    let slot = this.slots[0]
+    for (const s of this.slots) if (s.busy < slot.busy) slot = s
+    return slot
+  }
+
+  private callOn(slot: Slot, req: RequestBody, transfer: ArrayBuffer[]): Promise<{reply: BlobReply; seq: number}> {
+    if (this.broken) return Promise.reject(this.broken)
+    if (this.closed) return Promise.reject(new Error('the blob pool was closed'))
+    const seq = ++this.seq
+    return new Promise<BlobReply>((resolve, reject) => {
+      this.pending.set(seq, {resolve, reject, slot})
+      if (slot.busy++ === 0) slot.worker.ref()
+      slot.worker.postMessage({...req, seq} as BlobRequest, transfer)
+    }).then((reply) => {
+      if ('error' in reply && !('corrupt' in reply && reply.corrupt)) throw new Error(reply.error)
+      return {reply, seq}
+    })
+  }
+
+  private settle(r: BlobReply): void {
+    const p = this.pending.get(r.seq)
+    if (!p) return
+    this.pending.delete(r.seq)
+    if (--p.slot.busy === 0) p.slot.worker.unref()
+    p.resolve(r)
+  }
+
+  private fail(slot: Slot, e: Error): void {
+    if (this.closed) return
+    this.broken ??= new Error(`a blob worker failed: ${e.message}`, {cause: e})
+    debug('blob worker failed: %s', e.message)
+    for (const [seq, p] of this.pending) {
+      if (p.slot !== slot) continue
+      this.pending.delete(seq)
+      p.reject(this.broken)
+    }
+    slot.busy = 0
+    slot.worker.unref()
+  }
+
+  private failAll(e: Error): void {
+    for (const [seq, p] of this.pending) {
+      this.pending.delete(seq)
+      p.reject(e)
+    }
+    for (const s of this.slots) {
+      s.busy = 0
+      s.worker.unref()
+    }
+  }
+}
+
+const sharedPools = new Map<string, BlobPool>()
+
+/**
+ * The process's pool for repositories with this key (or none): started on first use with
+ * poolSize() workers, undefined when that is 0. Repositories share it, so a process that opens
+ * many never starts more workers than cores.
+ */
+export function sharedPool(key?: MasterKey): BlobPool | undefined {
+  const size = poolSize()
+  if (size === 0) return undefined
+  const name = key ? key.blobId(Buffer.from('holyship-pool')) : 'plain'
+  let pool = sharedPools.get(name)
+  if (!pool || pool.failed) {
+    pool = new BlobPool(size, key)
+    sharedPools.set(name, pool)
+  }
+  return pool
+}
+
+function transferable(b: Buffer): Uint8Array {
+  if (b.byteOffset !== 0 || b.buffer.byteLength !== b.length || b.buffer instanceof SharedArrayBuffer) {
+    throw new Error('blob pool data must own its memory (owned() it first)')
+  }
+  return new Uint8Array(b.buffer, 0, b.length)
+}
+
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
+
+/**
+ * The worker runs the compiled blob-worker.js next to this module; when this module is the
+ * TypeScript source (tests run it through tsx or vitest), the worker loads the source through
+ * tsx's loader instead.
+ */
+function startWorker(workerData: BlobWorkerData): Worker {
+  const self = import.meta.url
+  if (self.endsWith('.ts')) {
+    const src = new URL('./blob-worker.ts', self).href
+    return new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(src)}) })`, {eval: true, workerData})
+  }
+  return new Worker(new URL('./blob-worker.js', self), {workerData})
+}
