@@ -355,6 +355,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         }
         try {
           e.content = readFile(fh, c.size)
+          e.fresh = true
           await archiver.add(e)
         } finally {
           await fh.close()
