@@ -5,7 +5,9 @@
 import {mkdtempSync, promises as fsp, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {manifestIsFresh} from '../../src/cli/manifest.js'
 import {holyship} from '../harness/cli.js'
 import {connectEngine} from '../harness/engine.js'
 
@@ -53,6 +55,30 @@ describe('holyship CLI', () => {
     await docker.getVolume(vol).remove().catch(() => {})
     await docker.getVolume(`x-${vol}`).remove().catch(() => {})
     rmSync(work, {recursive: true, force: true})
+  })
+
+  it('finds every command in commands/ and answers --help for each, with the manifest of this build', async () => {
+    const root = fileURLToPath(new URL('../..', import.meta.url))
+    // npm run build wrote it, so commands are found without importing every command module
+    expect(manifestIsFresh(root)).toBe(true)
+    const ids: string[] = []
+    const walk = async (rel: string): Promise<void> => {
+      for (const e of await fsp.readdir(path.join(root, 'commands', rel), {withFileTypes: true})) {
+        if (e.isDirectory()) await walk(path.join(rel, e.name))
+        else if (e.name.endsWith('.ts')) ids.push(path.join(rel, e.name.slice(0, -3)).split(path.sep).join(' '))
+      }
+    }
+    await walk('')
+    expect(ids.length).toBeGreaterThan(15)
+    const top = await holyship(['--help'], env)
+    expect(top.code).toBe(0)
+    for (const id of ids) {
+      const r = await holyship([...id.split(' '), '--help'], env)
+      expect({id, code: r.code, stderr: r.stderr}).toEqual({id, code: 0, stderr: ''})
+      expect(r.stdout).toContain(`$ holyship ${id}`)
+      // the top-level help lists every command or its topic
+      expect(top.stdout).toMatch(new RegExp(`^  ${id.split(' ')[0]}\\s`, 'm'))
+    }
   })
 
   it('reports a missing repository (10) and an uninitialised one (11)', async () => {
