@@ -4,7 +4,6 @@ import {SnapshotRow} from '../src/catalogue/catalogue.js'
 import {formatBytes} from '../src/progress.js'
 import {endpointFlag, regionFlag} from '../src/cli/remote-flags.js'
 import {listSnapshots} from '../src/services/inspect.js'
-import {listRemoteSnapshots} from '../src/services/remote.js'
 import {withContext} from '../src/services/run.js'
 
 export default class List extends BaseCommand<typeof List> {
@@ -21,7 +20,7 @@ export default class List extends BaseCommand<typeof List> {
   async run(): Promise<SnapshotRow[]> {
     const f = this.flags
     const rows = f.remote
-      ? await listRemoteSnapshots({catalogue: f.catalogue, remote: f.remote, endpoint: f.endpoint, region: f.region, container: f.container, volume: f.volume, tag: f.tag})
+      ? await (await import('../src/services/remote.js')).listRemoteSnapshots({catalogue: f.catalogue, remote: f.remote, endpoint: f.endpoint, region: f.region, container: f.container, volume: f.volume, tag: f.tag})
       : await withContext(f, async (ctx) => listSnapshots(ctx, f))
     if (rows.length === 0) this.say('no snapshots')
     else {

@@ -31,7 +31,7 @@ export default class Snapshot extends BaseCommand<typeof Snapshot> {
       const results = await snapshot({
         repo: ctx.repo,
         catalogue: ctx.catalogue,
-        engine: openEngine({dockerHost: f['docker-host']}),
+        engine: await openEngine({dockerHost: f['docker-host']}),
         lock,
         containers: argv as string[],
         volumes: f.volume,

@@ -7,7 +7,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {LocalBackend} from '../backend/local.js'
 import {Catalogue, defaultCataloguePath} from '../catalogue/catalogue.js'
-import {Engine} from '../docker/engine.js'
+import type {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Repository} from '../repo/repository.js'
 import {syncCatalogue} from './sync.js'
@@ -51,6 +51,8 @@ export async function openContext(opts: ContextOptions = {}): Promise<Context> {
   }
 }
 
-export function openEngine(opts: ContextOptions = {}): Engine {
+/** The Docker engine (dockerode is loaded here, by the commands that need an engine, not at start) */
+export async function openEngine(opts: ContextOptions = {}): Promise<Engine> {
+  const {Engine} = await import('../docker/engine.js')
   return new Engine(opts.dockerHost)
 }

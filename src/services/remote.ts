@@ -19,9 +19,10 @@ import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
 import {PushResult, pushSnapshots} from '../transfer/push.js'
 import {OpenRemoteOptions, RemoteHandle, RemoteRecord, addRemote, listRemotes, openRemote, removeRemote} from '../transfer/remotes.js'
 import {defaultRepoPath, openContext, openEngine} from './context.js'
-import {RestoreResult, restore} from './restore.js'
-import {ReaderChoice, SnapshotResult, snapshot} from './snapshot.js'
-import {Consistency} from './state-guard.js'
+// ship and land only: loaded by them (dockerode, the archiver...), not by push, pull or list
+import type {RestoreResult} from './restore.js'
+import type {ReaderChoice, SnapshotResult} from './snapshot.js'
+import type {Consistency} from './state-guard.js'
 import {syncCatalogue} from './sync.js'
 
 export type {PushResult} from '../transfer/push.js'
@@ -254,7 +255,8 @@ export async function ship(opts: ShipOptions): Promise<ShipResult> {
     await readRemoteConfig(remote)
     const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue})
     try {
-      const engine = openEngine({dockerHost: opts.dockerHost})
+      const engine = await openEngine({dockerHost: opts.dockerHost})
+      const {snapshot} = await import('./snapshot.js')
       const snaps = await snapshot({
         repo: ctx.repo,
         catalogue: ctx.catalogue,
@@ -312,9 +314,10 @@ export interface LandResult {
  * none) and restore it on the engine.
  */
 export async function land(opts: LandOptions): Promise<LandResult> {
-  const engine = openEngine({dockerHost: opts.dockerHost})
+  const engine = await openEngine({dockerHost: opts.dockerHost})
   // no download for an engine we cannot reach
   await engine.ping()
+  const {restore} = await import('./restore.js')
   return withRemote(opts, async (remote) => {
     const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
     try {

@@ -1,4 +1,4 @@
-import {Engine} from '../docker/engine.js'
+import type {Engine} from '../docker/engine.js'
 import {Context, ContextOptions, openContext, openEngine} from './context.js'
 
 /** Open the repository, catalogue and engine for one command and always close them. */
@@ -9,7 +9,7 @@ export async function withContext<T>(
   const co: ContextOptions = {repo: opts.repo, catalogue: opts.catalogue, dockerHost: opts['docker-host']}
   const ctx = await openContext(co)
   try {
-    return await fn(ctx, openEngine(co))
+    return await fn(ctx, await openEngine(co))
   } finally {
     ctx.close()
   }

@@ -18,7 +18,8 @@ import * as path from 'node:path'
 import debugFactory from 'debug'
 import {Backend} from '../backend/backend.js'
 import {LimitBackend, RetryBackend} from '../backend/retry.js'
-import {S3Backend, parseS3Url} from '../backend/s3.js'
+// the AWS SDK is loaded with the S3 backend, by the commands that talk to S3 (s3Module)
+import type * as S3Module from '../backend/s3.js'
 import {HolyshipError} from '../errors.js'
 
 export interface RemoteRecord {
@@ -36,6 +37,9 @@ interface RemotesFile {
 const debug = debugFactory('holyship:remote')
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/
+
+/** src/backend/s3.ts, imported on first use: the AWS SDK costs a large part of a second to load */
+const s3Module = (): Promise<typeof S3Module> => import('../backend/s3.js')
 
 export function defaultRemotesFile(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOLYSHIP_REMOTES) return env.HOLYSHIP_REMOTES
@@ -107,7 +111,7 @@ export function checkEndpointUrl(endpoint: string): string {
 
 export async function addRemote(opts: {name: string; url: string; endpoint?: string; region?: string; file?: string}): Promise<RemoteRecord> {
   checkName(opts.name)
-  const {bucket, prefix} = parseS3Url(opts.url)
+  const {bucket, prefix} = (await s3Module()).parseS3Url(opts.url)
   if (opts.endpoint !== undefined) checkEndpointUrl(opts.endpoint)
   const file = opts.file ?? defaultRemotesFile()
   const data = await readRemotes(file)
@@ -159,6 +163,7 @@ export interface RemoteSpec {
 export async function resolveRemote(spec: RemoteSpec): Promise<{name?: string; bucket: string; prefix: string; endpoint?: string; region?: string}> {
   const ref = spec.remote.trim()
   if (spec.endpoint !== undefined) checkEndpointUrl(spec.endpoint)
+  const {parseS3Url} = await s3Module()
   if (/^s3:\/\//i.test(ref)) {
     const {bucket, prefix} = parseS3Url(ref)
     return {bucket, prefix, endpoint: spec.endpoint, region: spec.region}
@@ -212,6 +217,7 @@ export async function openRemote(opts: OpenRemoteOptions): Promise<RemoteHandle>
   // package.json supports Node 20: the SDK's 9-line "node >= 22 from 2027" notice on every
   // command is noise the user cannot act on (still shown when the variable is set otherwise)
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true'
+  const {S3Backend} = await s3Module()
   const s3 = new S3Backend({bucket: r.bucket, prefix: r.prefix, endpoint: r.endpoint, region: r.region})
   const inner = opts.wrapBackend ? opts.wrapBackend(s3) : s3
   const backend = new RetryBackend(new LimitBackend(inner, parallel), {
