@@ -1,7 +1,7 @@
 import {Args} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
 import {diffSnapshots, DiffEntry} from '../src/services/inspect.js'
-import {withContext} from '../src/services/run.js'
+import {withCatalogue} from '../src/services/run.js'
 
 export default class Diff extends BaseCommand<typeof Diff> {
   static override description = 'Paths added, removed and changed between two snapshots, per volume and in the filesystem diff'
@@ -11,10 +11,11 @@ export default class Diff extends BaseCommand<typeof Diff> {
   }
 
   async run(): Promise<{from: string; to: string; changes: DiffEntry[]}> {
-    const r = await withContext(this.flags, (ctx) => diffSnapshots(ctx, this.args.from, this.args.to))
+    const r = await withCatalogue(this.flags, (ctx) => diffSnapshots(ctx, this.args.from, this.args.to))
     const sign = {added: '+', removed: '-', changed: 'M'} as const
-    for (const c of r.changes) this.say(`${sign[c.change]} ${c.scope === 'fs' ? '' : `[${c.scope}] `}${c.path}`)
-    if (r.changes.length === 0) this.say('no differences')
+    // one write for all the paths, not one per path
+    if (r.changes.length > 0) this.say(r.changes.map((c) => `${sign[c.change]} ${c.scope === 'fs' ? '' : `[${c.scope}] `}${c.path}`).join('\n'))
+    else this.say('no differences')
     return r
   }
 }

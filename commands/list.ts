@@ -4,7 +4,7 @@ import {SnapshotRow} from '../src/catalogue/catalogue.js'
 import {formatBytes} from '../src/progress.js'
 import {endpointFlag, regionFlag} from '../src/cli/remote-flags.js'
 import {listSnapshots} from '../src/services/inspect.js'
-import {withContext} from '../src/services/run.js'
+import {withCatalogue} from '../src/services/run.js'
 
 export default class List extends BaseCommand<typeof List> {
   static override description = 'List snapshots: id, time, host, container/volumes, size, new data added'
@@ -21,12 +21,13 @@ export default class List extends BaseCommand<typeof List> {
     const f = this.flags
     const rows = f.remote
       ? await (await import('../src/services/remote.js')).listRemoteSnapshots({catalogue: f.catalogue, remote: f.remote, endpoint: f.endpoint, region: f.region, container: f.container, volume: f.volume, tag: f.tag})
-      : await withContext(f, async (ctx) => listSnapshots(ctx, f))
+      : await withCatalogue(f, async (ctx) => listSnapshots(ctx, f))
     if (rows.length === 0) this.say('no snapshots')
     else {
-      this.say(['ID          ', 'TIME                ', 'HOST        ', 'KIND     ', 'NAME                ', 'SIZE      ', 'NEW'].join(' '))
+      // one write for the whole table, not one per row
+      const lines = [['ID          ', 'TIME                ', 'HOST        ', 'KIND     ', 'NAME                ', 'SIZE      ', 'NEW'].join(' ')]
       for (const r of rows) {
-        this.say(
+        lines.push(
           [
             r.id.slice(0, 12),
             r.time.slice(0, 19).replace('T', ' ').padEnd(20),
@@ -38,6 +39,7 @@ export default class List extends BaseCommand<typeof List> {
           ].join(' '),
         )
       }
+      this.say(lines.join('\n'))
     }
     return rows
   }

@@ -2,14 +2,14 @@ import {Args} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
 import {formatBytes} from '../src/progress.js'
 import {showSnapshot, ShowResult} from '../src/services/inspect.js'
-import {withContext} from '../src/services/run.js'
+import {withCatalogue} from '../src/services/run.js'
 
 export default class Show extends BaseCommand<typeof Show> {
   static override description = 'Show what a snapshot holds: config, image, filesystem diff, each volume'
   static override args = {snapshot: Args.string({description: 'id, unique id prefix, latest, or latest:NAME', required: true})}
 
   async run(): Promise<ShowResult> {
-    const r = await withContext(this.flags, (ctx) => showSnapshot(ctx, this.args.snapshot))
+    const r = await withCatalogue(this.flags, (ctx) => showSnapshot(ctx, this.args.snapshot))
     this.say(`snapshot ${r.id}`)
     this.say(`  ${r.kind} taken ${r.time} on ${r.host} (${r.consistency}, ${r.reader} reader)${r.tags.length ? ` tags ${r.tags.join(',')}` : ''}`)
     if (r.container) {

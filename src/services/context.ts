@@ -9,8 +9,8 @@ import {LocalBackend} from '../backend/local.js'
 import {Catalogue, defaultCataloguePath} from '../catalogue/catalogue.js'
 import type {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
-import {Repository} from '../repo/repository.js'
-import {syncCatalogue} from './sync.js'
+import {Repository, TreeCache} from '../repo/repository.js'
+import {seedRepoIndex, syncCatalogue} from './sync.js'
 
 export function defaultRepoPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOLYSHIP_REPO) return env.HOLYSHIP_REPO
@@ -22,12 +22,40 @@ export interface ContextOptions {
   repo?: string
   catalogue?: string
   dockerHost?: string
+  /**
+   * Do not load the blob index (every blob location, from the catalogue) up front, only when
+   * it is needed: on `ensureIndex()`, or the first time a tree is not in the catalogue's tree
+   * cache. For commands that mostly read the catalogue (list, show, diff, a push with nothing
+   * to send): the index grows with the repository and is most of their work otherwise.
+   */
+  lazyIndex?: boolean
 }
 
 export interface Context {
   repo: Repository
   catalogue: Catalogue
+  /** load the blob index if it is not loaded yet (a lazyIndex context); cheap when it is */
+  ensureIndex(): void
   close(): void
+}
+
+/** The catalogue as the repository's tree cache, loading the blob index at the first miss. */
+class IndexOnMiss implements TreeCache {
+  constructor(
+    private readonly catalogue: Catalogue,
+    private readonly ensureIndex: () => void,
+  ) {}
+
+  getTree(id: string): Buffer | undefined {
+    const data = this.catalogue.getTree(id)
+    // not cached: the repository reads it from a pack, which needs the blob's location
+    if (data === undefined) this.ensureIndex()
+    return data
+  }
+
+  putTree(id: string, data: Buffer): void {
+    this.catalogue.putTree(id, data)
+  }
 }
 
 /** Open the repository (which must exist and be initialised) and bring the catalogue up to date. */
@@ -42,9 +70,15 @@ export async function openContext(opts: ContextOptions = {}): Promise<Context> {
   const repo = await Repository.open(new LocalBackend(dir), {loadIndex: false})
   const catalogue = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
   try {
-    repo.treeCache = catalogue
-    await syncCatalogue(catalogue, repo)
-    return {repo, catalogue, close: () => catalogue.close()}
+    let indexLoaded = !opts.lazyIndex
+    const ensureIndex = (): void => {
+      if (indexLoaded) return
+      indexLoaded = true
+      seedRepoIndex(catalogue, repo)
+    }
+    repo.treeCache = opts.lazyIndex ? new IndexOnMiss(catalogue, ensureIndex) : catalogue
+    await syncCatalogue(catalogue, repo, {seedIndex: !opts.lazyIndex})
+    return {repo, catalogue, ensureIndex, close: () => catalogue.close()}
   } catch (e) {
     catalogue.close()
     throw e

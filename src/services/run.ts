@@ -14,3 +14,16 @@ export async function withContext<T>(
     ctx.close()
   }
 }
+
+/**
+ * Open the repository and catalogue for a command answered from the catalogue (list, show,
+ * diff): no engine, and the blob index only if a tree has to be read from a pack.
+ */
+export async function withCatalogue<T>(opts: {repo?: string; catalogue?: string}, fn: (ctx: Context) => Promise<T>): Promise<T> {
+  const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue, lazyIndex: true})
+  try {
+    return await fn(ctx)
+  } finally {
+    ctx.close()
+  }
+}
