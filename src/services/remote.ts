@@ -64,9 +64,11 @@ async function withRemote<T>(opts: TransferOptions, fn: (remote: RemoteHandle) =
 /** Push local snapshots (default: every one the remote lacks) to a remote. */
 export async function push(opts: TransferOptions & {snapshots?: string[]}): Promise<PushResult> {
   return withRemote(opts, async (remote) => {
-    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue})
+    // the blob index only once there is something to send: a push of what the remote already
+    // has is answered from the catalogue and a few requests
+    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue, lazyIndex: true})
     try {
-      return await pushSnapshots({repo: ctx.repo, catalogue: ctx.catalogue, remote, snapshots: opts.snapshots, parallel: opts.parallel, progress: opts.progress})
+      return await pushSnapshots({repo: ctx.repo, catalogue: ctx.catalogue, remote, snapshots: opts.snapshots, parallel: opts.parallel, progress: opts.progress, loadIndex: ctx.ensureIndex})
     } finally {
       ctx.close()
     }

@@ -36,6 +36,11 @@ export interface PushSnapshotsOptions {
   /** concurrent transfers (default 4) */
   parallel?: number
   progress?: Progress
+  /**
+   * Makes the repository's blob index available (a repository opened without it, see
+   * openContext's lazyIndex); called only when there is something to send.
+   */
+  loadIndex?: () => void
 }
 
 export interface PushResult {
@@ -112,13 +117,14 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
     createdRemote,
   }
 
-  const onRemote = new Set((await remote.backend.list('snapshots/')).map((e) => e.key.slice('snapshots/'.length)))
+  const onRemote = await remoteHas(remote, selected, parallel)
   const toSend = selected.filter((id) => !onRemote.has(id))
   const snapshotsSkipped = selected.filter((id) => onRemote.has(id))
   if (toSend.length === 0) {
     return {...base, snapshotsSent: [], snapshotsSkipped, packsSent: 0, packsSkipped: 0, bytesSent: 0, bytesSkipped: 0, indexFilesSent: 0, durationMs: Date.now() - t0}
   }
 
+  o.loadIndex?.()
   // what the remote has: its index files, cached in the catalogue under its namespace
   progress.phase(`reading the index of ${remote.location}`)
   await syncRemoteIndex(cat, remote, parallel, repo.masterKey)
@@ -212,6 +218,30 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
     indexFilesSent: batcher.written,
     durationMs: Date.now() - t0,
   }
+}
+
+/**
+ * LIST_INSTEAD_OF_HEAD or fewer snapshots are looked up one HEAD each (in parallel); more, or
+ * every snapshot, with one listing of the remote's `snapshots/` (1,000 keys a request).
+ */
+export const LIST_INSTEAD_OF_HEAD = 16
+
+/**
+ * Which of these snapshots the remote has (its manifest is there). A push of a few named
+ * snapshots does not list every snapshot of a remote that may hold thousands: listing 1,000
+ * manifests from s3rver and parsing the XML took longer than the rest of a push with nothing
+ * to send.
+ */
+export async function remoteHas(remote: RemoteHandle, ids: string[], parallel: number): Promise<Set<string>> {
+  if (ids.length > LIST_INSTEAD_OF_HEAD) {
+    const listed = new Set((await remote.backend.list('snapshots/')).map((e) => e.key.slice('snapshots/'.length)))
+    return new Set(ids.filter((id) => listed.has(id)))
+  }
+  const has = new Set<string>()
+  await pool(ids, parallel, async (id) => {
+    if ((await remote.backend.stat(snapshotKey(id))) !== undefined) has.add(id)
+  })
+  return has
 }
 
 /** a local pack, checked against its id so local damage never spreads to the remote */

@@ -15,6 +15,7 @@ import {HolyshipError} from '../../src/errors.js'
 import {SnapshotManifest} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {listRemoteSnapshots, pull, push, remoteAdd, remoteList, remoteRemove} from '../../src/services/remote.js'
+import {LIST_INSTEAD_OF_HEAD} from '../../src/transfer/push.js'
 import {S3Server, s3rverObjectPath, startS3Server, useS3rverEnv} from '../harness/s3.js'
 
 let s3: S3Server
@@ -194,6 +195,50 @@ describe('push and pull through S3', () => {
     // `list --remote` sees both
     const rows = await listRemoteSnapshots({catalogue: B.catalogue, remote: url, endpoint: endpoint(), volume: 'vol'})
     expect(rows.map((r) => r.id)).toEqual([s1.id, s2.id])
+  })
+
+  it('looks up a few named snapshots with one HEAD each, not a listing of every snapshot on the remote', async () => {
+    const A = side('A')
+    const repoA = await newRepo(A)
+    const snaps: string[] = []
+    for (let i = 0; i < LIST_INSTEAD_OF_HEAD + 2; i++) snaps.push((await volumeSnapshot(repoA, `v${i}`, files(1, `s${i}`), new Date(Date.UTC(2025, 0, 1, i)))).id)
+    const url = remoteUrl()
+    await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint(), snapshots: snaps.slice(0, 2)})
+    const ops = (): {calls: string[]; wrap: (b: Backend) => Backend} => {
+      const calls: string[] = []
+      const wrap = (b: Backend): Backend =>
+        new Proxy(b, {
+          get(target, prop, receiver) {
+            const v = Reflect.get(target, prop, receiver)
+            if (typeof v !== 'function') return v
+            return (...a: unknown[]) => {
+              calls.push(`${String(prop)} ${String(a[0])}`)
+              return v.apply(target, a)
+            }
+          },
+        })
+      return {calls, wrap}
+    }
+    // nothing to send: a config read and a HEAD per snapshot, nothing listed, nothing written
+    const nothing = ops()
+    const r1 = await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint(), snapshots: [snaps[1], 'latest:v0'], wrapBackend: nothing.wrap})
+    expect(r1).toMatchObject({snapshotsSent: [], snapshotsSkipped: [snaps[1], snaps[0]], packsSent: 0, indexFilesSent: 0})
+    expect(nothing.calls.sort()).toEqual(['get config', `stat snapshots/${snaps[0]}`, `stat snapshots/${snaps[1]}`])
+    // one the remote lacks among them is sent
+    const some = ops()
+    const r2 = await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint(), snapshots: [snaps[0], snaps[2]], wrapBackend: some.wrap})
+    expect(r2).toMatchObject({snapshotsSent: [snaps[2]], snapshotsSkipped: [snaps[0]]})
+    expect(r2.packsSent).toBeGreaterThan(0)
+    expect(some.calls.filter((c) => c.startsWith('list snapshots'))).toEqual([])
+    // many: one listing instead of a HEAD each
+    const many = ops()
+    const r3 = await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint(), snapshots: snaps, wrapBackend: many.wrap})
+    expect(r3.snapshotsSent).toEqual(snaps.slice(3))
+    expect(many.calls.filter((c) => c.startsWith('list snapshots'))).toHaveLength(1)
+    expect(many.calls.filter((c) => c.startsWith('stat snapshots'))).toEqual([])
+    const again = await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint()})
+    expect(again).toMatchObject({snapshotsSent: [], packsSent: 0})
+    expect(again.snapshotsSkipped.sort()).toEqual([...snaps].sort())
   })
 
   it('resumes an interrupted push without sending completed packs again; the snapshot appears last', async () => {
