@@ -8,7 +8,6 @@ import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Archiver} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
-import {archiveTar} from '../archive/tar-source.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
@@ -61,6 +60,8 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
     throw new HolyshipError('USAGE', 'name at least one container, or --volume NAME')
   }
   await opts.engine.ping()
+  // directAccess will need `docker info` (the Engine keeps it): ask it during the recovery
+  if (opts.reader !== 'api' && opts.engine.isLocalSocket && process.getuid?.() === 0) opts.engine.info().catch(() => undefined)
   // containers a killed holyship left paused or stopped on this engine are put back first,
   // so what is inspected below is their real state
   await recoverOnce(opts.engine)
@@ -192,6 +193,7 @@ async function readMount(
   if (reader === 'direct' && m.hostPath) {
     archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, prev?.tree, prev?.root)})
   } else {
+    const {archiveTar} = await tarSource()
     await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true}))
   }
   const tree = await archiver.finish()
@@ -229,6 +231,7 @@ async function readFsDiff(
     for (const p of [...keep, ...deleted]) {
       for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
     }
+    const {archiveTar} = await tarSource()
     await apiRead('the container filesystem', async () => archiveTar(await engine.exportContainer(info.Id), archiver, {filter: (p) => keep.has(p)}))
     for (const p of deleted) {
       await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
@@ -239,6 +242,9 @@ async function readFsDiff(
   const tree = await archiver.finish()
   return {tree, stats: archiver.stats}
 }
+
+/** the API reader's tar parsing, loaded only when the API reader is used */
+const tarSource = (): Promise<typeof import('../archive/tar-source.js')> => import('../archive/tar-source.js')
 
 /**
  * A tar stream from the engine that breaks mid-way (the engine's "archive/tar: write too long"
@@ -299,25 +305,31 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   const mountRecords: MountRecord[] = []
   try {
     await guard.enter(consistency, info.State)
+    // the volumes' driver, labels and options, asked while the data is read
+    const volumes = mounts.map((m) => (m.type === 'volume' ? engine.inspectVolume(m.source) : undefined))
+    for (const v of volumes) v?.catch(() => undefined)
     fsDiff = await readFsDiff(opts, reader, info, mounts, parent?.manifest.container?.fsDiff)
     addStats(total, fsDiff.stats)
     changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
-    for (const m of mounts) {
+    for (const [i, m] of mounts.entries()) {
       const prev = parent?.manifest.mounts.find((p) => p.type === m.type && p.source === m.source && p.destination === m.destination)
       const r = await readMount(opts, reader, info.Id, m, prev)
       addStats(total, r.stats)
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
       if (r.root) rec.root = r.root
-      if (m.type === 'volume') {
-        const v = await engine.inspectVolume(m.source)
+      const v = await volumes[i]
+      if (v) {
         rec.driver = v.Driver
         rec.labels = v.Labels ?? {}
         rec.options = (v.Options as Record<string, string> | null) ?? {}
       }
       mountRecords.push(rec)
     }
-    await repo.flush()
+    // everything is read: the container runs again while the last pack is written
+    const [flushed, restored] = await Promise.allSettled([repo.flush(), guard.restore()])
+    if (flushed.status === 'rejected') throw flushed.reason
+    if (restored.status === 'rejected') throw restored.reason
   } catch (e) {
     repo.discardPending()
     throw e
