@@ -29,6 +29,10 @@
  * does not land on the next. Medians are reported; every sample goes to
  * bench-results/bench-<timestamp>.json.
  *
+ * `--latency` runs (only) the latency targets (scripts/bench-latency.ts): `list`, `show`, `diff`
+ * with 1,000 snapshots in the catalogue (< 200 ms each) and a push of a snapshot an s3rver
+ * remote already has (zero packs, < 1 s), whole CLI process, medians of `--latency-runs`.
+ *
  * `--scale` runs (only) the scale test: holyship's first snapshot of a volume of N small files
  * (`--files`, default 1,000,000) and of one big file (`--big-size`, default 5G), each also at half
  * the size, to show time growing linearly and memory staying bounded.
@@ -44,6 +48,7 @@ import {fileURLToPath} from 'node:url'
 import {parseArgs} from 'node:util'
 import {startEngine, stopAllEngines, type Engine} from '../test/harness/engine.js'
 import {BUSYBOX_IMAGE, importBusybox, postgresRootfsTar} from '../test/harness/images.js'
+import {latencyPhase} from './bench-latency.js'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 /** the private build of holyship the benchmark runs (see privateBuild) */
@@ -65,6 +70,9 @@ const USAGE = `usage: npm run bench -- [options]
   --keep          keep the work directory (repositories, restores) for inspection
   --out FILE      where the JSON goes (default bench-results/bench-<timestamp>.json)
   --scale         only the scale test (long): N small files and one big file, full and half size
+  --latency       only the latency targets (no Docker engine, ~3 min): list, show, diff with 1,000
+                  snapshots (< 200 ms) and a push the remote needs nothing of (< 1 s), PASS/FAIL
+  --latency-runs N  timed runs of each latency command (default 11)
   --files N       small files for --scale (default 1000000)
   --big-size SZ   the big file for --scale (default 5G; K/M/G suffixes)
 `
@@ -81,6 +89,8 @@ const {values: argv} = parseArgs({
     keep: {type: 'boolean', default: false},
     out: {type: 'string'},
     scale: {type: 'boolean', default: false},
+    latency: {type: 'boolean', default: false},
+    'latency-runs': {type: 'string', default: '11'},
     files: {type: 'string', default: '1000000'},
     'big-size': {type: 'string', default: '5G'},
     help: {type: 'boolean', short: 'h', default: false},
@@ -93,6 +103,7 @@ if (argv.help) {
 }
 const RUNS = positiveInt(argv.runs!, '--runs')
 const SCALE_FILES = positiveInt(argv.files!, '--files')
+const LATENCY_RUNS = positiveInt(argv['latency-runs']!, '--latency-runs')
 const BIG_SIZE = parseSize(argv['big-size']!)
 
 function positiveInt(s: string, flag: string): number {
@@ -302,7 +313,7 @@ function failed(what: string, r: Proc): Error {
  * tree (WORK/holyship: bin/run.js, package.json, node_modules -> the checkout's, dist/) and runs
  * only that: every sample measures the same code (its hash goes into the JSON).
  */
-function privateBuild(): {dir: string; sourceHash: string; sourceFiles: number; tscErrors?: string} {
+function privateBuild(): {dir: string; sourceHash: string; sourceFiles: number; tscErrors?: string; manifestError?: string} {
   const dir = path.join(WORK, 'holyship')
   const h = createHash('sha256')
   let sourceFiles = 0
@@ -331,8 +342,15 @@ function privateBuild(): {dir: string; sourceHash: string; sourceFiles: number; 
     if (!fs.existsSync(path.join(dir, 'dist/commands/snapshot.js'))) throw new Error(`compiling holyship failed:\n${tscErrors}`)
     note(`tsc reported errors (src/ being edited?); benchmarking what it emitted:\n${tscErrors}`)
   }
+  // the oclif manifest, as `npm run build` writes it: without it every command module is imported
+  const manifest = spawnSync(process.execPath, [path.join(ROOT, 'scripts/oclif-manifest.mjs'), dir], {encoding: 'utf8'})
+  let manifestError: string | undefined
+  if (manifest.status !== 0) {
+    manifestError = (manifest.stderr || manifest.stdout).trim().split('\n').slice(0, 20).join('\n')
+    note(`writing oclif.manifest.json failed: every command start imports every command module, timings are not those of a build:\n${manifestError}`)
+  }
   BIN = path.join(dir, 'bin/run.js')
-  return {dir, sourceHash: h.digest('hex').slice(0, 16), sourceFiles, ...(tscErrors ? {tscErrors} : {})}
+  return {dir, sourceHash: h.digest('hex').slice(0, 16), sourceFiles, ...(tscErrors ? {tscErrors} : {}), ...(manifestError ? {manifestError} : {})}
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -722,6 +740,7 @@ interface Results {
   targets?: {name: string; target: string; value: string; pass: boolean | null}[]
   profile?: unknown
   scale?: unknown
+  latency?: unknown
   skipped?: string[]
 }
 
@@ -1244,10 +1263,10 @@ async function scale(results: Results, save: () => void): Promise<void> {
 // main
 
 const STAMP = new Date().toISOString().replace(/[:.]/g, '-').replace(/Z$/, 'Z')
-const OUT = path.resolve(argv.out ?? path.join(RESULTS, `bench-${argv.scale ? 'scale-' : ''}${STAMP}.json`))
+const OUT = path.resolve(argv.out ?? path.join(RESULTS, `bench-${argv.scale ? 'scale-' : argv.latency ? 'latency-' : ''}${STAMP}.json`))
 
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) usage('the benchmark starts a private Docker engine and reads its volumes: run it as root')
+  if (process.getuid?.() !== 0 && !argv.latency) usage('the benchmark starts a private Docker engine and reads its volumes: run it as root')
   WORK = fs.mkdtempSync(path.join(os.tmpdir(), 'holyship-bench-'))
   const cleanupWork = () => {
     if (!argv.keep) fs.rmSync(WORK, {recursive: true, force: true})
@@ -1256,7 +1275,7 @@ async function main(): Promise<void> {
   const results: Results = {
     version: 1,
     startedAt: new Date().toISOString(),
-    options: {runs: RUNS, small: argv.small, profile: argv.profile, push: argv.push, scale: argv.scale, files: SCALE_FILES, bigSize: BIG_SIZE},
+    options: {runs: RUNS, small: argv.small, profile: argv.profile, push: argv.push, scale: argv.scale, files: SCALE_FILES, bigSize: BIG_SIZE, latency: argv.latency, latencyRuns: LATENCY_RUNS},
     machine: machineInfo(),
     samples: [],
   }
@@ -1267,7 +1286,15 @@ async function main(): Promise<void> {
     fs.writeFileSync(OUT, JSON.stringify(results, null, 1) + '\n')
   }
   try {
-    if (argv.scale) {
+    if (argv.latency) {
+      await latencyPhase(
+        {bin: BIN, work: WORK, runs: LATENCY_RUNS, timed, say, note, profiled: argv.profile ? profiled : undefined},
+        (r) => {
+          results.latency = r
+          save()
+        },
+      )
+    } else if (argv.scale) {
       await scale(results, save)
     } else {
       results.dataset = await ensureDataset(argv.small!)
