@@ -6,7 +6,7 @@
  */
 import {ArchiveStats, NodeType, Tree, TreeNode} from '../repo/format.js'
 import {Chunker} from '../repo/chunker.js'
-import {Repository} from '../repo/repository.js'
+import {Repository, SaveResult} from '../repo/repository.js'
 
 export interface SourceEntry {
   /** relative path, `/`-separated, no leading `./` or `/`; '' is the root directory */
@@ -48,7 +48,7 @@ interface DirBuild {
  * still goes, alone). Enough to keep every blob worker busy across many small files; bounded
  * so memory does not grow with the data.
  */
-export const IN_FLIGHT_BYTES = 16 * 1024 * 1024
+export const IN_FLIGHT_BYTES = 8 * 1024 * 1024
 
 export interface ArchiverProgress {
   (bytes: number): void
@@ -163,32 +163,58 @@ export class Archiver {
     const first = await it.next()
     if (first.done) return {content: ids, size}
     const second = await it.next()
-    if (second.done) {
-      // the whole file in one piece (most files): cut, hashed and compressed in a blob worker
-      const buf = first.value
-      const n = buf.length
+    // results of the pieces handed over, in order; `ids` is filled from them once all are in
+    const parts: SaveResult[][] = []
+    const pieces: Promise<void>[] = []
+    const hand = async (piece: Buffer, save: (b: Buffer) => Promise<SaveResult[]>): Promise<void> => {
+      const n = piece.length
+      size += n
       this.stats.bytes += n
       this.onBytes?.(n)
       this.throwIfFailed()
       await this.reserve(n)
-      const saved = this.repo
-        .saveContent(buf, fresh)
-        .then(
-          (rs) => {
-            for (const r of rs) {
-              ids.push(r.id)
-              if (r.added > 0) {
-                this.stats.newBytes += r.added
-                this.stats.newBlobs++
-              }
-            }
-          },
-          (e: unknown) => {
-            this.failure ??= e
-          },
-        )
-        .finally(() => this.release(n))
-      return {content: ids, size: n, saved}
+      const k = parts.push([]) - 1
+      pieces.push(
+        save(piece)
+          .then(
+            (rs) => {
+              parts[k] = rs
+            },
+            (e: unknown) => {
+              this.failure ??= e
+            },
+          )
+          .finally(() => this.release(n)),
+      )
+    }
+    const collected = (): Promise<void> =>
+      Promise.all(pieces).then(() => {
+        for (const r of parts.flat()) {
+          ids.push(r.id)
+          if (r.added > 0) {
+            this.stats.newBytes += r.added
+            this.stats.newBlobs++
+          }
+        }
+      })
+    if (second.done) {
+      // the whole file in one piece (most files): cut, hashed and compressed in a blob worker
+      await hand(first.value, (b) => this.repo.saveContent(b, fresh))
+      return {content: ids, size, saved: collected()}
+    }
+    const writer = this.repo.contentWriter()
+    if (writer) {
+      // a bigger file: its pieces go to one worker in order, which cuts across them
+      let current = first.value
+      let next: IteratorResult<Buffer> = second
+      while (!next.done) {
+        const piece = current
+        await hand(piece, (b) => writer(b, fresh, false))
+        current = next.value
+        next = await it.next()
+      }
+      await hand(current, (b) => writer(b, fresh, true))
+      return {content: ids, size, saved: collected()}
     }
     const chunker = new Chunker(this.chunkerParams)
     const saves: Promise<void>[] = []

@@ -55,11 +55,20 @@ interface Slot {
   busy: number
 }
 
+/** a file fed to one worker piece by piece */
+export interface FeedSession {
+  readonly slot: unknown
+  readonly id: number
+}
+
 /** names data a worker holds after chunk() until keep() */
 export interface ChunkToken {
-  readonly slot: unknown
+  readonly slot: WorkerRef
   readonly seq: number
 }
+
+/** which worker a result came from (for recycle()) */
+export type WorkerRef = unknown
 
 /**
  * `buf` as a buffer that owns its whole ArrayBuffer (so it can be transferred to a worker
@@ -76,6 +85,7 @@ export class BlobPool {
   private readonly slots: Slot[] = []
   private readonly pending = new Map<number, Pending>()
   private seq = 0
+  private sessions = 0
   private broken?: Error
   private closed = false
 
@@ -114,9 +124,22 @@ export class BlobPool {
    * The stored form of a blob (encoding byte | payload, sealed with a key), checked to decode
    * to `data`; `data` travels like in hash().
    */
-  async compress(data: Buffer, id: string, level: number): Promise<{stored: Buffer; data: Buffer}> {
-    const r = (await this.call({op: 'compress', data: transferable(data), id, level}, [data.buffer as ArrayBuffer])) as {stored: Uint8Array; data: Uint8Array}
-    return {stored: asBuffer(r.stored), data: asBuffer(r.data)}
+  async compress(data: Buffer, id: string, level: number): Promise<{stored: Buffer; data: Buffer; from: WorkerRef}> {
+    const slot = this.leastBusy()
+    const {reply} = await this.callOn(slot, {op: 'compress', data: transferable(data), id, level}, [data.buffer as ArrayBuffer])
+    const r = reply as {stored: Uint8Array; data: Uint8Array}
+    return {stored: asBuffer(r.stored), data: asBuffer(r.data), from: slot}
+  }
+
+  /**
+   * Hand results (stored blobs from compress() or keep()) back to the worker they came from
+   * once they are copied: it reuses their memory for its next results. They are unusable after.
+   */
+  recycle(from: WorkerRef, buffers: Buffer[]): void {
+    const slot = from as Slot
+    if (this.broken || this.closed || !this.slots.includes(slot)) return
+    const abs = [...new Set(buffers.map((b) => b.buffer as ArrayBuffer))].filter((ab) => !(ab instanceof SharedArrayBuffer) && ab.byteLength > 0)
+    slot.worker.postMessage({op: 'recycle', seq: 0, data: abs.map((ab) => new Uint8Array(ab))} as BlobRequest, abs)
   }
 
   /** decodeBlob in a worker (`stored` is handed over when it owns its memory). Throws CorruptBlobError like decodeBlob. */
@@ -137,7 +160,23 @@ export class BlobPool {
     return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
   }
 
-  /** The stored form of the `wanted` chunks (indexes) of a chunk() call; the worker then lets go of the data. */
+  /**
+   * One piece of a file that comes in several (`data`, handed over): all pieces of one file
+   * go to the same worker, whose chunker carries the cut state from piece to piece; `last`
+   * ends the file. Returns the chunks completed by this piece, kept for keep() like chunk().
+   */
+  async feed(session: FeedSession, data: Buffer, chunker: ChunkerParams, last: boolean): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
+    const slot = session.slot as Slot
+    const {reply, seq} = await this.callOn(slot, {op: 'feed', session: session.id, data: transferable(data), chunker, last}, [data.buffer as ArrayBuffer])
+    return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
+  }
+
+  /** a new file session for feed(), on the least busy worker */
+  session(): FeedSession {
+    return {slot: this.leastBusy(), id: ++this.sessions}
+  }
+
+  /** The stored form of the `wanted` chunks (indexes) of a chunk() or feed() call; the worker then lets go of them. */
   async keep(token: ChunkToken, wanted: number[], level: number): Promise<Buffer[]> {
     const {reply} = await this.callOn(token.slot as Slot, {op: 'keep', token: token.seq, wanted, level}, [])
     return (reply as {kept: Uint8Array[]}).kept.map(asBuffer)
@@ -243,9 +282,12 @@ const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, 
  */
 function startWorker(workerData: BlobWorkerData): Worker {
   const self = import.meta.url
+  // a worker's JS heap holds next to nothing (the data is in ArrayBuffers): a small young
+  // generation keeps each worker's resident memory small
+  const resourceLimits = {maxYoungGenerationSizeMb: 4}
   if (self.endsWith('.ts')) {
     const src = new URL('./blob-worker.ts', self).href
-    return new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(src)}) })`, {eval: true, workerData})
+    return new Worker(`import('tsx/esm/api').then((m) => { m.register(); return import(${JSON.stringify(src)}) })`, {eval: true, workerData, resourceLimits})
   }
-  return new Worker(new URL('./blob-worker.js', self), {workerData})
+  return new Worker(new URL('./blob-worker.js', self), {workerData, resourceLimits})
 }

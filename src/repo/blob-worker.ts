@@ -10,8 +10,11 @@
  *   decode    stored, id, raw -> plaintext         (opened, decompressed, verified against id)
  *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
  *                                                   and hashed here; the data stays here)
- *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` request
- *                                                   (the main thread dropped the ones it has)
+ *   feed      session, data   -> [{id, offset, length}]   (one piece of a file that comes in
+ *                                                   several: the session's chunker carries the
+ *                                                   cut state and the unfinished chunk over)
+ *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` or `feed`
+ *                                                   request (the main thread dropped the ones it has)
  */
 import {parentPort, workerData} from 'node:worker_threads'
 import {MasterKey} from './crypto.js'
@@ -23,7 +26,9 @@ export type BlobRequest =
   | {seq: number; op: 'compress'; data: Uint8Array; id: string; level: number}
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
+  | {seq: number; op: 'feed'; session: number; data: Uint8Array; chunker: ChunkerParams; last: boolean}
   | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
+  | {seq: number; op: 'recycle'; data: Uint8Array[]}
 
 /**
  * Every buffer a request brought is transferred back with the reply (`data`), so no memory
@@ -34,7 +39,7 @@ export type BlobReply =
   | {seq: number; stored: Uint8Array; data: Uint8Array}
   | {seq: number; plain: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
-  | {seq: number; kept: Uint8Array[]; data: Uint8Array}
+  | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
   | {seq: number; error: string; corrupt?: {why: string}}
 
 export interface BlobWorkerData {
@@ -54,42 +59,101 @@ function owned(b: Buffer): Uint8Array {
   return out
 }
 
-/** data of `chunk` requests waiting for their `keep`, by the chunk request's seq */
-const held = new Map<number, {data: Uint8Array; chunks: {offset: number; length: number; id: string}[]}>()
+/**
+ * Buffers this worker allocates for its results (stored blobs, chunks made of several pieces)
+ * come from buffers the main thread hands back once it has copied them (`recycle`), so the
+ * same few circulate instead of new ones piling up in this thread's malloc arena until the
+ * main thread's garbage collector frees them (which made RSS grow by ~60 MB per worker).
+ */
+const free: ArrayBuffer[] = []
+let freeBytes = 0
+const FREE_MAX = 8 * 1024 * 1024
+/** buffers allocated here, not yet sent away (keep() puts them back on the free list itself) */
+const mine = new WeakSet<ArrayBuffer>()
 
-const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeBlobOfId(plain, id, level, key)
+function alloc(n: number): Buffer {
+  let best = -1
+  for (let i = 0; i < free.length; i++) if (free[i].byteLength >= n && (best < 0 || free[i].byteLength < free[best].byteLength)) best = i
+  let ab: ArrayBuffer
+  if (best >= 0) {
+    ab = free[best]
+    free.splice(best, 1)
+    freeBytes -= ab.byteLength
+  } else {
+    // powers of two from 64 KiB, so a recycled buffer fits many later needs
+    let size = 64 * 1024
+    while (size < n) size *= 2
+    ab = new ArrayBuffer(size)
+  }
+  mine.add(ab)
+  return Buffer.from(ab, 0, n)
+}
 
-function handle(req: BlobRequest): {reply: BlobReply; transfer: ArrayBuffer[]} {
+function recycle(ab: ArrayBuffer): void {
+  if (ab.byteLength < 64 * 1024 || freeBytes + ab.byteLength > FREE_MAX) return
+  free.push(ab)
+  freeBytes += ab.byteLength
+}
+
+/** chunks of `chunk` and `feed` requests waiting for their `keep`, by the request's seq */
+const held = new Map<number, {chunks: Buffer[]; ids: string[]}>()
+/** the chunkers of files fed piece by piece, by session */
+const sessions = new Map<number, Chunker>()
+
+/** hash the chunks cut from one request and keep them for its `keep` */
+function cutAndHold(seq: number, chunks: Buffer[]): BlobReply {
+  let offset = 0
+  const out = chunks.map((c) => {
+    const r = {id: blobIdOf(c, key), offset, length: c.length}
+    offset += c.length
+    return r
+  })
+  held.set(seq, {chunks, ids: out.map((c) => c.id)})
+  return {seq, chunks: out}
+}
+
+const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeBlobOfId(plain, id, level, key, alloc)
+
+function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; transfer: ArrayBuffer[]} {
   if (req.op === 'keep') {
     const h = held.get(req.token)
     if (!h) throw new Error(`no chunked data under token ${req.token}`)
     held.delete(req.token)
-    const buf = view(h.data)
-    const kept = req.wanted.map((i) => {
-      const c = h.chunks[i]
-      return stored(buf.subarray(c.offset, c.offset + c.length), c.id, req.level)
-    })
-    return {reply: {seq: req.seq, kept, data: h.data}, transfer: [...kept.map((k) => k.buffer as ArrayBuffer), h.data.buffer as ArrayBuffer]}
+    const kept = req.wanted.map((i) => stored(h.chunks[i], h.ids[i], req.level))
+    // the buffers the chunks live in: this worker's own go back on its free list; the main
+    // thread's (a file's content) go back to it (see BlobReply). The session's unfinished
+    // chunk was copied out of them (Chunker.ownPending).
+    const buffers = [...new Set(h.chunks.map((c) => c.buffer as ArrayBuffer))]
+    const theirs = buffers.filter((b) => !mine.has(b))
+    for (const b of buffers) if (mine.has(b)) recycle(b)
+    return {reply: {seq: req.seq, kept, data: theirs.map((b) => new Uint8Array(b))}, transfer: [...kept.map((k) => k.buffer as ArrayBuffer), ...theirs]}
+  }
+  if (req.op === 'feed') {
+    let chunker = sessions.get(req.session)
+    if (!chunker) {
+      chunker = new Chunker(req.chunker, alloc)
+      sessions.set(req.session, chunker)
+    }
+    const chunks = chunker.push(view(req.data))
+    if (req.last) {
+      const tail = chunker.finish()
+      if (tail) chunks.push(tail)
+      sessions.delete(req.session)
+    } else chunker.ownPending()
+    return {reply: cutAndHold(req.seq, chunks), transfer: []}
   }
   const back = [req.data.buffer as ArrayBuffer]
   switch (req.op) {
-    case 'chunk': {
-      const buf = view(req.data)
-      const chunker = new Chunker(req.chunker)
-      const chunks: {id: string; offset: number; length: number}[] = []
-      let offset = 0
-      const cut = (c: Buffer): void => {
-        chunks.push({id: blobIdOf(c, key), offset, length: c.length})
-        offset += c.length
-      }
-      for (const c of chunker.push(buf)) cut(c)
-      const last = chunker.finish()
-      if (last) cut(last)
-      held.set(req.seq, {data: req.data, chunks})
-      return {reply: {seq: req.seq, chunks}, transfer: []}
-    }
     case 'hash':
       return {reply: {seq: req.seq, id: blobIdOf(view(req.data), key), data: req.data}, transfer: back}
+    case 'chunk': {
+      const buf = view(req.data)
+      const chunker = new Chunker(req.chunker, alloc)
+      const chunks = chunker.push(buf)
+      const last = chunker.finish()
+      if (last) chunks.push(last)
+      return {reply: cutAndHold(req.seq, chunks), transfer: []}
+    }
     case 'compress': {
       const out = stored(view(req.data), req.id, req.level)
       return {reply: {seq: req.seq, stored: out, data: req.data}, transfer: [out.buffer as ArrayBuffer, ...back]}
@@ -104,6 +168,11 @@ function handle(req: BlobRequest): {reply: BlobReply; transfer: ArrayBuffer[]} {
 }
 
 parentPort!.on('message', (req: BlobRequest) => {
+  if (req.op === 'recycle') {
+    // no reply: the main thread is done with these
+    for (const d of req.data) recycle(d.buffer as ArrayBuffer)
+    return
+  }
   let r: {reply: BlobReply; transfer: ArrayBuffer[]}
   try {
     r = handle(req)

@@ -55,7 +55,11 @@ export class Chunker {
   private pendingLen = 0
   private hash = 0
 
-  constructor(readonly params: ChunkerParams) {
+  /** `alloc`: where buffers for chunks made of several pieces come from (a blob worker recycles them) */
+  constructor(
+    readonly params: ChunkerParams,
+    private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafeSlow,
+  ) {
     if (!(params.min > 0 && params.min <= params.avg && params.avg <= params.max)) {
       throw new Error(`invalid chunker parameters ${JSON.stringify(params)}`)
     }
@@ -85,6 +89,19 @@ export class Chunker {
     return out
   }
 
+  /**
+   * Copy the start of the unfinished chunk (views of buffers pushed so far) into a buffer of
+   * the chunker's own, so the caller may hand those buffers on (a blob worker sends them back
+   * to the main thread instead of leaving them to its own garbage collector).
+   */
+  ownPending(): void {
+    if (this.pendingLen === 0) return
+    const own = this.alloc(this.pendingLen)
+    let at = 0
+    for (const p of this.pending) at += p.copy(own, at)
+    this.pending = [own]
+  }
+
   /** End of stream: the last (possibly short) chunk, if any bytes remain. */
   finish(): Buffer | undefined {
     if (this.pendingLen === 0) return undefined
@@ -92,8 +109,16 @@ export class Chunker {
   }
 
   private take(): Buffer {
-    // a chunk inside one input buffer is a view of it (the caller hands us fresh buffers)
-    const chunk = this.pending.length === 1 ? this.pending[0] : Buffer.concat(this.pending, this.pendingLen)
+    // a chunk inside one input buffer is a view of it (the caller hands us fresh buffers); one
+    // made of several gets a buffer of its own, never a slice of Node's shared pool (a blob
+    // worker transfers it to the main thread)
+    let chunk: Buffer
+    if (this.pending.length === 1) chunk = this.pending[0]
+    else {
+      chunk = this.alloc(this.pendingLen)
+      let at = 0
+      for (const p of this.pending) at += p.copy(chunk, at)
+    }
     this.pending = []
     this.pendingLen = 0
     this.hash = 0

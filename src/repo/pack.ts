@@ -85,11 +85,11 @@ export function encodeBlob(plain: Buffer, id: string, level: number, key?: Maste
  * encodeBlob for a blob whose id was computed from `plain` itself (compressBlobOfId's check),
  * into a buffer of its own (a blob worker transfers it to the main thread).
  */
-export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: MasterKey): Uint8Array {
+export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: MasterKey, alloc = (n: number): Uint8Array => new Uint8Array(n)): Uint8Array {
   const {enc, payload} = compressBlobOfId(plain, id, level)
   const e = key ? enc | ENC_ENCRYPTED : enc
   const body = key ? key.seal(e, 'blob', payload) : payload
-  const out = new Uint8Array(1 + body.length)
+  const out = alloc(1 + body.length)
   out[0] = e
   out.set(body, 1)
   return out

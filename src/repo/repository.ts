@@ -28,7 +28,8 @@ import {
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, decodeBlob, openJson, sealJson, sha256} from './pack.js'
-import {BlobPool, POOL_MIN_BLOB, owned, sharedPool} from './blob-pool.js'
+import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, sharedPool} from './blob-pool.js'
+import {collectGarbage} from './gc.js'
 
 const debug = debugFactory('holyship:repo')
 
@@ -98,9 +99,8 @@ export class Repository {
   private readonly index = new Map<string, BlobLocation>()
   private readonly loadedIndexFiles = new Set<string>()
   private readonly packSizes = new Map<string, number>()
-  /** the pack being filled; `spare` is the one last written, reused for the next */
+  /** the pack being filled (and, while `writing`, written) */
   private pending: PackBuilder
-  private spare?: PackBuilder
   /** blobs in `pending` or in a pack being written, not yet in `index` */
   private readonly pendingIds = new Map<string, {type: BlobType; raw: number}>()
   /** blobs being compressed by a worker: known (saveBlob dedups against them), not yet in a pack */
@@ -348,13 +348,17 @@ export class Repository {
     this.compressing.add(bid)
     const job = (async (): Promise<number> => {
       try {
-        const {stored} = await pool.compress(hashed.data, bid, this.config.compression.level)
-        if (generation !== this.generation) return 0
-        return await this.addToPack(() => {
-          this.pending.add(bid, type, stored, raw)
-          this.pendingIds.set(bid, {type, raw})
-          return stored.length
-        })
+        const {stored, from} = await pool.compress(hashed.data, bid, this.config.compression.level)
+        try {
+          if (generation !== this.generation) return 0
+          return await this.addToPack(() => {
+            this.pending.add(bid, type, stored, raw)
+            this.pendingIds.set(bid, {type, raw})
+            return stored.length
+          })
+        } finally {
+          pool.recycle(from, [stored])
+        }
       } finally {
         this.compressing.delete(bid)
       }
@@ -381,31 +385,58 @@ export class Repository {
     }
     const generation = this.generation
     const {chunks, token} = await pool.chunk(giveAway ? owned(data) : Buffer.from(data), this.config.chunker)
+    return this.keepNew(pool, chunks, token, generation)
+  }
+
+  /**
+   * A writer for one file whose content comes in several pieces: each piece goes to the same
+   * worker, which cuts (carrying the unfinished chunk to the next piece) and hashes; the new
+   * chunks are compressed there too. Call it for every piece in order, `last` on the final
+   * one; each call returns the results of the chunks that piece completed. Undefined without
+   * a worker pool.
+   */
+  contentWriter(): ((piece: Buffer, giveAway: boolean, last: boolean) => Promise<SaveResult[]>) | undefined {
+    const pool = this.workers()
+    if (!pool) return undefined
+    const session = pool.session()
+    return async (piece, giveAway, last) => {
+      const generation = this.generation
+      const {chunks, token} = await pool.feed(session, giveAway ? owned(piece) : Buffer.from(piece), this.config.chunker, last)
+      return this.keepNew(pool, chunks, token, generation)
+    }
+  }
+
+  /** of chunks a worker cut and hashed, have it compress the ones the repository lacks, and pack them */
+  private async keepNew(pool: BlobPool, chunks: {id: string; length: number}[], token: ChunkToken, generation: number): Promise<SaveResult[]> {
     const results: SaveResult[] = []
     const wanted: number[] = []
     for (let i = 0; i < chunks.length; i++) {
       const {id} = chunks[i]
-      if (this.hasBlob(id)) results.push({id, added: 0})
-      else {
+      // marked at once, so an equal chunk in this or another file is not compressed twice
+      if (!this.hasBlob(id)) {
         this.compressing.add(id)
         wanted.push(i)
-        results.push({id, added: 0})
       }
+      results.push({id, added: 0})
     }
     const job = (async (): Promise<void> => {
       try {
         const kept = await pool.keep(token, wanted, this.config.compression.level)
-        if (generation !== this.generation) return
-        for (let k = 0; k < wanted.length; k++) {
-          const i = wanted[k]
-          const stored = kept[k]
-          const {id, length} = chunks[i]
-          results[i].added = await this.addToPack(() => {
-            this.pending.add(id, 'data', stored, length)
-            this.pendingIds.set(id, {type: 'data', raw: length})
-            return stored.length
-          })
-          this.compressing.delete(id)
+        try {
+          if (generation !== this.generation) return
+          for (let k = 0; k < wanted.length; k++) {
+            const i = wanted[k]
+            const stored = kept[k]
+            const {id, length} = chunks[i]
+            results[i].added = await this.addToPack(() => {
+              this.pending.add(id, 'data', stored, length)
+              this.pendingIds.set(id, {type: 'data', raw: length})
+              return stored.length
+            })
+            this.compressing.delete(id)
+          }
+        } finally {
+          pool.recycle(token.slot, kept)
         }
       } finally {
         for (const i of wanted) this.compressing.delete(chunks[i].id)
@@ -469,15 +500,15 @@ export class Repository {
 
   /**
    * Run `add` (which puts one blob into the pending pack, synchronously) once the pending pack
-   * has room, and hand the pack to the writer when the blob fills it. One pack is written at a
-   * time while the next one fills; a save that finds the next one full too waits for the
-   * writer, which is what holds back a producer faster than the disk.
+   * has room and is not being written, and hand the pack to the writer when the blob fills it.
+   * Saves wait while a pack is written, which is what holds back a producer faster than the
+   * disk (and keeps one pack buffer instead of two).
    */
   private async addToPack(add: () => number): Promise<number> {
     // first come, first added: blobs land in packs in the order they were saved (a file's
     // chunks stay together, which is what a restore reads), not in the order waiters wake up
     const turn = this.packTurn.then(async () => {
-      while (this.pending.length >= this.config.packSize) await this.handOver()
+      while (this.writing || this.pending.length >= this.config.packSize) await this.handOver()
       return add()
     })
     this.packTurn = turn.then(
@@ -490,8 +521,8 @@ export class Repository {
   }
 
   /**
-   * Give the pending pack to the writer and wait for the write; when the writer is busy, only
-   * wait for it (the caller looks again). Throws the first failure of any save or write.
+   * Write the pending pack and wait for the write; when a write is under way, only wait for
+   * it (the caller looks again). Throws the first failure of any save or write.
    */
   private async handOver(): Promise<void> {
     if (this.failure !== undefined) throw this.failure
@@ -500,12 +531,11 @@ export class Repository {
       return
     }
     if (this.pending.count === 0) return
+    // one pack buffer (about 20 MiB): blobs wait while it is written; the workers go on with
+    // what is in flight meanwhile
     const builder = this.pending
-    this.pending = this.spare ?? new PackBuilder(this.masterKey, packCapacity(this.config))
-    this.spare = undefined
     const write = this.writePack(builder).finally(() => {
       builder.reset()
-      this.spare = builder
       this.writing = undefined
     })
     this.writing = write
@@ -529,6 +559,7 @@ export class Repository {
     this.unindexed.push({id, size: data.length, blobs})
     debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, data.length)
     this.onPackWritten?.(data.length)
+    collectGarbage(data.length)
     // keep index files bounded so a long snapshot's progress survives in pieces
     if (this.unindexed.length >= 64) await this.writeIndex()
   }
@@ -573,6 +604,7 @@ export class Repository {
     }
     try {
       const pool = loc.raw >= POOL_MIN_BLOB ? this.workers() : undefined
+      collectGarbage(loc.raw)
       return pool ? await pool.decode(stored, id, loc.raw, key) : decodeBlob(stored, id, loc.raw, key, this.masterKey)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})

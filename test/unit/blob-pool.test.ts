@@ -104,6 +104,28 @@ describe('blob pool', {timeout: 60_000}, () => {
     await expect(pool.keep(token, [0], 3)).rejects.toThrow(/no chunked data/)
   })
 
+  it('a file fed in pieces is cut as if it came whole, across piece boundaries', async () => {
+    const params = {min: 64 * 1024, avg: 256 * 1024, max: MiB, seed: 'ef'.repeat(16)}
+    const data = Buffer.concat([text(MiB + 12_345, 3), Buffer.alloc(3 * MiB), randomBytes(700_001)])
+    const whole = new Chunker(params)
+    const expected = whole.push(Buffer.from(data))
+    const tail = whole.finish()
+    if (tail) expected.push(tail)
+    const session = pool.session()
+    const got: {id: string; length: number}[] = []
+    const pieces = [0, 100_000, 1_500_000, 1_500_001, 4_000_000, data.length]
+    const calls = []
+    for (let i = 0; i + 1 < pieces.length; i++) {
+      calls.push(pool.feed(session, owned(Buffer.from(data.subarray(pieces[i], pieces[i + 1]))), params, i + 2 === pieces.length))
+    }
+    for (const c of await Promise.all(calls)) {
+      got.push(...c.chunks)
+      await pool.keep(c.token, [], 3)
+    }
+    expect(got.map((c) => c.id)).toEqual(expected.map((c) => sha256(c)))
+    expect(got.map((c) => c.length)).toEqual(expected.map((c) => c.length))
+  })
+
   it('in an encrypted repository: HMAC ids and sealed blobs that only the key opens', async () => {
     const plain = text(MiB)
     const h = await keyed.hash(Buffer.from(plain))
