@@ -1,7 +1,40 @@
 import {randomBytes} from 'node:crypto'
-import {promises as fsp} from 'node:fs'
+import {closeSync, constants as fsc, promises as fsp, open, read, readSync} from 'node:fs'
 import * as path from 'node:path'
+import {promisify} from 'node:util'
 import {Backend, BackendEntry, BackendNotFound} from './backend.js'
+
+const openP = promisify(open)
+const readP = (fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> =>
+  new Promise((resolve, reject) => read(fd, buf, offset, length, position, (e, n) => (e ? reject(e) : resolve(n))))
+
+/** idle pack files a read session keeps open at most */
+const MAX_OPEN = 32
+/** ranges shorter than this are read with what follows them, in a read-ahead window (sessions only) */
+const SMALL_RANGE = 64 * 1024
+const WINDOW = 512 * 1024
+/** read-ahead windows kept at most (the files a restore reads at the same time) */
+const MAX_WINDOWS = 4
+
+/** a read-ahead buffer: `length` bytes of its file from `start` */
+interface ReadWindow {
+  buf: Buffer
+  start: number
+  length: number
+  owner?: OpenFile
+}
+
+/** an open object file, shared by the reads that use it */
+interface OpenFile {
+  key: string
+  fd?: number
+  /** set while the file is being opened */
+  opening?: Promise<void>
+  /** reads using it now */
+  refs: number
+  /** the file's read-ahead window, while it has one */
+  window?: ReadWindow
+}
 
 /**
  * A repository in a local directory. put() writes a temporary file, fsyncs it, renames it
@@ -10,6 +43,12 @@ import {Backend, BackendEntry, BackendNotFound} from './backend.js'
  */
 export class LocalBackend implements Backend {
   readonly location: string
+  /** open object files (read sessions keep them), least recently used first */
+  private readonly handles = new Map<string, OpenFile>()
+  /** read sessions running (retainReads) */
+  private sessions = 0
+  /** read-ahead windows, least recently used first */
+  private windows: ReadWindow[] = []
 
   constructor(readonly root: string) {
     this.location = path.resolve(root)
@@ -31,27 +70,164 @@ export class LocalBackend implements Backend {
     }
   }
 
+  /**
+   * Read `length` bytes at `offset`. Inside a read session (retainReads) the pack file stays
+   * open for the next read, and a small range is read together with what follows it (a
+   * read-ahead window): a restore asks for the blobs of a pack mostly in the order they were
+   * written, so the next small blobs are served from memory instead of one system call each.
+   * Outside a session every call opens and closes the file, as a plain store would.
+   */
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
-    let fh
+    const h = await this.acquire(key)
     try {
-      fh = await fsp.open(this.file(key), 'r')
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new BackendNotFound(key, this.location)
-      throw e
-    }
-    try {
-      const buf = Buffer.allocUnsafe(length)
+      if (this.sessions > 0 && length < SMALL_RANGE) return this.fromWindow(h, offset, length)
+      const buf = Buffer.allocUnsafeSlow(length)
       let done = 0
       while (done < length) {
-        const {bytesRead} = await fh.read(buf, done, length - done, offset + done)
-        if (bytesRead === 0) break
-        done += bytesRead
+        const n = await readP(h.fd!, buf, done, length - done, offset + done)
+        if (n === 0) break
+        done += n
       }
-      if (done !== length) throw new Error(`${this.location}/${key}: short read (${done} of ${length} bytes at ${offset})`)
+      if (done !== length) throw this.shortRead(key, done, length, offset)
       return buf
     } finally {
-      await fh.close()
+      this.release(h)
     }
+  }
+
+  /**
+   * Begin a read session: until the returned function is called, pack files read by getRange
+   * stay open (at most MAX_OPEN idle ones, least recently used closed first) and small reads
+   * come from read-ahead windows. The files are closed when the last session ends. Objects
+   * must not be replaced while a session reads them (packs never are: they are immutable).
+   */
+  retainReads(): () => void {
+    this.sessions++
+    let ended = false
+    return () => {
+      if (ended) return
+      ended = true
+      if (--this.sessions === 0) {
+        for (const h of [...this.handles.values()]) if (h.refs === 0) this.closeHandle(h)
+        this.windows = []
+      }
+    }
+  }
+
+  /** the open file of `key`, shared by concurrent readers (counted in refs) */
+  private async acquire(key: string): Promise<OpenFile> {
+    let h = this.handles.get(key)
+    if (h) {
+      // most recently used last
+      this.handles.delete(key)
+      this.handles.set(key, h)
+      h.refs++
+      if (h.fd === undefined) {
+        try {
+          await h.opening
+        } catch (e) {
+          h.refs--
+          throw e
+        }
+      }
+      return h
+    }
+    const file = this.file(key)
+    const opened: OpenFile = {key, refs: 1}
+    opened.opening = openP(file, fsc.O_RDONLY).then(
+      (fd) => {
+        opened.fd = fd
+        opened.opening = undefined
+      },
+      (e: NodeJS.ErrnoException) => {
+        if (this.handles.get(key) === opened) this.handles.delete(key)
+        throw e.code === 'ENOENT' ? new BackendNotFound(key, this.location) : e
+      },
+    )
+    this.handles.set(key, opened)
+    try {
+      await opened.opening
+    } catch (e) {
+      opened.refs--
+      throw e
+    }
+    return opened
+  }
+
+  private release(h: OpenFile): void {
+    if (--h.refs > 0) return
+    if (this.sessions === 0 || this.handles.get(h.key) !== h) {
+      this.closeHandle(h)
+      return
+    }
+    // a session keeps idle files open, but only so many
+    if (this.handles.size > MAX_OPEN) {
+      for (const other of this.handles.values()) {
+        if (this.handles.size <= MAX_OPEN) break
+        if (other.refs === 0) this.closeHandle(other)
+      }
+    }
+  }
+
+  private closeHandle(h: OpenFile): void {
+    if (this.handles.get(h.key) === h) this.handles.delete(h.key)
+    if (h.window) h.window.owner = undefined
+    h.window = undefined
+    if (h.fd !== undefined) {
+      const fd = h.fd
+      h.fd = undefined
+      closeSync(fd)
+    }
+  }
+
+  /**
+   * A small range, copied out of the file's read-ahead window; the window is read anew (at
+   * `offset`) when it does not hold the range. Windows are a few buffers reused from file to
+   * file, so reading ahead allocates nothing but the ranges handed out.
+   */
+  private fromWindow(h: OpenFile, offset: number, length: number): Buffer {
+    let w = h.window
+    if (!w || offset < w.start || offset + length > w.start + w.length) {
+      w ??= this.takeWindow(h)
+      w.length = 0
+      let got = readSync(h.fd!, w.buf, 0, w.buf.length, offset)
+      while (got < length) {
+        const n = readSync(h.fd!, w.buf, got, w.buf.length - got, offset + got)
+        if (n === 0) break
+        got += n
+      }
+      if (got < length) throw this.shortRead(h.key, got, length, offset)
+      w.start = offset
+      w.length = got
+    } else {
+      // most recently used last
+      const i = this.windows.indexOf(w)
+      if (i >= 0 && i < this.windows.length - 1) {
+        this.windows.splice(i, 1)
+        this.windows.push(w)
+      }
+    }
+    const out = Buffer.allocUnsafe(length)
+    w.buf.copy(out, 0, offset - w.start, offset - w.start + length)
+    return out
+  }
+
+  /** a window for `h`: a new one while there are fewer than MAX_WINDOWS, else the least recently used */
+  private takeWindow(h: OpenFile): ReadWindow {
+    let w: ReadWindow
+    if (this.windows.length < MAX_WINDOWS) w = {buf: Buffer.allocUnsafeSlow(WINDOW), start: 0, length: 0}
+    else {
+      w = this.windows.shift()!
+      if (w.owner) w.owner.window = undefined
+    }
+    w.owner = h
+    h.window = w
+    this.windows.push(w)
+    return w
+  }
+
+  private shortRead(key: string, done: number, length: number, offset: number): Error {
+    return new Error(`${this.location}/${key}: short read (${done} of ${length} bytes at ${offset})`)
   }
 
   async put(key: string, data: Buffer): Promise<void> {
@@ -120,6 +296,14 @@ export class LocalBackend implements Backend {
   async delete(key: string): Promise<void> {
     await fsp.rm(this.file(key), {force: true})
   }
+}
+
+/**
+ * Begin a read session on `backend` when it is a LocalBackend (see LocalBackend.retainReads);
+ * call the returned function when done. Other backends: nothing to do.
+ */
+export function retainReads(backend: Backend): () => void {
+  return backend instanceof LocalBackend ? backend.retainReads() : () => undefined
 }
 
 export async function syncDir(dir: string): Promise<void> {
