@@ -9,9 +9,27 @@
  */
 import {execFile} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
-import {constants as fsc, promises as fsp} from 'node:fs'
+import {
+  Stats,
+  chmodSync,
+  closeSync,
+  fchmodSync,
+  fchownSync,
+  open as fsOpen,
+  write as fsWrite,
+  constants as fsc,
+  promises as fsp,
+  ftruncateSync,
+  futimesSync,
+  lchownSync,
+  lstatSync,
+  lutimesSync,
+  rmSync,
+  writeSync,
+} from 'node:fs'
 import * as path from 'node:path'
 import {promisify} from 'node:util'
+import {retainReads} from '../backend/local.js'
 import {HolyshipError, isHolyshipError} from '../errors.js'
 import {TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
@@ -330,6 +348,11 @@ export interface RestoreToDirOptions {
  * followed, files are created new (O_EXCL|O_NOFOLLOW) under a temporary name and renamed
  * into place once complete. On failure everything this restore created is removed again
  * (files it replaced with `overwrite` stay replaced).
+ *
+ * Directories are made in walk order; every other entry is placed by one of up to
+ * RESTORE_PARALLEL concurrent jobs, and the blobs of the files being written are read with up
+ * to RESTORE_BUFFER bytes in flight (see BlobFetcher), each chunk written at its offset as soon
+ * as it is there.
  */
 export async function restoreToDir(
   repo: Repository,
@@ -338,129 +361,230 @@ export async function restoreToDir(
   target: string,
   opts: RestoreToDirOptions = {},
 ): Promise<{files: number; bytes: number; skipped: SkippedEntry[]}> {
-  const partial = opts.skipped !== undefined
-  const skipped: SkippedEntry[] = opts.skipped ?? []
   const node = await findNode(repo, treeId, rel)
   if (!node) throw new HolyshipError('PATH_NOT_FOUND', `no path ${JSON.stringify('/' + rel)} in the snapshot`)
   const root = path.resolve(target)
-  /** what this restore created, in order: removed in reverse if it fails */
-  const created: string[] = []
   const firstCreated = await fsp.mkdir(root, {recursive: true})
-  if (firstCreated) created.push(firstCreated)
-  const stats = {files: 0, bytes: 0}
-  const dirsToTime: {abs: string; node: TreeNode}[] = []
+  const endReads = retainReads(repo.backend)
+  try {
+    const run = new DirRestore(repo, treeId, root, opts)
+    // a target this restore made is empty: nothing in it needs looking at before it is written
+    if (firstCreated) {
+      run.created.push(firstCreated)
+      run.madeDirs.add(root)
+    }
+    return await run.restore(rel, node)
+  } finally {
+    endReads()
+  }
+}
+
+/** entries placed at the same time by restoreToDir (each mostly waits on the kernel) */
+const RESTORE_PARALLEL = 32
+/** bytes of blob data read and not yet written, at most (one blob may exceed it alone) */
+const RESTORE_BUFFER = 16 * 1024 * 1024
+/** writes at least this big go to the thread pool; smaller ones are written at once */
+const ASYNC_WRITE = 64 * 1024
+
+const openP = promisify(fsOpen)
+const writeP = (fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> =>
+  new Promise((resolve, reject) => fsWrite(fd, buf, offset, length, position, (e, n) => (e ? reject(e) : resolve(n))))
+
+/** one restoreToDir run */
+class DirRestore {
+  /** what this restore created, in order: removed in reverse if it fails */
+  readonly created: string[] = []
+  /** directories this restore made: they held nothing before, so nothing in them is looked at first */
+  readonly madeDirs = new Set<string>()
+  /** directories this restore made or found to be real directories, their ancestors checked */
+  private readonly safeDirs = new Set<string>()
+  private readonly stats = {files: 0, bytes: 0}
+  private readonly dirsToTime: {abs: string; node: TreeNode}[] = []
   /** tree path -> where it was written, for hard links */
-  const written = new Map<string, string>()
-  const skippedPaths = new Set<string>()
-  const relClean = rel.split('/').filter((p) => p !== '' && p !== '.').join('/')
-  const baseName = relClean === '' ? '' : path.posix.basename(relClean)
-  const skip = (treePath: string, reason: string): void => {
-    skippedPaths.add(treePath)
-    skipped.push({path: treePath, reason})
+  private readonly written = new Map<string, string>()
+  /** files (and hard links) being placed by a job: their tree path -> settled when done */
+  private readonly placing = new Map<string, Promise<unknown>>()
+  private readonly skippedPaths = new Set<string>()
+  /** what --partial left out, with its place in the walk (jobs finish in any order) */
+  private readonly skips: {seq: number; entry: SkippedEntry}[] = []
+  private readonly jobs = new Jobs(RESTORE_PARALLEL)
+  private readonly blobs: BlobFetcher
+  private readonly partial: boolean
+  private readonly tmpPrefix = `.holyship-restore-${randomBytes(4).toString('hex')}`
+  private tmpSeq = 0
+  private seq = 0
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly treeId: string,
+    private readonly root: string,
+    private readonly opts: RestoreToDirOptions,
+  ) {
+    this.partial = opts.skipped !== undefined
+    this.blobs = new BlobFetcher(repo, RESTORE_BUFFER)
   }
 
-  /** write a regular file's content under a temporary name beside `abs`; returns that name */
-  const writeFileTemp = async (abs: string, n: TreeNode): Promise<string> => {
-    const tmp = path.join(path.dirname(abs), `.holyship-restore-${randomBytes(6).toString('hex')}`)
-    const fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600)
+  async restore(rel: string, node: TreeNode): Promise<{files: number; bytes: number; skipped: SkippedEntry[]}> {
+    const relClean = rel.split('/').filter((p) => p !== '' && p !== '.').join('/')
+    const baseName = relClean === '' ? '' : path.posix.basename(relClean)
     try {
       try {
-        let pos = 0
-        for await (const buf of fileContent(repo, n, opts.onBytes)) {
-          // leave holes where the data is all zeros: sparse files stay sparse
-          if (!isZero(buf)) await fh.write(buf, 0, buf.length, pos)
-          pos += buf.length
-        }
-        await fh.truncate(pos)
+        await this.walk(baseName, relClean, node)
       } finally {
-        await fh.close()
+        // nothing is removed (nor any file closed) while a job still works
+        await this.jobs.drain()
       }
-      await applyMeta(tmp, n)
+      this.jobs.check()
+      // directory times last, deepest first: writing into a directory changes its mtime
+      for (const {abs, node: n} of this.dirsToTime.reverse()) setTimes(abs, n)
     } catch (e) {
-      await fsp.rm(tmp, {force: true}).catch(() => undefined)
+      for (const p of this.created.reverse()) await fsp.rm(p, {recursive: true, force: true}).catch(() => undefined)
       throw e
     }
-    return tmp
+    const skipped = this.opts.skipped ?? []
+    skipped.push(...this.skips.sort((a, b) => a.seq - b.seq).map((s) => s.entry))
+    return {...this.stats, skipped}
   }
 
-  /** directories this restore made or found to be real directories, their ancestors checked */
-  const safeDirs = new Set<string>()
-  const place = async (relOut: string, treePath: string, n: TreeNode): Promise<boolean> => {
+  private skip(seq: number, treePath: string, reason: string): void {
+    this.skippedPaths.add(treePath)
+    this.skips.push({seq, entry: {path: treePath, reason}})
+  }
+
+  /** the absolute path of `relOut`, checked to be inside the target and reached through no symlink */
+  private resolve(relOut: string): string {
     if (relOut.split('/').some((c) => c === '..' || c === '.' || c.includes('\0'))) {
       throw new HolyshipError('REPO_DAMAGED', `refusing unsafe path ${JSON.stringify(relOut)} in the snapshot`)
     }
-    const abs = relOut === '' ? root : path.join(root, relOut)
-    if (abs !== root && !abs.startsWith(root + path.sep)) throw new HolyshipError('REPO_DAMAGED', `refusing path outside the target: ${relOut}`)
+    const abs = relOut === '' ? this.root : path.join(this.root, relOut)
+    if (abs !== this.root && !abs.startsWith(this.root + path.sep)) throw new HolyshipError('REPO_DAMAGED', `refusing path outside the target: ${relOut}`)
     // never follow a symlink left on the way (written earlier or already there)
-    await assertNoSymlinkBetween(root, abs, safeDirs)
-    if (n.type === 'whiteout') return false
-    const existing = abs === root ? await fsp.lstat(abs) : await fsp.lstat(abs).catch(() => undefined)
-    const replace = existing !== undefined && (n.type !== 'dir' || !existing.isDirectory())
-    if (replace && !opts.overwrite) {
-      throw new HolyshipError('TARGET_EXISTS', `${abs} exists${n.type === 'dir' ? ' and is not a directory' : ''}`, {hint: 'use --force to overwrite'})
+    let cur = path.dirname(abs)
+    while (cur.length > this.root.length && !this.safeDirs.has(cur)) {
+      if (lstatSync(cur, {throwIfNoEntry: false})?.isSymbolicLink()) throw new HolyshipError('REPO_DAMAGED', `refusing to write through the symlink ${cur}`)
+      cur = path.dirname(cur)
     }
+    return abs
+  }
+
+  /** what is at `abs` now (nothing, in a directory this restore made) */
+  private existing(abs: string): Stats | undefined {
+    if (abs !== this.root && this.madeDirs.has(path.dirname(abs))) return undefined
+    return abs === this.root ? lstatSync(abs) : lstatSync(abs, {throwIfNoEntry: false})
+  }
+
+  /** directories in walk order (their entries need them); every other entry as a job */
+  private async walk(relOut: string, treePath: string, n: TreeNode): Promise<void> {
+    if (n.type !== 'dir') {
+      const seq = this.seq++
+      const job = this.jobs.add(() => this.place(relOut, treePath, n, seq))
+      // a hard link waits for the file it names to be placed (or skipped)
+      if (n.type === 'file' || n.type === 'hardlink') {
+        this.placing.set(treePath, job)
+        void job.then(() => this.placing.delete(treePath))
+      }
+      await this.jobs.ready()
+      return
+    }
+    if (!(await this.placeDir(relOut, n))) return
+    if (!n.subtree) return
+    let tree
+    try {
+      tree = await loadCheckedTree(this.repo, n.subtree)
+    } catch (e) {
+      if (!(this.partial && isDamage(e))) throw e
+      this.skip(this.seq++, treePath === '' ? '/' : `${treePath}/`, `directory listing unreadable: ${e.message}`)
+      return
+    }
+    for (const child of tree.nodes) {
+      if (this.jobs.failed) return
+      const join = (a: string): string => (a === '' ? child.name : `${a}/${child.name}`)
+      await this.walk(join(relOut), join(treePath), child)
+    }
+  }
+
+  private async placeDir(relOut: string, n: TreeNode): Promise<boolean> {
+    const abs = this.resolve(relOut)
+    const existing = this.existing(abs)
+    const replace = existing !== undefined && !existing.isDirectory()
+    if (replace && !this.opts.overwrite) {
+      throw new HolyshipError('TARGET_EXISTS', `${abs} exists and is not a directory`, {hint: 'use --force to overwrite'})
+    }
+    // with --force: what is in the way goes (a symlink itself, never what it points to)
+    if (replace) await fsp.rm(abs, {recursive: true, force: true})
+    if (!existing || replace) {
+      await fsp.mkdir(abs)
+      this.created.push(abs)
+      this.madeDirs.add(abs)
+    }
+    // a real directory now (lstat saw one, or we made it): entries below need not look past it
+    this.safeDirs.add(abs)
+    this.dirsToTime.push({abs, node: n})
+    await applyMeta(abs, n)
+    return true
+  }
+
+  /** place one entry that is not a directory */
+  private async place(relOut: string, treePath: string, n: TreeNode, seq: number): Promise<void> {
+    if (this.jobs.failed) return
+    const abs = this.resolve(relOut)
+    if (n.type === 'whiteout') return
+    const existing = this.existing(abs)
+    const replace = existing !== undefined
+    if (replace && !this.opts.overwrite) throw new HolyshipError('TARGET_EXISTS', `${abs} exists`, {hint: 'use --force to overwrite'})
     // a file's data is read (and checked) before anything at its path is touched
-    let tmp: string | undefined
     let content: TreeNode | undefined
     if (n.type === 'file') content = n
     else if (n.type === 'hardlink') {
-      const first = written.get(n.target ?? '')
-      if (first === undefined) {
-        if (skippedPaths.has(n.target ?? '')) {
-          skip(treePath, `hard link to /${n.target}, which could not be restored`)
-          return false
-        }
-        // the other name of this file is not part of this restore (or comes later): write the data
-        try {
-          const other = await hardlinkTarget(repo, treeId, treePath, n)
-          content = {...other, name: n.name, mode: n.mode, uid: n.uid, gid: n.gid, mtime: n.mtime, xattrs: n.xattrs}
-        } catch (e) {
-          if (!(partial && isDamage(e))) throw e
-          skip(treePath, e.message)
-          return false
-        }
+      const target = n.target ?? ''
+      await this.placing.get(target)
+      const first = this.written.get(target)
+      if (first !== undefined) {
+        if (replace) await fsp.rm(abs, {recursive: true, force: true})
+        await fsp.link(first, abs)
+        this.created.push(abs)
+        this.written.set(treePath, abs)
+        return
+      }
+      if (this.skippedPaths.has(target)) {
+        this.skip(seq, treePath, `hard link to /${target}, which could not be restored`)
+        return
+      }
+      // the other name of this file is not part of this restore (or comes later): write the data
+      try {
+        const other = await hardlinkTarget(this.repo, this.treeId, treePath, n)
+        content = {...other, name: n.name, mode: n.mode, uid: n.uid, gid: n.gid, mtime: n.mtime, xattrs: n.xattrs}
+      } catch (e) {
+        if (!(this.partial && isDamage(e))) throw e
+        this.skip(seq, treePath, e.message)
+        return
       }
     }
+    let tmp: string | undefined
     if (content) {
       try {
-        tmp = await writeFileTemp(abs, content)
+        tmp = await this.writeTemp(abs, content)
       } catch (e) {
-        if (!(partial && isDamage(e))) throw e
-        skip(treePath, e.message)
-        return false
+        if (!(this.partial && isDamage(e))) throw e
+        this.skip(seq, treePath, e.message)
+        return
       }
     }
     try {
-      // with --force: what is in the way goes (a symlink itself, never what it points to)
       if (replace) await fsp.rm(abs, {recursive: true, force: true})
-      const fresh = !existing || replace
       switch (n.type) {
-        case 'dir':
-          if (fresh) await fsp.mkdir(abs)
-          // a real directory now (lstat saw one, or we made it): entries below need not look past it
-          safeDirs.add(abs)
-          dirsToTime.push({abs, node: n})
-          break
         case 'file':
+        case 'hardlink':
           await fsp.rename(tmp!, abs)
           tmp = undefined
-          stats.files++
-          stats.bytes += n.size ?? 0
-          break
+          this.created.push(abs)
+          this.stats.files++
+          this.stats.bytes += content?.size ?? 0
+          // hard links may only name regular files (a directory or a device is refused)
+          this.written.set(treePath, abs)
+          return
         case 'symlink':
           await fsp.symlink(n.target ?? '', abs)
-          break
-        case 'hardlink':
-          if (tmp) {
-            await fsp.rename(tmp, abs)
-            tmp = undefined
-            stats.files++
-            stats.bytes += content?.size ?? 0
-          } else {
-            await fsp.link(written.get(n.target ?? '')!, abs)
-            created.push(abs)
-            return true
-          }
           break
         case 'fifo':
           await execFileP('mkfifo', ['-m', (n.mode & 0o777).toString(8), abs])
@@ -470,93 +594,244 @@ export async function restoreToDir(
           await execFileP('mknod', [abs, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)])
           break
       }
-      if (fresh) created.push(abs)
+      this.created.push(abs)
     } finally {
-      if (tmp) await fsp.rm(tmp, {force: true}).catch(() => undefined)
+      if (tmp) rmSync(tmp, {force: true})
     }
-    // hard links may only name regular files (a directory or a device is refused)
-    if (n.type === 'file' || n.type === 'hardlink') written.set(treePath, abs)
-    // files got their metadata before the rename
-    if (n.type !== 'file' && n.type !== 'hardlink') await applyMeta(abs, n)
-    return true
+    await applyMeta(abs, n)
   }
 
-  const walk = async (relOut: string, treePath: string, n: TreeNode): Promise<void> => {
-    if (!(await place(relOut, treePath, n))) return
-    if (n.type === 'dir' && n.subtree) {
-      let tree
-      try {
-        tree = await loadCheckedTree(repo, n.subtree)
-      } catch (e) {
-        if (!(partial && isDamage(e))) throw e
-        skip(treePath === '' ? '/' : `${treePath}/`, `directory listing unreadable: ${e.message}`)
-        return
-      }
-      // regular files of a directory are written several at a time (each is mostly waiting
-      // on the disk); everything else, and hard links to those files, in order after them
-      let inFlight: Promise<void>[] = []
-      const drain = async (): Promise<void> => {
-        const results = await Promise.allSettled(inFlight)
-        inFlight = []
-        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-        if (failed) throw failed.reason
-      }
-      for (const child of tree.nodes) {
-        const join = (a: string): string => (a === '' ? child.name : `${a}/${child.name}`)
-        if (child.type === 'file') {
-          inFlight.push(walk(join(relOut), join(treePath), child))
-          if (inFlight.length >= RESTORE_PARALLEL) await drain()
-          continue
-        }
-        await drain()
-        await walk(join(relOut), join(treePath), child)
-      }
-      await drain()
+  /**
+   * Write a regular file's content, owner, mode, xattrs and times under a temporary name
+   * beside `abs`; returns that name. Its chunks are read and written concurrently, each at
+   * its offset; chunks of zeros are left as holes (sparse files stay sparse).
+   */
+  private async writeTemp(abs: string, n: TreeNode): Promise<string> {
+    const ids = n.content ?? []
+    const sizes: number[] = []
+    let total = 0
+    for (const id of ids) {
+      const loc = this.repo.blobLocation(id)
+      // not in the index: loadBlob says so, as for any other read
+      if (!loc) await readBlob(this.repo, id)
+      sizes.push(loc?.raw ?? 0)
+      total += loc?.raw ?? 0
     }
+    if (n.size !== undefined && total !== n.size) {
+      throw new HolyshipError('REPO_DAMAGED', `file ${JSON.stringify(n.name)}: its chunks hold ${total} bytes, its tree says ${n.size}`)
+    }
+    const tmp = path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    // the file is created while its first chunks are read
+    let fd: number | undefined
+    const opening = openP(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600).then((f) => {
+      fd = f
+      return f
+    })
+    opening.catch(() => undefined)
+    try {
+      let end = 0
+      const writes: Promise<void>[] = []
+      let failure: {e: unknown} | undefined
+      const write = async (buf: Buffer | null, pos: number, size: number): Promise<void> => {
+        if (buf) {
+          const f = await opening
+          if (buf.length < ASYNC_WRITE) writeAllSync(f, buf, pos)
+          else await writeAll(f, buf, pos)
+          end = Math.max(end, pos + buf.length)
+        }
+        this.opts.onBytes?.(size)
+      }
+      let pos = 0
+      for (let i = 0; i < ids.length && !failure; i++) {
+        const at = pos
+        pos += sizes[i]
+        const {done} = await this.blobs.start(ids[i], sizes[i], (buf) => write(buf, at, sizes[i]))
+        writes.push(done.catch((e: unknown) => void (failure ??= {e})))
+      }
+      // every write has finished before the file is closed (or removed)
+      await Promise.all(writes)
+      const f = await opening
+      if (failure) throw failure.e
+      if (end < total) ftruncateSync(f, total)
+      if (process.getuid?.() === 0) fchownSync(f, n.uid, n.gid)
+      fchmodSync(f, n.mode & 0o7777)
+      await setXattrs(tmp, n)
+      const t = n.mtime[0] + n.mtime[1] / 1e9
+      futimesSync(f, t, t)
+    } catch (e) {
+      await opening.catch(() => undefined)
+      // only what this restore created goes
+      if (fd !== undefined) {
+        closeSync(fd)
+        rmSync(tmp, {force: true})
+      }
+      throw e
+    }
+    closeSync(fd!)
+    return tmp
   }
-  try {
-    await walk(baseName, relClean, node)
-    // directory times last, deepest first: writing into a directory changes its mtime
-    for (const {abs, node: n} of dirsToTime.reverse()) await setTimes(abs, n)
-  } catch (e) {
-    for (const p of created.reverse()) await fsp.rm(p, {recursive: true, force: true}).catch(() => undefined)
-    throw e
-  }
-  return {...stats, skipped}
 }
 
-/** files written at the same time by restoreToDir */
-const RESTORE_PARALLEL = 8
+/**
+ * Concurrent jobs, at most `limit` at a time. The first failure is kept (check() throws it)
+ * and no job starts after it; drain() waits for the ones running.
+ */
+class Jobs {
+  private running = new Set<Promise<void>>()
+  private failure?: {e: unknown}
+  private waiters: (() => void)[] = []
+
+  constructor(private readonly limit: number) {}
+
+  get failed(): boolean {
+    return this.failure !== undefined
+  }
+
+  /** start `fn` now; the returned promise resolves when it has finished, failed or not */
+  add(fn: () => Promise<void>): Promise<void> {
+    const p = (async () => {
+      try {
+        await fn()
+      } catch (e) {
+        this.failure ??= {e}
+      }
+    })()
+    this.running.add(p)
+    void p.then(() => {
+      this.running.delete(p)
+      this.waiters.shift()?.()
+    })
+    return p
+  }
+
+  /** wait until fewer than `limit` jobs run; throws the first failure */
+  async ready(): Promise<void> {
+    while (this.running.size >= this.limit && !this.failure) await new Promise<void>((r) => this.waiters.push(r))
+    this.check()
+  }
+
+  check(): void {
+    if (this.failure) throw this.failure.e
+  }
+
+  async drain(): Promise<void> {
+    while (this.running.size > 0) await Promise.all(this.running)
+  }
+}
+
+/**
+ * Reads blobs for the files being written, with at most `budget` bytes (plaintext sizes) read
+ * and not yet consumed; requests are served in the order they come, so the walk's first files
+ * get their data first and packs are read mostly in order. A blob asked for again while it is
+ * being read is read once; a blob found to be all zeros is not read again (it is a hole).
+ */
+class BlobFetcher {
+  private used = 0
+  private readonly queue: {size: number; go: () => void}[] = []
+  private head = 0
+  private readonly reading = new Map<string, {data: Promise<Buffer>; zero?: boolean; users: number; size: number}>()
+  private readonly zeros = new Set<string>()
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly budget: number,
+  ) {}
+
+  /**
+   * Wait for room for the blob `id` of `size` bytes, start reading it, and return a promise
+   * of `use` run on its data (null for a blob of zeros) once it is read; the room is given
+   * back when `use` has finished.
+   */
+  async start(id: string, size: number, use: (buf: Buffer | null) => Promise<void>): Promise<{done: Promise<void>}> {
+    if (this.zeros.has(id)) return {done: use(null)}
+    let r = this.reading.get(id)
+    if (!r) {
+      await this.admit(size)
+      r = this.reading.get(id)
+      if (r) this.release(size)
+      else {
+        r = {data: readBlob(this.repo, id), users: 0, size}
+        this.reading.set(id, r)
+      }
+    }
+    const reading = r
+    reading.users++
+    const done = (async () => {
+      try {
+        const buf = await reading.data
+        reading.zero ??= isZero(buf)
+        if (reading.zero) this.zeros.add(id)
+        await use(reading.zero ? null : buf)
+      } finally {
+        if (--reading.users === 0) {
+          if (this.reading.get(id) === reading) this.reading.delete(id)
+          this.release(reading.size)
+        }
+      }
+    })()
+    return {done}
+  }
+
+  private admit(size: number): Promise<void> | undefined {
+    if (this.head === this.queue.length && (this.used === 0 || this.used + size <= this.budget)) {
+      this.used += size
+      return undefined
+    }
+    return new Promise<void>((go) => this.queue.push({size, go}))
+  }
+
+  private release(size: number): void {
+    this.used -= size
+    while (this.head < this.queue.length) {
+      const next = this.queue[this.head]
+      if (this.used > 0 && this.used + next.size > this.budget) break
+      this.queue[this.head++] = undefined as never
+      this.used += next.size
+      next.go()
+    }
+    if (this.head === this.queue.length) {
+      this.queue.length = 0
+      this.head = 0
+    }
+  }
+}
+
+function writeAllSync(fd: number, buf: Buffer, pos: number): void {
+  for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, pos + done)
+}
+
+async function writeAll(fd: number, buf: Buffer, pos: number): Promise<void> {
+  for (let done = 0; done < buf.length; ) done += await writeP(fd, buf, done, buf.length - done, pos + done)
+}
+
+const ZEROS = Buffer.alloc(64 * 1024)
 
 function isZero(buf: Buffer): boolean {
-  for (let i = 0; i < buf.length; i += 8192) {
-    const end = Math.min(buf.length, i + 8192)
-    for (let j = i; j < end; j++) if (buf[j] !== 0) return false
+  const n = buf.length
+  if (n > 0 && (buf[0] !== 0 || buf[n - 1] !== 0)) return false
+  for (let i = 0; i < n; i += ZEROS.length) {
+    const end = Math.min(n, i + ZEROS.length)
+    if (ZEROS.compare(buf, i, end, 0, end - i) !== 0) return false
   }
   return true
 }
 
-async function assertNoSymlinkBetween(root: string, abs: string, safe?: Set<string>): Promise<void> {
-  let cur = path.dirname(abs)
-  while (cur.length > root.length && !safe?.has(cur)) {
-    const st = await fsp.lstat(cur).catch(() => undefined)
-    if (st?.isSymbolicLink()) throw new HolyshipError('REPO_DAMAGED', `refusing to write through the symlink ${cur}`)
-    cur = path.dirname(cur)
-  }
-}
-
-async function setTimes(abs: string, n: TreeNode): Promise<void> {
+function setTimes(abs: string, n: TreeNode): void {
   const t = n.mtime[0] + n.mtime[1] / 1e9
-  await fsp.lutimes(abs, t, t)
+  lutimesSync(abs, t, t)
 }
 
-async function applyMeta(abs: string, n: TreeNode): Promise<void> {
-  if (process.getuid?.() === 0) await fsp.lchown(abs, n.uid, n.gid)
-  if (n.type !== 'symlink') await fsp.chmod(abs, n.mode & 0o7777)
-  if (n.xattrs) {
-    for (const [k, v] of Object.entries(n.xattrs)) {
-      await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch(() => undefined)
-    }
+async function setXattrs(abs: string, n: TreeNode): Promise<void> {
+  if (!n.xattrs) return
+  for (const [k, v] of Object.entries(n.xattrs)) {
+    await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch(() => undefined)
   }
-  if (n.type !== 'dir') await setTimes(abs, n)
+}
+
+/** owner, mode, xattrs and (but for directories, whose times come last) times of what is at `abs` */
+async function applyMeta(abs: string, n: TreeNode): Promise<void> {
+  if (process.getuid?.() === 0) lchownSync(abs, n.uid, n.gid)
+  if (n.type !== 'symlink') chmodSync(abs, n.mode & 0o7777)
+  await setXattrs(abs, n)
+  if (n.type !== 'dir') setTimes(abs, n)
 }

@@ -1,0 +1,201 @@
+/**
+ * restoreToDir places many entries at the same time and reads blobs through a LocalBackend
+ * read session: what that must not change (contents, links, holes, metadata, what a failure
+ * leaves behind), and the session itself (exact ranges, nothing stale, nothing left open).
+ */
+import {createHash, randomBytes} from 'node:crypto'
+import {mkdtempSync, promises as fsp, readdirSync, rmSync} from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {Archiver} from '../../src/archive/archiver.js'
+import {archiveDir} from '../../src/archive/fs-source.js'
+import {restoreToDir} from '../../src/archive/restorer.js'
+import {BackendNotFound} from '../../src/backend/backend.js'
+import {LocalBackend, retainReads} from '../../src/backend/local.js'
+import {dataKey} from '../../src/repo/format.js'
+import {Repository} from '../../src/repo/repository.js'
+
+const MiB = 1024 * 1024
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
+const openFds = (): number => readdirSync('/proc/self/fd').length
+
+/** every entry under `dir`: relative path -> what it is (content hash, link target, mode, mtime) */
+async function describeTree(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {}
+  const walk = async (rel: string): Promise<void> => {
+    for (const name of (await fsp.readdir(path.join(dir, rel))).sort()) {
+      const p = rel ? `${rel}/${name}` : name
+      const abs = path.join(dir, p)
+      const st = await fsp.lstat(abs)
+      const meta = `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid} ${Math.floor(st.mtimeMs)}`
+      if (st.isDirectory()) {
+        out[p] = `dir ${meta}`
+        await walk(p)
+      } else if (st.isSymbolicLink()) out[p] = `symlink ${await fsp.readlink(abs)}`
+      else out[p] = `file ${st.size} ${sha(await fsp.readFile(abs))} ${meta}`
+    }
+  }
+  await walk('')
+  return out
+}
+
+describe('restoreToDir with many entries in flight', () => {
+  let work: string
+  let src: string
+  let repo: Repository
+  let root: string
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-rdir-'))
+    src = path.join(work, 'src')
+    // 300 small files in 10 directories, a few multi-chunk files, a sparse file with data in
+    // the middle, a file of zeros, symlinks, and hard links before and after their file
+    for (let d = 0; d < 10; d++) {
+      await fsp.mkdir(path.join(src, `d${d}`, 'sub'), {recursive: true})
+      for (let f = 0; f < 30; f++) {
+        const p = path.join(src, `d${d}`, f % 3 === 0 ? 'sub' : '', `f${f}.txt`)
+        await fsp.writeFile(p, `file ${d}/${f}\n`.repeat(1 + ((d * 31 + f) % 200)))
+        await fsp.chmod(p, f % 2 ? 0o640 : 0o755)
+        await fsp.utimes(p, 1_600_000_000 + f, 1_600_000_000 + d * 100 + f)
+      }
+      await fsp.symlink(`f${d}.txt`, path.join(src, `d${d}`, 'link'))
+    }
+    await fsp.writeFile(path.join(src, 'big-random.bin'), randomBytes(9 * MiB))
+    await fsp.writeFile(path.join(src, 'big-text.txt'), Buffer.from('compressible line of text\n'.repeat(400_000)))
+    await fsp.writeFile(path.join(src, 'zeros.bin'), Buffer.alloc(12 * MiB))
+    const fh = await fsp.open(path.join(src, 'sparse.bin'), 'w')
+    await fh.write(randomBytes(300_000), 0, 300_000, 20 * MiB)
+    await fh.truncate(40 * MiB)
+    await fh.close()
+    await fsp.link(path.join(src, 'd3', 'f1.txt'), path.join(src, 'd3', 'a-hardlink'))
+    await fsp.link(path.join(src, 'd5', 'f2.txt'), path.join(src, 'd5', 'z-hardlink'))
+    await fsp.mkdir(path.join(work, 'repo'))
+    repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+    const a = new Archiver(repo)
+    await archiveDir(src, a)
+    root = await a.finish()
+    await repo.flush()
+  })
+
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  it('restores everything as it was, holes left as holes, and leaves no file open', async () => {
+    const out = path.join(work, 'out')
+    const fds = openFds()
+    let bytes = 0
+    const r = await restoreToDir(repo, root, '', out, {onBytes: (n) => (bytes += n)})
+    expect(openFds()).toBe(fds)
+    expect(await describeTree(out)).toEqual(await describeTree(src))
+    expect(r.files).toBeGreaterThan(300)
+    expect(bytes).toBe(r.bytes)
+    // the file of zeros and the sparse file's holes take no blocks (holes are whole chunks of
+    // zeros: the one chunk around the sparse file's data, at most 4 MiB, is written)
+    expect((await fsp.stat(path.join(out, 'zeros.bin'))).blocks).toBeLessThan(64)
+    expect((await fsp.stat(path.join(out, 'sparse.bin'))).blocks * 512).toBeLessThanOrEqual(4 * MiB + 300_000)
+    // hard links are links, whichever name comes first
+    for (const [x, y] of [['d3/f1.txt', 'd3/a-hardlink'], ['d5/f2.txt', 'd5/z-hardlink']]) {
+      expect((await fsp.stat(path.join(out, x))).ino).toBe((await fsp.stat(path.join(out, y))).ino)
+    }
+    // no temporary file is left anywhere
+    expect(Object.keys(await describeTree(out)).filter((p) => p.includes('.holyship-restore-'))).toEqual([])
+  })
+
+  it('restores over an existing target with overwrite, and refuses without it', async () => {
+    const out = path.join(work, 'again')
+    await restoreToDir(repo, root, '', out)
+    await fsp.writeFile(path.join(out, 'd1', 'f1.txt'), 'changed')
+    await expect(restoreToDir(repo, root, '', out)).rejects.toMatchObject({code: 'TARGET_EXISTS'})
+    await restoreToDir(repo, root, 'd1', out, {overwrite: true})
+    expect(await fsp.readFile(path.join(out, 'd1', 'f1.txt'))).toEqual(await fsp.readFile(path.join(src, 'd1', 'f1.txt')))
+  })
+
+  it('a damaged blob: the restore fails and removes all it made; --partial leaves out that file and its hard link only', async () => {
+    const copy = path.join(work, 'repo-damaged')
+    await fsp.cp(path.join(work, 'repo'), copy, {recursive: true})
+    const r2 = await Repository.open(new LocalBackend(copy))
+    const victim = (await fsp.readFile(path.join(src, 'd5', 'f2.txt'))).toString()
+    const id = r2.blobId(Buffer.from(victim))
+    const loc = r2.blobLocation(id)!
+    const packFile = path.join(copy, dataKey(loc.pack))
+    const pack = await fsp.readFile(packFile)
+    pack[loc.offset + loc.length - 2] ^= 0xff
+    await fsp.writeFile(packFile, pack)
+
+    const out = path.join(work, 'damaged')
+    await expect(restoreToDir(r2, root, '', out)).rejects.toMatchObject({code: 'REPO_DAMAGED'})
+    await expect(fsp.lstat(out)).rejects.toThrow()
+
+    const skipped: {path: string; reason: string}[] = []
+    await restoreToDir(r2, root, '', out, {skipped})
+    expect(skipped.map((s) => s.path)).toEqual(['d5/f2.txt', 'd5/z-hardlink'])
+    expect(skipped[0].reason).toMatch(/damaged/)
+    const got = await describeTree(out)
+    const want = await describeTree(src)
+    delete want['d5/f2.txt']
+    delete want['d5/z-hardlink']
+    // the directory's time is set last, so it matches even with an entry left out
+    expect(got).toEqual(want)
+  })
+})
+
+describe('LocalBackend read sessions', () => {
+  let dir: string
+  let b: LocalBackend
+  const packs: Buffer[] = []
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'hs-lb-'))
+    b = new LocalBackend(dir)
+    for (let i = 0; i < 6; i++) {
+      packs.push(randomBytes(3 * MiB + i * 1000))
+      await b.put(`data/p${i}`, packs[i])
+    }
+  })
+
+  afterAll(() => rmSync(dir, {recursive: true, force: true}))
+
+  it('serves exact ranges from several files at once, copies that later reads do not change', async () => {
+    const fds = openFds()
+    const end = retainReads(b)
+    try {
+      await readMany()
+    } finally {
+      end()
+    }
+    end()
+    expect(openFds()).toBe(fds)
+  })
+
+  async function readMany(): Promise<void> {
+    const got: {i: number; off: number; len: number; buf: Buffer}[] = []
+    // small ranges in order (window hits), interleaved over more files than there are windows,
+    // jumps back, big ranges, the last byte of a file
+    for (let step = 0; step < 400; step++) {
+      const i = step % 6
+      const off = ((step * 7919) % 3000) * 1000
+      const len = Math.min(step % 10 === 0 ? 200_000 : 1 + ((step * 31) % 60_000), packs[i].length - off)
+      got.push({i, off, len, buf: await b.getRange(`data/p${i}`, off, len)})
+    }
+    got.push({i: 5, off: packs[5].length - 1, len: 1, buf: await b.getRange('data/p5', packs[5].length - 1, 1)})
+    const concurrent = await Promise.all([0, 1, 2, 3, 4, 5].map((i) => b.getRange(`data/p${i}`, 12345, 70_000)))
+    for (const [i, buf] of concurrent.entries()) expect(buf.equals(packs[i].subarray(12345, 12345 + 70_000))).toBe(true)
+    for (const {i, off, len, buf} of got) expect(buf.equals(packs[i].subarray(off, off + len)), `${len}@${off} of p${i}`).toBe(true)
+    // past the end: an error, in a session too; a missing object: BackendNotFound
+    await expect(b.getRange('data/p0', packs[0].length - 10, 20)).rejects.toThrow(/short read/)
+    await expect(b.getRange('data/nope', 0, 10)).rejects.toBeInstanceOf(BackendNotFound)
+  }
+
+  it('reads what a file holds now once the session that read it has ended', async () => {
+    let end = retainReads(b)
+    expect((await b.getRange('data/p0', 100, 10)).equals(packs[0].subarray(100, 110))).toBe(true)
+    end()
+    const changed = Buffer.from(packs[0])
+    changed.fill(7, 0, 1000)
+    await b.put('data/p0', changed)
+    end = retainReads(b)
+    expect((await b.getRange('data/p0', 100, 10)).equals(Buffer.alloc(10, 7))).toBe(true)
+    end()
+    expect((await b.getRange('data/p0', 100, 10)).equals(Buffer.alloc(10, 7))).toBe(true)
+  })
+})
