@@ -17,7 +17,6 @@ import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, SnapshotManifest} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
 import {recoverOnce} from './pause-journal.js'
-import {createHelperContainer} from './snapshot.js'
 
 const debug = debugFactory('holyship:restore')
 
@@ -354,6 +353,8 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   await replaceVolumes(opts, mounts, names, created)
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
+  // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
+  const {createHelperContainer} = await import('./snapshot.js')
   for (let i = 0; i < mounts.length; i++) {
     const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
