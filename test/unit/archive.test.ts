@@ -177,6 +177,39 @@ describe('direct reader with a parent snapshot', () => {
     expect(execFileSync('getfattr', ['--only-values', '-n', 'user.new', path.join(out, 'a/new/deeper/three.txt')]).toString()).toBe('n')
   })
 
+  it('keeps an overlay upper dir\'s whiteouts and opaque directories across snapshots, and sees new ones', async () => {
+    const upper = path.join(work, 'upper')
+    await fsp.mkdir(path.join(upper, 'etc/opaque'), {recursive: true})
+    await fsp.writeFile(path.join(upper, 'etc/opaque/only'), 'o\n')
+    execFileSync('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(upper, 'etc/opaque')])
+    execFileSync('mknod', [path.join(upper, 'etc/deleted'), 'c', '0', '0'])
+    const snapOverlay = async (parent?: {tree: string}) => {
+      const a = new Archiver(repo)
+      await archiveDir(upper, a, {overlay: true, ...(parent ? {parent: {...parent, loadTree: (id: string) => repo.loadTree(id)}} : {})})
+      const tree = await a.finish()
+      await repo.flush()
+      return tree
+    }
+    const check = async (tree: string) => {
+      expect(await findNode(repo, tree, 'etc/deleted')).toMatchObject({type: 'whiteout'})
+      const opaque = await findNode(repo, tree, 'etc/opaque')
+      expect(opaque?.opaque).toBe(true)
+      // overlayfs' own attributes are not recorded
+      expect(opaque?.xattrs).toBeUndefined()
+    }
+    const first = await snapOverlay()
+    await check(first)
+    const same = await snapOverlay({tree: first})
+    expect(same).toBe(first)
+    await check(same)
+    // a directory made opaque since (rm -rf + mkdir in the container)
+    await fsp.mkdir(path.join(upper, 'var'))
+    execFileSync('setfattr', ['-n', 'trusted.overlay.opaque', '-v', 'y', path.join(upper, 'var')])
+    const next = await snapOverlay({tree: same})
+    await check(next)
+    expect((await findNode(repo, next, 'var'))?.opaque).toBe(true)
+  })
+
   it('reads the attributes of everything when the parent tree cannot be read', async () => {
     const first = await snap()
     const a = new Archiver(repo)
