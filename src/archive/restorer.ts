@@ -66,21 +66,40 @@ export async function readBlob(repo: Repository, id: string): Promise<Buffer> {
   }
 }
 
-/** The content of a file node, chunk by chunk, each verified against its hash by loadBlob. */
+/** chunks fileContent reads ahead of the one it hands out, at most, and their bytes at most */
+const READ_AHEAD_CHUNKS = 8
+const READ_AHEAD_BYTES = 16 * 1024 * 1024
+
+/**
+ * The content of a file node, chunk by chunk, each verified against its hash by loadBlob.
+ * Later chunks are read while one is consumed (a few, bounded by bytes), so reading, decoding
+ * in the blob workers and the consumer overlap.
+ */
 export async function* fileContent(repo: Repository, node: TreeNode, onBytes?: (n: number) => void): AsyncGenerator<Buffer> {
   const ids = node.content ?? []
-  // read one chunk ahead so disk or network and the consumer overlap
-  let next: Promise<Buffer> | undefined = ids.length > 0 ? readBlob(repo, ids[0]) : undefined
-  // a rejected read-ahead that is never awaited must not become an unhandled rejection
-  next?.catch(() => undefined)
+  const size = (i: number): number => repo.blobLocation(ids[i])?.raw ?? 0
+  const ahead: Promise<Buffer>[] = []
+  let next = 0
+  let aheadBytes = 0
   let total = 0
-  for (let i = 0; i < ids.length; i++) {
-    const buf = await next!
-    next = i + 1 < ids.length ? readBlob(repo, ids[i + 1]) : undefined
-    next?.catch(() => undefined)
-    total += buf.length
-    onBytes?.(buf.length)
-    yield buf
+  try {
+    for (let i = 0; i < ids.length; i++) {
+      while (next < ids.length && (ahead.length === 0 || (ahead.length < READ_AHEAD_CHUNKS && aheadBytes + size(next) <= READ_AHEAD_BYTES))) {
+        const p = readBlob(repo, ids[next])
+        // a rejected read-ahead that is never awaited must not become an unhandled rejection
+        p.catch(() => undefined)
+        ahead.push(p)
+        aheadBytes += size(next++)
+      }
+      const buf = await ahead.shift()!
+      aheadBytes -= size(i)
+      total += buf.length
+      onBytes?.(buf.length)
+      yield buf
+    }
+  } finally {
+    // the consumer stopped early (or a read failed): what was read ahead is dropped
+    for (const p of ahead) p.catch(() => undefined)
   }
   if (node.size !== undefined && total !== node.size) {
     throw new HolyshipError('REPO_DAMAGED', `file ${JSON.stringify(node.name)}: its chunks hold ${total} bytes, its tree says ${node.size}`)
@@ -255,6 +274,15 @@ async function unreadableContent(repo: Repository, node: TreeNode, bad: Map<stri
  * the first byte is written.
  */
 export async function writeTreeAsTar(repo: Repository, treeId: string, tw: TarWriter, opts: TarOptions = {}): Promise<void> {
+  const endReads = retainReads(repo.backend)
+  try {
+    await writeTree(repo, treeId, tw, opts)
+  } finally {
+    endReads()
+  }
+}
+
+async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: TarOptions): Promise<void> {
   const partial = opts.skipped !== undefined
   if (opts.rootName !== undefined && opts.rootName !== '') {
     const problem = opts.rootName === '.' || opts.rootName === '..' || opts.rootName.includes('/') || opts.rootName.includes('\0')
