@@ -207,7 +207,12 @@ export class BlobPool {
     return new Promise<BlobReply>((resolve, reject) => {
       this.pending.set(seq, {resolve, reject, slot})
       if (slot.busy++ === 0) slot.worker.ref()
-      slot.worker.postMessage({...req, seq} as BlobRequest, transfer)
+      try {
+        slot.worker.postMessage({...req, seq} as BlobRequest, transfer)
+      } catch (e) {
+        // not sent (a buffer that cannot be transferred): nothing will answer this request
+        this.settle({seq, error: (e as Error).message})
+      }
     }).then((reply) => {
       if ('error' in reply && !('corrupt' in reply && reply.corrupt)) throw new Error(reply.error)
       return {reply, seq}

@@ -107,8 +107,8 @@ export class Repository {
   private readonly compressing = new Set<string>()
   /** every save not finished yet (flush waits for them) */
   private readonly running = new Set<Promise<unknown>>()
-  /** the last addToPack in line (blobs go into packs in the order they arrive) */
-  private packTurn: Promise<unknown> = Promise.resolve()
+  /** settles when every place in line for the pack so far has left (see takePlace) */
+  private packLine: Promise<void> = Promise.resolve()
   /** the pack write in progress (one at a time, while the next pack fills) */
   private writing?: Promise<void>
   /** the first failed save or pack write: the repository refuses to flush after it */
@@ -340,30 +340,37 @@ export class Repository {
     if (!pool) return this.saveHere(type, plain, id ?? this.blobId(plain))
     const generation = this.generation
     const raw = plain.length
-    // to the worker and back by transfer: the caller's buffer itself only when it gives it away
-    const hashed = await pool.hash(giveAway ? owned(plain) : Buffer.from(plain))
-    const bid = hashed.id
-    if (this.hasBlob(bid)) return {id: bid, added: 0}
-    // from here until it is in a pack, the id counts as stored: equal chunks are not compressed twice
-    this.compressing.add(bid)
-    const job = (async (): Promise<number> => {
-      try {
-        const {stored, from} = await pool.compress(hashed.data, bid, this.config.compression.level)
+    const place = this.takePlace()
+    try {
+      // to the worker and back by transfer: the caller's buffer itself only when it gives it away
+      const hashed = await pool.hash(giveAway ? owned(plain) : ownedCopy(plain))
+      const bid = hashed.id
+      if (this.hasBlob(bid)) return {id: bid, added: 0}
+      // from here until it is in a pack, the id counts as stored: equal chunks are not compressed twice
+      this.compressing.add(bid)
+      const job = (async (): Promise<number> => {
         try {
-          if (generation !== this.generation) return 0
-          return await this.addToPack(() => {
-            this.pending.add(bid, type, stored, raw)
-            this.pendingIds.set(bid, {type, raw})
-            return stored.length
-          })
+          const {stored, from} = await pool.compress(hashed.data, bid, this.config.compression.level)
+          try {
+            if (generation !== this.generation) return 0
+            return await this.addToPack(place, [
+              () => {
+                this.pending.add(bid, type, stored, raw)
+                this.pendingIds.set(bid, {type, raw})
+                return stored.length
+              },
+            ]).then((n) => n[0])
+          } finally {
+            pool.recycle(from, [stored])
+          }
         } finally {
-          pool.recycle(from, [stored])
+          this.compressing.delete(bid)
         }
-      } finally {
-        this.compressing.delete(bid)
-      }
-    })()
-    return {id: bid, added: await this.track(job)}
+      })()
+      return {id: bid, added: await this.track(job)}
+    } finally {
+      place.leave()
+    }
   }
 
   /**
@@ -384,8 +391,13 @@ export class Repository {
       return out
     }
     const generation = this.generation
-    const {chunks, token} = await pool.chunk(giveAway ? owned(data) : Buffer.from(data), this.config.chunker)
-    return this.keepNew(pool, chunks, token, generation)
+    const place = this.takePlace()
+    try {
+      const {chunks, token} = await pool.chunk(giveAway ? owned(data) : ownedCopy(data), this.config.chunker)
+      return await this.keepNew(pool, chunks, token, generation, place)
+    } finally {
+      place.leave()
+    }
   }
 
   /**
@@ -401,13 +413,18 @@ export class Repository {
     const session = pool.session()
     return async (piece, giveAway, last) => {
       const generation = this.generation
-      const {chunks, token} = await pool.feed(session, giveAway ? owned(piece) : Buffer.from(piece), this.config.chunker, last)
-      return this.keepNew(pool, chunks, token, generation)
+      const place = this.takePlace()
+      try {
+        const {chunks, token} = await pool.feed(session, giveAway ? owned(piece) : ownedCopy(piece), this.config.chunker, last)
+        return await this.keepNew(pool, chunks, token, generation, place)
+      } finally {
+        place.leave()
+      }
     }
   }
 
   /** of chunks a worker cut and hashed, have it compress the ones the repository lacks, and pack them */
-  private async keepNew(pool: BlobPool, chunks: {id: string; length: number}[], token: ChunkToken, generation: number): Promise<SaveResult[]> {
+  private async keepNew(pool: BlobPool, chunks: {id: string; length: number}[], token: ChunkToken, generation: number, place: Place): Promise<SaveResult[]> {
     const results: SaveResult[] = []
     const wanted: number[] = []
     for (let i = 0; i < chunks.length; i++) {
@@ -424,17 +441,17 @@ export class Repository {
         const kept = await pool.keep(token, wanted, this.config.compression.level)
         try {
           if (generation !== this.generation) return
-          for (let k = 0; k < wanted.length; k++) {
-            const i = wanted[k]
-            const stored = kept[k]
-            const {id, length} = chunks[i]
-            results[i].added = await this.addToPack(() => {
-              this.pending.add(id, 'data', stored, length)
+          const added = await this.addToPack(
+            place,
+            wanted.map((i, k) => () => {
+              const {id, length} = chunks[i]
+              this.pending.add(id, 'data', kept[k], length)
               this.pendingIds.set(id, {type: 'data', raw: length})
-              return stored.length
-            })
-            this.compressing.delete(id)
-          }
+              this.compressing.delete(id)
+              return kept[k].length
+            }),
+          )
+          for (const [k, i] of wanted.entries()) results[i].added = added[k]
         } finally {
           pool.recycle(token.slot, kept)
         }
@@ -450,8 +467,9 @@ export class Repository {
   private async saveHere(type: BlobType, plain: Buffer, id: string): Promise<SaveResult> {
     if (this.hasBlob(id)) return {id, added: 0}
     this.compressing.add(id)
+    const place = this.takePlace()
     try {
-      const added = await this.addToPack(() => {
+      const [added] = await this.addToPack(place, [() => {
         // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
         const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
         let n: number
@@ -462,10 +480,11 @@ export class Repository {
         }
         this.pendingIds.set(id, {type, raw: plain.length})
         return n
-      })
+      }])
       return {id, added}
     } finally {
       this.compressing.delete(id)
+      place.leave()
     }
   }
 
@@ -499,25 +518,35 @@ export class Repository {
   }
 
   /**
-   * Run `add` (which puts one blob into the pending pack, synchronously) once the pending pack
-   * has room and is not being written, and hand the pack to the writer when the blob fills it.
-   * Saves wait while a pack is written, which is what holds back a producer faster than the
-   * disk (and keeps one pack buffer instead of two).
+   * A place in line for the pack, taken when a save starts: blobs land in packs in the order
+   * their saves began (a file's chunks together, as a restore reads them; the same layout
+   * whichever worker finishes first), not in the order compression ends. `leave()` when the
+   * save is over, added or not; the next place's turn comes once this one and all before it
+   * have left.
    */
-  private async addToPack(add: () => number): Promise<number> {
-    // first come, first added: blobs land in packs in the order they were saved (a file's
-    // chunks stay together, which is what a restore reads), not in the order waiters wake up
-    const turn = this.packTurn.then(async () => {
+  private takePlace(): Place {
+    const turn = this.packLine
+    let leave!: () => void
+    const left = new Promise<void>((resolve) => (leave = resolve))
+    this.packLine = Promise.all([turn, left]).then(() => undefined)
+    return {turn, leave}
+  }
+
+  /**
+   * On `place`'s turn, run each `add` (which puts one blob into the pending pack,
+   * synchronously) once the pending pack has room and is not being written; hand the pack to
+   * the writer when it is full. Saves wait while a pack is written, which is what holds back a
+   * producer faster than the disk (and keeps one pack buffer instead of two).
+   */
+  private async addToPack(place: Place, adds: (() => number)[]): Promise<number[]> {
+    await place.turn
+    const out: number[] = []
+    for (const add of adds) {
       while (this.writing || this.pending.length >= this.config.packSize) await this.handOver()
-      return add()
-    })
-    this.packTurn = turn.then(
-      () => undefined,
-      () => undefined,
-    )
-    const n = await turn
+      out.push(add())
+    }
     if (this.pending.length >= this.config.packSize) await this.handOver()
-    return n
+    return out
   }
 
   /**
@@ -678,6 +707,19 @@ export class Repository {
 }
 
 export const hostName = (): string => os.hostname()
+
+/** a save's place in line for the pack (see Repository.takePlace) */
+interface Place {
+  turn: Promise<void>
+  leave: () => void
+}
+
+/** a copy of `b` in memory of its own (never a slice of Node's shared buffer pool: it is transferred) */
+function ownedCopy(b: Buffer): Buffer {
+  const out = Buffer.allocUnsafeSlow(b.length)
+  b.copy(out)
+  return out
+}
 
 /** room for a full pack: its target size, the biggest blob that can overflow it, and a header */
 function packCapacity(config: RepoConfig): number {
