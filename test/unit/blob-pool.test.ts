@@ -9,7 +9,7 @@ import {mkdtempSync, promises as fsp, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {Readable} from 'node:stream'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {afterAll, afterEach, beforeAll, describe, expect, it} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
 import {restoreToDir} from '../../src/archive/restorer.js'
@@ -61,11 +61,12 @@ describe('blob pool', {timeout: 60_000}, () => {
     await keyed.close()
   })
 
-  it('poolSize: HOLYSHIP_WORKERS wins, 0 means none, otherwise one per core up to 4', () => {
+  it('poolSize: HOLYSHIP_WORKERS sets it, auto is one per core up to 4, the default is none', () => {
     expect(poolSize({HOLYSHIP_WORKERS: '0'})).toBe(0)
     expect(poolSize({HOLYSHIP_WORKERS: '3'})).toBe(3)
-    expect(poolSize({HOLYSHIP_WORKERS: 'lots'})).toBe(Math.min(4, os.availableParallelism()))
-    expect(poolSize({})).toBe(Math.min(4, os.availableParallelism()))
+    expect(poolSize({HOLYSHIP_WORKERS: 'auto'})).toBe(Math.min(4, os.availableParallelism()))
+    expect(poolSize({HOLYSHIP_WORKERS: 'lots'})).toBe(0)
+    expect(poolSize({})).toBe(0)
   })
 
   it('hashes, compresses and decodes exactly as the main thread does', async () => {
@@ -185,6 +186,9 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     await fsp.copyFile(path.join(src, 'a', 'mid-7'), path.join(src, 'a/b', 'copy-of-mid-7'))
   })
   afterAll(() => rmSync(work, {recursive: true, force: true}))
+  afterEach(() => {
+    delete process.env.HOLYSHIP_WORKERS
+  })
 
   const snapshot = async (repo: Repository): Promise<{tree: string; newBytes: number}> => {
     const a = new Archiver(repo)
@@ -241,7 +245,8 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     const dir = path.join(work, 'repo-fail')
     await fsp.mkdir(dir)
     const backend = new LocalBackend(dir)
-    const repo = await withEnv('HOLYSHIP_WORKERS', '2', () => Repository.init(backend, {packSize: MiB}))
+    process.env.HOLYSHIP_WORKERS = '2'
+    const repo = await Repository.init(backend, {packSize: MiB})
     let puts = 0
     const put = backend.put.bind(backend)
     backend.put = async (key: string, data: Buffer): Promise<void> => {
@@ -265,7 +270,8 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
   it('a file given as one stream piece that is not fresh is copied, not taken', async () => {
     const dir = path.join(work, 'repo-copy')
     await fsp.mkdir(dir)
-    const repo = await withEnv('HOLYSHIP_WORKERS', '1', () => Repository.init(new LocalBackend(dir), {packSize: MiB}))
+    process.env.HOLYSHIP_WORKERS = '1'
+    const repo = await Repository.init(new LocalBackend(dir), {packSize: MiB})
     const data = text(600_000, 9)
     const a = new Archiver(repo)
     await a.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T0})
