@@ -210,6 +210,7 @@ export class BlobPool {
       this.pending.set(seq, {resolve, reject, slot})
       if (slot.busy++ === 0) slot.worker.ref()
       try {
+        debug('-> %d %s slot %d busy %d', seq, req.op, this.slots.indexOf(slot), slot.busy)
         slot.worker.postMessage({...req, seq} as BlobRequest, transfer)
       } catch (e) {
         // not sent (a buffer that cannot be transferred): nothing will answer this request
@@ -222,6 +223,7 @@ export class BlobPool {
   }
 
   private settle(r: BlobReply): void {
+    debug('<- %d %s', r.seq, 'error' in r ? r.error : 'ok')
     const p = this.pending.get(r.seq)
     if (!p) return
     this.pending.delete(r.seq)
