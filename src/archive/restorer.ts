@@ -377,8 +377,8 @@ export interface RestoreToDirOptions {
  * into place once complete. On failure everything this restore created is removed again
  * (files it replaced with `overwrite` stay replaced).
  *
- * Directories are made in walk order; every other entry is placed by one of up to
- * RESTORE_PARALLEL concurrent jobs, and the blobs of the files being written are read with up
+ * Every entry (directories too) is placed by one of up to RESTORE_PARALLEL concurrent jobs,
+ * each once the directory it goes into is made; the blobs of the files being written are read with up
  * to RESTORE_BUFFER bytes in flight (see BlobFetcher), each chunk written at its offset as soon
  * as it is there.
  */
@@ -457,13 +457,13 @@ class DirRestore {
     const baseName = relClean === '' ? '' : path.posix.basename(relClean)
     try {
       try {
-        await this.walk(baseName, relClean, node)
+        await this.walk(baseName, relClean, node, Promise.resolve())
       } finally {
         // nothing is removed (nor any file closed) while a job still works
         await this.jobs.drain()
       }
       this.jobs.check()
-      // directory times last, deepest first: writing into a directory changes its mtime
+      // directory times last, when nothing is written into them any more
       for (const {abs, node: n} of this.dirsToTime.reverse()) setTimes(abs, n)
     } catch (e) {
       for (const p of this.created.reverse()) await fsp.rm(p, {recursive: true, force: true}).catch(() => undefined)
@@ -502,11 +502,21 @@ class DirRestore {
   }
 
   /** directories in walk order (their entries need them); every other entry as a job */
-  private async walk(relOut: string, treePath: string, n: TreeNode): Promise<void> {
+  /**
+   * Walk the tree, handing every entry to a job; `parent` settles when the directory the entry
+   * goes into has been made (its entries' jobs wait for it, the walk does not).
+   */
+  private async walk(relOut: string, treePath: string, n: TreeNode, parent: Promise<void>): Promise<void> {
     if (n.type !== 'dir') {
       const seq = this.seq++
-      const job = this.jobs.add(() => this.place(relOut, treePath, n, seq))
-      // a hard link waits for the file it names to be placed (or skipped)
+      // a hard link waits for the file it names, when that came earlier in the walk, to be
+      // placed (or skipped); never for itself or anything later
+      const linked = n.type === 'hardlink' ? this.placing.get(n.target ?? '') : undefined
+      const job = this.jobs.add(async () => {
+        await parent
+        await linked
+        await this.place(relOut, treePath, n, seq)
+      })
       if (n.type === 'file' || n.type === 'hardlink') {
         this.placing.set(treePath, job)
         void job.then(() => this.placing.delete(treePath))
@@ -514,7 +524,11 @@ class DirRestore {
       await this.jobs.ready()
       return
     }
-    if (!(await this.placeDir(relOut, n))) return
+    const made = this.jobs.add(async () => {
+      await parent
+      await this.placeDir(relOut, n)
+    })
+    await this.jobs.ready()
     if (!n.subtree) return
     let tree
     try {
@@ -527,11 +541,12 @@ class DirRestore {
     for (const child of tree.nodes) {
       if (this.jobs.failed) return
       const join = (a: string): string => (a === '' ? child.name : `${a}/${child.name}`)
-      await this.walk(join(relOut), join(treePath), child)
+      await this.walk(join(relOut), join(treePath), child, made)
     }
   }
 
-  private async placeDir(relOut: string, n: TreeNode): Promise<boolean> {
+  private async placeDir(relOut: string, n: TreeNode): Promise<void> {
+    if (this.jobs.failed) return
     const abs = this.resolve(relOut)
     const existing = this.existing(abs)
     const replace = existing !== undefined && !existing.isDirectory()
@@ -549,7 +564,6 @@ class DirRestore {
     this.safeDirs.add(abs)
     this.dirsToTime.push({abs, node: n})
     await applyMeta(abs, n)
-    return true
   }
 
   /** place one entry that is not a directory */
@@ -565,7 +579,6 @@ class DirRestore {
     if (n.type === 'file') content = n
     else if (n.type === 'hardlink') {
       const target = n.target ?? ''
-      await this.placing.get(target)
       const first = this.written.get(target)
       if (first !== undefined) {
         if (replace) await fsp.rm(abs, {recursive: true, force: true})
