@@ -474,6 +474,14 @@ class DirRestore {
     return {...this.stats, skipped}
   }
 
+  /**
+   * Remember what this restore made, for the rollback: not what it made inside a directory it
+   * made (that goes with the directory), so a big restore into a new target keeps few names.
+   */
+  private made(abs: string): void {
+    if (!this.madeDirs.has(path.dirname(abs))) this.created.push(abs)
+  }
+
   private skip(seq: number, treePath: string, reason: string): void {
     this.skippedPaths.add(treePath)
     this.skips.push({seq, entry: {path: treePath, reason}})
@@ -557,7 +565,7 @@ class DirRestore {
     if (replace) await fsp.rm(abs, {recursive: true, force: true})
     if (!existing || replace) {
       await fsp.mkdir(abs)
-      this.created.push(abs)
+      this.made(abs)
       this.madeDirs.add(abs)
     }
     // a real directory now (lstat saw one, or we made it): entries below need not look past it
@@ -583,7 +591,7 @@ class DirRestore {
       if (first !== undefined) {
         if (replace) await fsp.rm(abs, {recursive: true, force: true})
         await fsp.link(first, abs)
-        this.created.push(abs)
+        this.made(abs)
         this.written.set(treePath, abs)
         return
       }
@@ -618,7 +626,7 @@ class DirRestore {
         case 'hardlink':
           await fsp.rename(tmp!, abs)
           tmp = undefined
-          this.created.push(abs)
+          this.made(abs)
           this.stats.files++
           this.stats.bytes += content?.size ?? 0
           // hard links may only name regular files (a directory or a device is refused)
@@ -635,7 +643,7 @@ class DirRestore {
           await execFileP('mknod', [abs, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)])
           break
       }
-      this.created.push(abs)
+      this.made(abs)
     } finally {
       if (tmp) rmSync(tmp, {force: true})
     }
