@@ -65,6 +65,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return this.exit(ExitCode.BUG)
   }
 
+  /** a command is over: stop the blob workers it may have started, so nothing keeps the process alive */
+  protected override async finally(err: Error | undefined): Promise<unknown> {
+    const {closeSharedPools} = await import('../repo/blob-pool.js')
+    await closeSharedPools()
+    return super.finally(err)
+  }
+
   private fail(e: HolyshipError): never {
     process.stderr.write(`holyship: error: ${e.message}${e.hint ? ` (${e.hint})` : ''}\n`)
     if (this.jsonEnabled()) process.stderr.write(JSON.stringify({error: {code: e.code, exitCode: e.exitCode, message: e.message}}) + '\n')

@@ -275,6 +275,13 @@ export function sharedPool(key?: MasterKey): BlobPool | undefined {
   return pool
 }
 
+/** stop every shared pool (the end of a command); the next sharedPool() starts a new one */
+export async function closeSharedPools(): Promise<void> {
+  const pools = [...sharedPools.values()]
+  sharedPools.clear()
+  await Promise.all(pools.map((p) => p.close()))
+}
+
 function transferable(b: Buffer): Uint8Array {
   if (b.byteOffset !== 0 || b.buffer.byteLength !== b.length || b.buffer instanceof SharedArrayBuffer) {
     throw new Error('blob pool data must own its memory (owned() it first)')
