@@ -37,7 +37,7 @@ export type BlobRequest =
 export type BlobReply =
   | {seq: number; id: string; data: Uint8Array}
   | {seq: number; stored: Uint8Array; data: Uint8Array}
-  | {seq: number; plain: Uint8Array}
+  | {seq: number; plain: Uint8Array; data?: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
   | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
   | {seq: number; error: string; corrupt?: {why: string}}
@@ -162,7 +162,10 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
       const plain = decodeBlob(view(req.data), req.id, req.raw, req.where, key)
       // decodeBlob returns a fresh buffer for a zstd frame, a view of the input for a plain blob
       const out = plain.byteOffset === 0 && plain.buffer.byteLength === plain.length ? plain : owned(plain)
-      return {reply: {seq: req.seq, plain: out}, transfer: [out.buffer as ArrayBuffer]}
+      // the stored bytes go back too (see BlobReply), unless they are what is returned
+      const input = req.data.buffer as ArrayBuffer
+      const back = input === out.buffer ? [] : [input]
+      return {reply: {seq: req.seq, plain: out, ...(back.length ? {data: req.data} : {})}, transfer: [out.buffer as ArrayBuffer, ...back]}
     }
   }
 }
