@@ -65,28 +65,20 @@ function compressChecked(plain: Buffer, level: number, id: string, decodesToId: 
   return {enc: ENC_PLAIN, payload: plain}
 }
 
-/**
- * Encode one blob: compressBlob, then, with a key, seal the result. Returns the encoding byte
- * and the payload (which may be `plain` itself: no copy).
- */
-export function encodeBlobParts(plain: Buffer, id: string, level: number, key?: MasterKey): {enc: number; payload: Buffer} {
-  const {enc, payload} = compressBlob(plain, id, level, key)
-  if (!key) return {enc, payload}
-  return {enc: enc | ENC_ENCRYPTED, payload: key.seal(enc | ENC_ENCRYPTED, 'blob', payload)}
-}
-
-/** encodeBlobParts as one buffer: the stored form of a blob */
+/** The stored form of a blob (encoding byte | payload, sealed with a key): compressBlob, then seal. */
 export function encodeBlob(plain: Buffer, id: string, level: number, key?: MasterKey): Buffer {
-  const {enc, payload} = encodeBlobParts(plain, id, level, key)
-  return Buffer.concat([Buffer.from([enc]), payload])
+  return storedForm(compressBlob(plain, id, level, key), key, (n) => Buffer.allocUnsafe(n)) as Buffer
 }
 
 /**
  * encodeBlob for a blob whose id was computed from `plain` itself (compressBlobOfId's check),
- * into a buffer of its own (a blob worker transfers it to the main thread).
+ * into memory from `alloc` (a blob worker's own, which it transfers to the main thread).
  */
 export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: MasterKey, alloc = (n: number): Uint8Array => new Uint8Array(n)): Uint8Array {
-  const {enc, payload} = compressBlobOfId(plain, id, level)
+  return storedForm(compressBlobOfId(plain, id, level), key, alloc)
+}
+
+function storedForm({enc, payload}: {enc: number; payload: Buffer}, key: MasterKey | undefined, alloc: (n: number) => Uint8Array): Uint8Array {
   const e = key ? enc | ENC_ENCRYPTED : enc
   const body = key ? key.seal(e, 'blob', payload) : payload
   const out = alloc(1 + body.length)
