@@ -218,17 +218,14 @@ export class Archiver {
     }
     const chunker = new Chunker(this.chunkerParams)
     const saves: Promise<void>[] = []
-    // the source's buffer being chunked: a chunk that is a view of it stays the source's; one
-    // the chunker assembled from several buffers is ours to give away (no copy to a worker)
-    let input: Buffer | undefined
+    // without blob workers: chunked here, each chunk saved on the main thread
     const store = async (chunk: Buffer): Promise<void> => {
-      const giveAway = chunk.buffer !== input?.buffer
       this.throwIfFailed()
       const n = chunk.length
       await this.reserve(n)
       const i = ids.push('') - 1
       saves.push(
-        this.repo.saveBlob('data', chunk, undefined, giveAway).then(
+        this.repo.saveBlob('data', chunk).then(
           (r) => {
             ids[i] = r.id
             if (r.added > 0) {
@@ -248,7 +245,6 @@ export class Archiver {
       for (let r = await it.next(); !r.done; r = await it.next()) yield r.value
     }
     for await (const buf of rest()) {
-      input = buf
       size += buf.length
       this.stats.bytes += buf.length
       this.onBytes?.(buf.length)

@@ -3,10 +3,11 @@
  * check) and decoding blobs on every core while the main thread reads, chunks, deduplicates
  * and writes packs.
  *
- * Buffers cross the thread boundary by transfer, not copy: a chunk goes to a worker to be
- * hashed and comes back with its id; if it is new it goes again to be compressed and comes
- * back with its stored form. Nothing writes to a chunk in between, so the id a worker
- * computed still names the bytes it later compresses. (SharedArrayBuffers were tried first:
+ * Buffers cross the thread boundary by transfer, not copy: a file's content (or a piece of a
+ * big one) goes to a worker to be cut and hashed and stays there; the main thread answers
+ * which chunks are new, and the worker compresses those and sends their stored form. Nothing
+ * writes to the content in between, so the ids a worker computed still name the bytes it
+ * later compresses. (SharedArrayBuffers were tried first:
  * their memory lives until every thread's garbage collector lets go, and a worker's seldom
  * runs; RSS went to 650 MB.)
  *
@@ -74,12 +75,17 @@ export type WorkerRef = unknown
 
 /**
  * `buf` as a buffer that owns its whole ArrayBuffer (so it can be transferred to a worker
- * without detaching anything else): `buf` itself when it does, else a copy.
+ * without detaching anything else): `buf` itself when it does, else ownedCopy(buf).
  */
 export function owned(buf: Buffer): Buffer {
   if (buf.byteOffset === 0 && buf.buffer.byteLength === buf.length && !(buf.buffer instanceof SharedArrayBuffer)) return buf
+  return ownedCopy(buf)
+}
+
+/** a copy of `buf` in memory of its own (never a slice of Node's shared buffer pool, which cannot be transferred) */
+export function ownedCopy(buf: Uint8Array): Buffer {
   const out = Buffer.allocUnsafeSlow(buf.length)
-  buf.copy(out)
+  out.set(buf)
   return out
 }
 
@@ -114,27 +120,7 @@ export class BlobPool {
   }
 
   /**
-   * The blob id of `data`, which is handed to the worker and back (transferred: `data` itself
-   * is unusable afterwards, use the returned buffer). `data` must own its memory: see owned().
-   */
-  async hash(data: Buffer): Promise<{id: string; data: Buffer}> {
-    const r = (await this.call({op: 'hash', data: transferable(data)}, [data.buffer as ArrayBuffer])) as {id: string; data: Uint8Array}
-    return {id: r.id, data: asBuffer(r.data)}
-  }
-
-  /**
-   * The stored form of a blob (encoding byte | payload, sealed with a key), checked to decode
-   * to `data`; `data` travels like in hash().
-   */
-  async compress(data: Buffer, id: string, level: number): Promise<{stored: Buffer; data: Buffer; from: WorkerRef}> {
-    const slot = this.leastBusy()
-    const {reply} = await this.callOn(slot, {op: 'compress', data: transferable(data), id, level}, [data.buffer as ArrayBuffer])
-    const r = reply as {stored: Uint8Array; data: Uint8Array}
-    return {stored: asBuffer(r.stored), data: asBuffer(r.data), from: slot}
-  }
-
-  /**
-   * Hand results (stored blobs from compress() or keep()) back to the worker they came from
+   * Hand results (stored blobs from keep()) back to the worker they came from
    * once they are copied: it reuses their memory for its next results. They are unusable after.
    */
   recycle(from: WorkerRef, buffers: Buffer[]): void {

@@ -4,26 +4,25 @@
  * that needs shared state (the index, dedup, packs, I/O); a worker only computes. See
  * blob-pool.ts for the protocol; the functions used are the same as on the main thread.
  *
- *   hash      data            -> id                (SHA-256, or HMAC-SHA256 with the MAC key)
- *   compress  data, id, level -> stored bytes      (zstd when it pays, decoded back and compared
- *                                                   before it is returned; sealed with a key)
  *   decode    stored, id, raw -> plaintext         (opened, decompressed, verified against id)
  *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
- *                                                   and hashed here; the data stays here)
+ *                                                   and hashed (SHA-256, or HMAC-SHA256 with
+ *                                                   the MAC key) here; the data stays here)
  *   feed      session, data   -> [{id, offset, length}]   (one piece of a file that comes in
  *                                                   several: the session's chunker carries the
  *                                                   cut state and the unfinished chunk over)
  *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` or `feed`
- *                                                   request (the main thread dropped the ones it has)
+ *                                                   request (the main thread dropped the ones it
+ *                                                   has): zstd when it pays, decoded back and
+ *                                                   compared first; sealed with a key
  */
 import {parentPort, workerData} from 'node:worker_threads'
 import {MasterKey} from './crypto.js'
-import {Chunker, ChunkerParams} from './chunker.js'
+import {ownedCopy} from './blob-pool.js'
+import {Chunker, ChunkerParams, cutAll} from './chunker.js'
 import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId} from './pack.js'
 
 export type BlobRequest =
-  | {seq: number; op: 'hash'; data: Uint8Array}
-  | {seq: number; op: 'compress'; data: Uint8Array; id: string; level: number}
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
   | {seq: number; op: 'feed'; session: number; data: Uint8Array; chunker: ChunkerParams; last: boolean}
@@ -35,8 +34,6 @@ export type BlobRequest =
  * is left for this thread's garbage collector, which runs seldom (it allocates little).
  */
 export type BlobReply =
-  | {seq: number; id: string; data: Uint8Array}
-  | {seq: number; stored: Uint8Array; data: Uint8Array}
   | {seq: number; plain: Uint8Array; data?: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
   | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
@@ -51,13 +48,6 @@ const data = workerData as BlobWorkerData
 const key = data.key ? MasterKey.fromBytes(Buffer.from(data.key)) : undefined
 
 const view = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
-
-/** a buffer of its own (transferable, not a view of scratch memory) holding `b` */
-function owned(b: Buffer): Uint8Array {
-  const out = new Uint8Array(b.length)
-  out.set(b)
-  return out
-}
 
 /**
  * Buffers this worker allocates for its results (stored blobs, chunks made of several pieces)
@@ -134,34 +124,23 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
       chunker = new Chunker(req.chunker, alloc)
       sessions.set(req.session, chunker)
     }
-    const chunks = chunker.push(view(req.data))
+    let chunks: Buffer[]
     if (req.last) {
-      const tail = chunker.finish()
-      if (tail) chunks.push(tail)
+      chunks = cutAll(chunker, view(req.data))
       sessions.delete(req.session)
-    } else chunker.ownPending()
+    } else {
+      chunks = chunker.push(view(req.data))
+      chunker.ownPending()
+    }
     return {reply: cutAndHold(req.seq, chunks), transfer: []}
   }
-  const back = [req.data.buffer as ArrayBuffer]
   switch (req.op) {
-    case 'hash':
-      return {reply: {seq: req.seq, id: blobIdOf(view(req.data), key), data: req.data}, transfer: back}
-    case 'chunk': {
-      const buf = view(req.data)
-      const chunker = new Chunker(req.chunker, alloc)
-      const chunks = chunker.push(buf)
-      const last = chunker.finish()
-      if (last) chunks.push(last)
-      return {reply: cutAndHold(req.seq, chunks), transfer: []}
-    }
-    case 'compress': {
-      const out = stored(view(req.data), req.id, req.level)
-      return {reply: {seq: req.seq, stored: out, data: req.data}, transfer: [out.buffer as ArrayBuffer, ...back]}
-    }
+    case 'chunk':
+      return {reply: cutAndHold(req.seq, cutAll(new Chunker(req.chunker, alloc), view(req.data))), transfer: []}
     case 'decode': {
       const plain = decodeBlob(view(req.data), req.id, req.raw, req.where, key)
       // decodeBlob returns a fresh buffer for a zstd frame, a view of the input for a plain blob
-      const out = plain.byteOffset === 0 && plain.buffer.byteLength === plain.length ? plain : owned(plain)
+      const out = plain.byteOffset === 0 && plain.buffer.byteLength === plain.length ? plain : ownedCopy(plain)
       // the stored bytes go back too (see BlobReply), unless they are what is returned
       const input = req.data.buffer as ArrayBuffer
       const back = input === out.buffer ? [] : [input]

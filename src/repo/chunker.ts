@@ -170,3 +170,11 @@ export class Chunker {
     return -1
   }
 }
+
+/** every chunk of `data` taken as a whole stream (push, then finish) */
+export function cutAll(chunker: Chunker, data: Buffer): Buffer[] {
+  const parts = chunker.push(data)
+  const last = chunker.finish()
+  if (last) parts.push(last)
+  return parts
+}

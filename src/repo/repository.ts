@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Backend, isNotFound} from '../backend/backend.js'
 import {HolyshipError} from '../errors.js'
-import {Chunker, DEFAULT_CHUNKER} from './chunker.js'
+import {Chunker, DEFAULT_CHUNKER, cutAll} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {
   BlobType,
@@ -28,7 +28,7 @@ import {
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, decodeBlob, openJson, sealJson, sha256} from './pack.js'
-import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, sharedPool} from './blob-pool.js'
+import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, ownedCopy, sharedPool} from './blob-pool.js'
 import {collectGarbage} from './gc.js'
 
 const debug = debugFactory('holyship:repo')
@@ -329,46 +329,33 @@ export class Repository {
 
   /**
    * Store a blob unless the repository has it. `id` (from blobId()) may be passed when already
-   * computed. Big data blobs are hashed and compressed in the worker pool, so several saves may
-   * be in flight at once (the archiver keeps a bounded number going): a save resolves once its
-   * blob is in a pack buffer, and flush() makes everything durable. With `giveAway` the caller
-   * will not touch `plain` again, so it may be handed to a worker without a copy (and come
-   * back detached: empty).
+   * computed. Several saves may be in flight at once (the archiver keeps a bounded number
+   * going): a save resolves once its blob is in a pack buffer, and flush() makes everything
+   * durable. Whole files' content goes through saveContent/contentWriter, which use the blob
+   * workers when there are any.
    */
-  async saveBlob(type: BlobType, plain: Buffer, id?: string, giveAway = false): Promise<SaveResult> {
-    const pool = type === 'data' && id === undefined && plain.length >= POOL_MIN_BLOB ? this.workers() : undefined
-    if (!pool) return this.saveHere(type, plain, id ?? this.blobId(plain))
-    const generation = this.generation
-    const raw = plain.length
+  async saveBlob(type: BlobType, plain: Buffer, id = this.blobId(plain)): Promise<SaveResult> {
+    if (this.hasBlob(id)) return {id, added: 0}
+    this.compressing.add(id)
     const place = this.takePlace()
     try {
-      // to the worker and back by transfer: the caller's buffer itself only when it gives it away
-      const hashed = await pool.hash(giveAway ? owned(plain) : ownedCopy(plain))
-      const bid = hashed.id
-      if (this.hasBlob(bid)) return {id: bid, added: 0}
-      // from here until it is in a pack, the id counts as stored: equal chunks are not compressed twice
-      this.compressing.add(bid)
-      const job = (async (): Promise<number> => {
-        try {
-          const {stored, from} = await pool.compress(hashed.data, bid, this.config.compression.level)
-          try {
-            if (generation !== this.generation) return 0
-            return await this.addToPack(place, [
-              () => {
-                this.pending.add(bid, type, stored, raw)
-                this.pendingIds.set(bid, {type, raw})
-                return stored.length
-              },
-            ]).then((n) => n[0])
-          } finally {
-            pool.recycle(from, [stored])
+      const [added] = await this.addToPack(place, [
+        () => {
+          // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
+          const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
+          let n: number
+          if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
+          else {
+            this.pending.addParts(id, type, enc, payload, plain.length)
+            n = payload.length + 1
           }
-        } finally {
-          this.compressing.delete(bid)
-        }
-      })()
-      return {id: bid, added: await this.track(job)}
+          this.pendingIds.set(id, {type, raw: plain.length})
+          return n
+        },
+      ])
+      return {id, added}
     } finally {
+      this.compressing.delete(id)
       place.leave()
     }
   }
@@ -383,11 +370,7 @@ export class Repository {
     const pool = data.length >= POOL_MIN_BLOB ? this.workers() : undefined
     if (!pool) {
       const out: SaveResult[] = []
-      const chunker = new Chunker(this.config.chunker)
-      const parts = chunker.push(data)
-      const last = chunker.finish()
-      if (last) parts.push(last)
-      for (const c of parts) out.push(await this.saveBlob('data', c))
+      for (const c of cutAll(new Chunker(this.config.chunker), data)) out.push(await this.saveBlob('data', c))
       return out
     }
     const generation = this.generation
@@ -447,7 +430,6 @@ export class Repository {
               const {id, length} = chunks[i]
               this.pending.add(id, 'data', kept[k], length)
               this.pendingIds.set(id, {type: 'data', raw: length})
-              this.compressing.delete(id)
               return kept[k].length
             }),
           )
@@ -461,31 +443,6 @@ export class Repository {
     })()
     await this.track(job)
     return results
-  }
-
-  /** saveBlob on the main thread (small blobs, trees, no pool) */
-  private async saveHere(type: BlobType, plain: Buffer, id: string): Promise<SaveResult> {
-    if (this.hasBlob(id)) return {id, added: 0}
-    this.compressing.add(id)
-    const place = this.takePlace()
-    try {
-      const [added] = await this.addToPack(place, [() => {
-        // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
-        const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
-        let n: number
-        if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
-        else {
-          this.pending.addParts(id, type, enc, payload, plain.length)
-          n = payload.length + 1
-        }
-        this.pendingIds.set(id, {type, raw: plain.length})
-        return n
-      }])
-      return {id, added}
-    } finally {
-      this.compressing.delete(id)
-      place.leave()
-    }
   }
 
   private workers(): BlobPool | undefined {
@@ -712,13 +669,6 @@ export const hostName = (): string => os.hostname()
 interface Place {
   turn: Promise<void>
   leave: () => void
-}
-
-/** a copy of `b` in memory of its own (never a slice of Node's shared buffer pool: it is transferred) */
-function ownedCopy(b: Buffer): Buffer {
-  const out = Buffer.allocUnsafeSlow(b.length)
-  b.copy(out)
-  return out
 }
 
 /** room for a full pack: its target size, the biggest blob that can overflow it, and a header */

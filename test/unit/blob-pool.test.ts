@@ -69,13 +69,20 @@ describe('blob pool', {timeout: 60_000}, () => {
     expect(poolSize({})).toBe(0)
   })
 
+  /** cut, hash and compress `plain` as one chunk in a pool's worker */
+  const asOneChunk = async (p: BlobPool, plain: Buffer): Promise<{id: string; stored: Buffer}> => {
+    const whole = {min: 4 * MiB, avg: 4 * MiB, max: 4 * MiB, seed: '01'.repeat(16)}
+    const {chunks, token} = await p.chunk(owned(Buffer.from(plain)), whole)
+    expect(chunks).toHaveLength(1)
+    const [stored] = await p.keep(token, [0], 3)
+    return {id: chunks[0].id, stored}
+  }
+
   it('hashes, compresses and decodes exactly as the main thread does', async () => {
     for (const plain of [text(3 * MiB), randomBytes(700_000), Buffer.alloc(MiB)]) {
       const id = sha256(plain)
-      const h = await pool.hash(Buffer.from(plain))
-      expect(h.id).toBe(id)
-      expect(h.data.equals(plain)).toBe(true)
-      const c = await pool.compress(h.data, id, 3)
+      const c = await asOneChunk(pool, plain)
+      expect(c.id).toBe(id)
       // the same encoding the main thread chooses, and it decodes back on either side
       expect(c.stored[0]).toBe(encodeBlob(plain, id, 3)[0])
       expect(decodeBlob(c.stored, id, plain.length, 'test').equals(plain)).toBe(true)
@@ -129,14 +136,13 @@ describe('blob pool', {timeout: 60_000}, () => {
 
   it('in an encrypted repository: HMAC ids and sealed blobs that only the key opens', async () => {
     const plain = text(MiB)
-    const h = await keyed.hash(Buffer.from(plain))
-    expect(h.id).toBe(key.blobId(plain))
-    expect(h.id).not.toBe(sha256(plain))
-    const c = await keyed.compress(h.data, h.id, 3)
+    const c = await asOneChunk(keyed, plain)
+    expect(c.id).toBe(key.blobId(plain))
+    expect(c.id).not.toBe(sha256(plain))
     expect(c.stored[0] & 0x80).toBe(0x80)
-    expect(decodeBlob(c.stored, h.id, plain.length, 'test', key).equals(plain)).toBe(true)
-    expect(() => decodeBlob(c.stored, h.id, plain.length, 'test', MasterKey.generate())).toThrow(/authentication failed/)
-    expect((await keyed.decode(Buffer.from(c.stored), h.id, plain.length, 'test')).equals(plain)).toBe(true)
+    expect(decodeBlob(c.stored, c.id, plain.length, 'test', key).equals(plain)).toBe(true)
+    expect(() => decodeBlob(c.stored, c.id, plain.length, 'test', MasterKey.generate())).toThrow(/authentication failed/)
+    expect((await keyed.decode(Buffer.from(c.stored), c.id, plain.length, 'test')).equals(plain)).toBe(true)
   })
 
   it('a damaged blob is a CorruptBlobError from the worker too', async () => {
@@ -158,12 +164,13 @@ describe('blob pool', {timeout: 60_000}, () => {
 
   it('a worker that dies fails what it had and the pool after it, instead of hanging', async () => {
     const p = new BlobPool(1)
-    const inFlight = p.hash(Buffer.from(text(4 * MiB)))
+    const params = {min: 64 * 1024, avg: 256 * 1024, max: MiB, seed: 'ab'.repeat(16)}
+    const inFlight = p.chunk(owned(Buffer.from(text(4 * MiB))), params)
     // terminate the worker behind the pool's back (a crash)
     await (p as unknown as {slots: {worker: {terminate(): Promise<number>}}[]}).slots[0].worker.terminate()
     await expect(inFlight).rejects.toThrow(/blob worker/)
     expect(p.failed).toBe(true)
-    await expect(p.hash(Buffer.from('x'.repeat(100_000)))).rejects.toThrow(/blob worker/)
+    await expect(p.chunk(owned(Buffer.from('x'.repeat(100_000))), params)).rejects.toThrow(/blob worker/)
     await p.close()
   })
 })
