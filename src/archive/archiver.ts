@@ -39,8 +39,10 @@ export interface SourceEntry {
 interface DirBuild {
   node?: TreeNode
   children: Map<string, TreeNode>
-  /** its files' chunk saves still in flight: the tree is written once they are done */
+  /** its files' chunk saves and its closed subdirectories' tree writes: the tree is written once they are done */
   saves?: Promise<void>[]
+  /** the source is done with it (closeDir): its tree is written as soon as its saves are */
+  closed?: boolean
 }
 
 /**
@@ -272,16 +274,26 @@ export class Archiver {
   }
 
   /**
-   * A depth-first source is done with a directory: write its tree now and forget its
-   * entries, so memory holds only the open directories, not the whole tree.
+   * A depth-first source is done with a directory: its tree is written as soon as its files'
+   * chunks are saved (without holding up the walk, so the blob workers always have the next
+   * files), and its entries are forgotten then, so memory holds only the open directories and
+   * those waiting for their saves, not the whole tree. Its parent's tree waits for it.
    */
   async closeDir(path: string): Promise<void> {
     const p = normalise(path)
-    if (p === '' || !this.dirs.has(p)) return
-    await this.writeDir(p)
+    const d = this.dirs.get(p)
+    if (p === '' || !d || d.closed) return
+    d.closed = true
+    const job = this.writeDir(p).then(
+      () => undefined,
+      (e: unknown) => {
+        this.failure ??= e
+      },
+    )
+    ;(this.dir(parentOf(p)).saves ??= []).push(job)
   }
 
-  /** Write one directory's tree (its subdirectories are written already) and link it to its parent. */
+  /** Write one directory's tree once its files and subdirectories are saved, and link it to its parent. */
   private async writeDir(path: string): Promise<string> {
     const d = this.dirs.get(path)!
     if (d.saves) await Promise.all(d.saves)
@@ -306,7 +318,8 @@ export class Archiver {
 
   /** Write all trees still open, deepest first; returns the root tree id. */
   async finish(): Promise<string> {
-    const paths = [...this.dirs.keys()].sort((a, b) => depth(b) - depth(a))
+    // closed directories are being written already: their parents wait for them
+    const paths = [...this.dirs.entries()].filter(([, d]) => !d.closed).map(([p]) => p).sort((a, b) => depth(b) - depth(a))
     let root = ''
     for (const path of paths) {
       const id = await this.writeDir(path)

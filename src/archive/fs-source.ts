@@ -11,7 +11,7 @@
  * ctime), so an unchanged tree spawns no `getfattr` at all.
  */
 import {execFile} from 'node:child_process'
-import {BigIntStats, lstatSync, promises as fsp, readdirSync, readlinkSync} from 'node:fs'
+import {BigIntStats, closeSync, lstatSync, openSync, read, readSync, readdirSync, readlinkSync} from 'node:fs'
 import * as path from 'node:path'
 import debugFactory from 'debug'
 import {NodeType, Tree, TreeNode} from '../repo/format.js'
@@ -343,9 +343,11 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
           await archiver.add(e)
           return
         }
-        let fh
+        // open and close are synchronous like lstat: a round trip through libuv's thread pool
+        // costs far more than the system call, and the walk would wait for it on every file
+        let fd: number
         try {
-          fh = await fsp.open(c.abs, 'r')
+          fd = openSync(c.abs, 'r')
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
             changed.push(rel)
@@ -354,11 +356,11 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
           throw err
         }
         try {
-          e.content = readFile(fh, c.size)
+          e.content = readFile(fd, c.size)
           e.fresh = true
           await archiver.add(e)
         } finally {
-          await fh.close()
+          closeSync(fd)
         }
         const after = lstatOrGone(c.abs)
         if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
@@ -420,28 +422,36 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
 
 const OPAQUE = Buffer.from('y').toString('base64')
 
+/** reads up to this size are synchronous (one system call from the page cache beats a thread pool round trip) */
+const SYNC_READ = 1024 * 1024
+
 /**
  * Read a file to its end with positioned reads of at most 4 MiB, sized by the size lstat
- * gave (one read of size+1 bytes for a small file: a short read is the end), the next read
- * already in flight while the current piece is chunked and hashed. Each piece is a fresh
- * buffer: the chunker keeps views of it until its chunks are stored.
+ * gave (one read of size+1 bytes for a small file: a short read is the end). Small reads are
+ * synchronous; big ones go through the thread pool with the next one already in flight while
+ * the current piece is chunked and hashed. Each piece is a fresh buffer: the chunker keeps
+ * views of it until its chunks are stored.
  */
-async function* readFile(fh: import('node:fs/promises').FileHandle, expected: number): AsyncGenerator<Buffer> {
+async function* readFile(fd: number, expected: number): AsyncGenerator<Buffer> {
   const MAX = 4 * 1024 * 1024
   let pos = 0
-  const readAt = async (at: number): Promise<{buf: Buffer; full: boolean}> => {
+  const piece = (buf: Buffer, bytesRead: number, want: number): {buf: Buffer; full: boolean} => ({
+    buf: bytesRead === want ? buf : buf.subarray(0, bytesRead),
+    full: bytesRead === want,
+  })
+  const readAt = (at: number): {buf: Buffer; full: boolean} | Promise<{buf: Buffer; full: boolean}> => {
     const want = Math.min(MAX, Math.max(expected - at, 0) + 1)
     const buf = Buffer.allocUnsafeSlow(want)
-    const {bytesRead} = await fh.read(buf, 0, want, at)
-    return {buf: bytesRead === want ? buf : buf.subarray(0, bytesRead), full: bytesRead === want}
+    if (want <= SYNC_READ) return piece(buf, readSync(fd, buf, 0, want, at), want)
+    return new Promise((resolve, reject) => read(fd, buf, 0, want, at, (err, n) => (err ? reject(err) : resolve(piece(buf, n, want)))))
   }
-  let next: Promise<{buf: Buffer; full: boolean}> | undefined = readAt(pos)
+  let next: {buf: Buffer; full: boolean} | Promise<{buf: Buffer; full: boolean}> | undefined = readAt(pos)
   while (next) {
     const {buf, full}: {buf: Buffer; full: boolean} = await next
     pos += buf.length
     // a short read is the end of the file; a full one may be followed by more (a growing file)
     next = full ? readAt(pos) : undefined
-    next?.catch(() => undefined)
+    if (next instanceof Promise) next.catch(() => undefined)
     if (buf.length > 0) yield buf
   }
 }

@@ -27,11 +27,20 @@ export interface Backend {
   get(key: string): Promise<Buffer>
   /** read `length` bytes at `offset` (used to read one blob out of a pack) */
   getRange(key: string, offset: number, length: number): Promise<Buffer>
-  put(key: string, data: Buffer): Promise<void>
+  /**
+   * `opts.released` (optional for implementations) is called once `data` is no longer needed
+   * (handed to the OS), which may be long before the object is durable and put resolves: the
+   * caller may then reuse the buffer while the write finishes (a local pack's fsync).
+   */
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void>
   stat(key: string): Promise<number | undefined>
   list(prefix: string): Promise<BackendEntry[]>
   delete(key: string): Promise<void>
   close?(): Promise<void>
+}
+
+export interface PutOptions {
+  released?: () => void
 }
 
 export class BackendNotFound extends Error {

@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {closeSync, constants as fsc, promises as fsp, open, read, readSync} from 'node:fs'
 import * as path from 'node:path'
 import {promisify} from 'node:util'
-import {Backend, BackendEntry, BackendNotFound} from './backend.js'
+import {Backend, BackendEntry, BackendNotFound, PutOptions} from './backend.js'
 
 const openP = promisify(open)
 const readP = (fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> =>
@@ -230,7 +230,7 @@ export class LocalBackend implements Backend {
     return new Error(`${this.location}/${key}: short read (${done} of ${length} bytes at ${offset})`)
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
+  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const dest = this.file(key)
     const dir = path.dirname(dest)
     await fsp.mkdir(dir, {recursive: true})
@@ -238,6 +238,8 @@ export class LocalBackend implements Backend {
     const fh = await fsp.open(tmp, 'wx', 0o644)
     try {
       await fh.writeFile(data)
+      // the bytes are in the page cache: the caller may reuse its buffer during the fsync
+      opts.released?.()
       await fh.sync()
     } catch (e) {
       await fh.close().catch(() => {})

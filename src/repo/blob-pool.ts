@@ -58,12 +58,6 @@ interface Slot {
   busy: number
 }
 
-/** a file fed to one worker piece by piece */
-export interface FeedSession {
-  readonly slot: unknown
-  readonly id: number
-}
-
 /** names data a worker holds after chunk() until keep() */
 export interface ChunkToken {
   readonly slot: WorkerRef
@@ -93,7 +87,6 @@ export class BlobPool {
   private readonly slots: Slot[] = []
   private readonly pending = new Map<number, Pending>()
   private seq = 0
-  private sessions = 0
   private broken?: Error
   private closed = false
 
@@ -149,22 +142,19 @@ export class BlobPool {
   }
 
   /**
-   * One piece of a file that comes in several (`data`, handed over): all pieces of one file
-   * go to the same worker, whose chunker carries the cut state from piece to piece; `last`
-   * ends the file. Returns the chunks completed by this piece, kept for keep() like chunk().
+   * Hash chunks already cut (pieces of a big file, cut on the main thread so that its chunks
+   * go to every worker, not all to one): `cuts` are [offset, length] in `data`'s memory, which
+   * is handed over whole (transferred). The worker keeps the chunks for keep(), as chunk() does.
    */
-  async feed(session: FeedSession, data: Buffer, chunker: ChunkerParams, last: boolean): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
-    const slot = session.slot as Slot
-    const {reply, seq} = await this.callOn(slot, {op: 'feed', session: session.id, data: transferable(data), chunker, last}, [data.buffer as ArrayBuffer])
+  async hash(data: Uint8Array, cuts: [number, number][]): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
+    const slot = this.leastBusy()
+    if (data.buffer instanceof SharedArrayBuffer) throw new Error('blob pool data must own its memory (owned() it first)')
+    const whole = new Uint8Array(data.buffer, 0, data.buffer.byteLength)
+    const {reply, seq} = await this.callOn(slot, {op: 'hash', data: whole, cuts}, [whole.buffer as ArrayBuffer])
     return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
   }
 
-  /** a new file session for feed(), on the least busy worker */
-  session(): FeedSession {
-    return {slot: this.leastBusy(), id: ++this.sessions}
-  }
-
-  /** The stored form of the `wanted` chunks (indexes) of a chunk() or feed() call; the worker then lets go of them. */
+  /** The stored form of the `wanted` chunks (indexes) of a chunk() or hash() call; the worker then lets go of them. */
   async keep(token: ChunkToken, wanted: number[], level: number): Promise<Buffer[]> {
     const {reply} = await this.callOn(token.slot as Slot, {op: 'keep', token: token.seq, wanted, level}, [])
     return (reply as {kept: Uint8Array[]}).kept.map(asBuffer)

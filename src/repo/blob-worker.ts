@@ -8,10 +8,10 @@
  *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
  *                                                   and hashed (SHA-256, or HMAC-SHA256 with
  *                                                   the MAC key) here; the data stays here)
- *   feed      session, data   -> [{id, offset, length}]   (one piece of a file that comes in
- *                                                   several: the session's chunker carries the
- *                                                   cut state and the unfinished chunk over)
- *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` or `feed`
+ *   hash      data, cuts      -> [{id, offset, length}]   (chunks the main thread cut out of
+ *                                                   a piece of a big file: hashed here, kept
+ *                                                   here like `chunk`'s)
+ *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` or `hash`
  *                                                   request (the main thread dropped the ones it
  *                                                   has): zstd when it pays, decoded back and
  *                                                   compared first; sealed with a key
@@ -25,7 +25,7 @@ import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId} from './pack.js'
 export type BlobRequest =
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
-  | {seq: number; op: 'feed'; session: number; data: Uint8Array; chunker: ChunkerParams; last: boolean}
+  | {seq: number; op: 'hash'; data: Uint8Array; cuts: [number, number][]}
   | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
   | {seq: number; op: 'recycle'; data: Uint8Array[]}
 
@@ -85,10 +85,8 @@ function recycle(ab: ArrayBuffer): void {
   freeBytes += ab.byteLength
 }
 
-/** chunks of `chunk` and `feed` requests waiting for their `keep`, by the request's seq */
+/** chunks of `chunk` and `hash` requests waiting for their `keep`, by the request's seq */
 const held = new Map<number, {chunks: Buffer[]; ids: string[]}>()
-/** the chunkers of files fed piece by piece, by session */
-const sessions = new Map<number, Chunker>()
 
 /** hash the chunks cut from one request and keep them for its `keep` */
 function cutAndHold(seq: number, chunks: Buffer[]): BlobReply {
@@ -118,21 +116,9 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
     for (const b of buffers) if (mine.has(b)) recycle(b)
     return {reply: {seq: req.seq, kept, data: theirs.map((b) => new Uint8Array(b))}, transfer: [...kept.map((k) => k.buffer as ArrayBuffer), ...theirs]}
   }
-  if (req.op === 'feed') {
-    let chunker = sessions.get(req.session)
-    if (!chunker) {
-      chunker = new Chunker(req.chunker, alloc)
-      sessions.set(req.session, chunker)
-    }
-    let chunks: Buffer[]
-    if (req.last) {
-      chunks = cutAll(chunker, view(req.data))
-      sessions.delete(req.session)
-    } else {
-      chunks = chunker.push(view(req.data))
-      chunker.ownPending()
-    }
-    return {reply: cutAndHold(req.seq, chunks), transfer: []}
+  if (req.op === 'hash') {
+    const all = view(req.data)
+    return {reply: cutAndHold(req.seq, req.cuts.map(([at, n]) => all.subarray(at, at + n))), transfer: []}
   }
   switch (req.op) {
     case 'chunk':

@@ -109,8 +109,10 @@ export class Repository {
   private readonly running = new Set<Promise<unknown>>()
   /** settles when every place in line for the pack so far has left (see takePlace) */
   private packLine: Promise<void> = Promise.resolve()
-  /** the pack write in progress (one at a time, while the next pack fills) */
+  /** the pack being handed to the backend (one at a time): its buffer is not free yet */
   private writing?: Promise<void>
+  /** pack writes whose buffer is free but which are not durable yet (fsync), settled or not */
+  private readonly syncing = new Set<Promise<void>>()
   /** the first failed save or pack write: the repository refuses to flush after it */
   private failure?: unknown
   /** bumped by discardPending(): saves that finish later belong to an abandoned snapshot */
@@ -384,25 +386,41 @@ export class Repository {
   }
 
   /**
-   * A writer for one file whose content comes in several pieces: each piece goes to the same
-   * worker, which cuts (carrying the unfinished chunk to the next piece) and hashes; the new
-   * chunks are compressed there too. Call it for every piece in order, `last` on the final
-   * one; each call returns the results of the chunks that piece completed. Undefined without
-   * a worker pool.
+   * A writer for one file whose content comes in several pieces: the main thread cuts them
+   * (carrying the unfinished chunk to the next piece), and each piece's chunks go to the least
+   * busy worker to be hashed (and the new ones compressed), so one big file keeps every worker
+   * busy. Call it for every piece in order, `last` on the final one; each call returns the
+   * results of the chunks that piece completed. Undefined without a worker pool.
    */
   contentWriter(): ((piece: Buffer, giveAway: boolean, last: boolean) => Promise<SaveResult[]>) | undefined {
     const pool = this.workers()
     if (!pool) return undefined
-    const session = pool.session()
+    const chunker = new Chunker(this.config.chunker)
     return async (piece, giveAway, last) => {
-      const generation = this.generation
-      const place = this.takePlace()
-      try {
-        const {chunks, token} = await pool.feed(session, giveAway ? owned(piece) : ownedCopy(piece), this.config.chunker, last)
-        return await this.keepNew(pool, chunks, token, generation, place)
-      } finally {
-        place.leave()
+      const data = giveAway ? owned(piece) : ownedCopy(piece)
+      const chunks = last ? cutAll(chunker, data) : chunker.push(data)
+      // the unfinished chunk's start is copied out of `data`, which goes to a worker
+      if (!last) chunker.ownPending()
+      // chunks in one memory go together (a chunk spanning two pieces has memory of its own);
+      // each group takes its place in line now, in order
+      const groups: {chunks: Buffer[]; place: Place}[] = []
+      for (const c of chunks) {
+        const g = groups.at(-1)
+        if (g && g.chunks[0].buffer === c.buffer) g.chunks.push(c)
+        else groups.push({chunks: [c], place: this.takePlace()})
       }
+      const generation = this.generation
+      const results = await Promise.all(
+        groups.map(async ({chunks: g, place}) => {
+          try {
+            const {chunks: hashed, token} = await pool.hash(g[0], g.map((c) => [c.byteOffset, c.length]))
+            return await this.keepNew(pool, hashed, token, generation, place)
+          } finally {
+            place.leave()
+          }
+        }),
+      )
+      return results.flat()
     }
   }
 
@@ -507,8 +525,12 @@ export class Repository {
   }
 
   /**
-   * Write the pending pack and wait for the write; when a write is under way, only wait for
-   * it (the caller looks again). Throws the first failure of any save or write.
+   * Write the pending pack and wait until its buffer is free again (a local backend: once the
+   * bytes are in the page cache, not until the fsync is over); when a write is under way, only
+   * wait for it (the caller looks again). The rest of a write (fsync, rename, the size check,
+   * recording its blobs) goes on while the next pack fills, at most MAX_SYNCING at once; flush()
+   * waits for all of it before any index file names the pack. Throws the first failure of any
+   * save or write.
    */
   private async handOver(): Promise<void> {
     if (this.failure !== undefined) throw this.failure
@@ -517,51 +539,70 @@ export class Repository {
       return
     }
     if (this.pending.count === 0) return
-    // one pack buffer (about 20 MiB): blobs wait while it is written; the workers go on with
-    // what is in flight meanwhile
+    // one pack buffer (about 20 MiB): blobs wait while it is handed to the backend; the
+    // workers go on with what is in flight meanwhile
     const builder = this.pending
-    const write = this.writePack(builder).finally(() => {
+    const buffered = (async (): Promise<void> => {
+      while (this.syncing.size >= MAX_SYNCING) await Promise.race(this.syncing)
+      if (this.failure !== undefined) throw this.failure
+      let released!: () => void
+      const free = new Promise<void>((resolve) => (released = resolve))
+      const write = this.track(this.writePack(builder, released))
+      const done = write.then(
+        () => undefined,
+        () => undefined,
+      )
+      this.syncing.add(done)
+      void done.then(() => this.syncing.delete(done))
+      // the backend may never say (it keeps the data until the end): then the end frees it
+      await Promise.race([free, write])
+    })()
+    this.writing = buffered.finally(() => {
       builder.reset()
       this.writing = undefined
     })
-    this.writing = write
-    await this.track(write)
+    await this.writing
   }
 
-  private async writePack(builder: PackBuilder): Promise<void> {
+  private async writePack(builder: PackBuilder, released: () => void): Promise<void> {
     const {id, data, blobs} = builder.finish()
     const key = dataKey(id)
-    await this.backend.put(key, data)
+    await this.backend.put(key, data, {released})
     // a store can truncate silently (rustic #249): check what landed
     const size = await this.backend.stat(key)
     if (size !== data.length) {
       throw new HolyshipError('IO_FAILED', `pack ${key} was stored with ${size ?? 'no'} bytes instead of ${data.length}`)
     }
+    const length = data.length
     for (const b of blobs) {
       this.index.set(b.id, {pack: id, type: b.type, offset: b.offset, length: b.length, raw: b.raw})
       this.pendingIds.delete(b.id)
     }
-    this.packSizes.set(id, data.length)
-    this.unindexed.push({id, size: data.length, blobs})
-    debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, data.length)
-    this.onPackWritten?.(data.length)
-    collectGarbage(data.length)
+    this.packSizes.set(id, length)
+    this.unindexed.push({id, size: length, blobs})
+    debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, length)
+    this.onPackWritten?.(length)
+    collectGarbage(length)
     // keep index files bounded so a long snapshot's progress survives in pieces
     if (this.unindexed.length >= 64) await this.writeIndex()
   }
 
   private async writeIndex(): Promise<void> {
     if (this.unindexed.length === 0) return
-    const {id, data} = this.encodeIndexFile({version: 1, packs: this.unindexed})
+    // taken at once: another pack's write may finish (and call this) meanwhile
+    const packs = this.unindexed
+    this.unindexed = []
+    const {id, data} = this.encodeIndexFile({version: 1, packs})
     await this.backend.put(indexKey(id), data)
     this.loadedIndexFiles.add(id)
-    this.unindexed = []
   }
 
   /** Make everything saved so far durable: saves in flight, the pending pack, then an index file for new packs. */
   async flush(): Promise<void> {
     while (this.running.size > 0) await Promise.allSettled([...this.running])
     while (this.pending.count > 0 || this.writing) await this.handOver()
+    // the packs' fsyncs: no index file may name a pack before it is durable
+    while (this.running.size > 0) await Promise.allSettled([...this.running])
     if (this.failure !== undefined) throw this.failure
     await this.writeIndex()
   }
@@ -664,6 +705,12 @@ export class Repository {
 }
 
 export const hostName = (): string => os.hostname()
+
+/**
+ * pack writes that may be finishing (fsync) at once while the next packs fill: each holds a
+ * thread of libuv's pool, which the file reads of a snapshot need too
+ */
+const MAX_SYNCING = 2
 
 /** a save's place in line for the pack (see Repository.takePlace) */
 interface Place {

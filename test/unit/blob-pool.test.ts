@@ -112,26 +112,50 @@ describe('blob pool', {timeout: 60_000}, () => {
     await expect(pool.keep(token, [0], 3)).rejects.toThrow(/no chunked data/)
   })
 
-  it('a file fed in pieces is cut as if it came whole, across piece boundaries', async () => {
-    const params = {min: 64 * 1024, avg: 256 * 1024, max: MiB, seed: 'ef'.repeat(16)}
-    const data = Buffer.concat([text(MiB + 12_345, 3), Buffer.alloc(3 * MiB), randomBytes(700_001)])
-    const whole = new Chunker(params)
-    const expected = whole.push(Buffer.from(data))
-    const tail = whole.finish()
-    if (tail) expected.push(tail)
-    const session = pool.session()
-    const got: {id: string; length: number}[] = []
-    const pieces = [0, 100_000, 1_500_000, 1_500_001, 4_000_000, data.length]
-    const calls = []
-    for (let i = 0; i + 1 < pieces.length; i++) {
-      calls.push(pool.feed(session, owned(Buffer.from(data.subarray(pieces[i], pieces[i + 1]))), params, i + 2 === pieces.length))
+  it('hash() takes chunks cut elsewhere in one memory, hashes and keeps them like chunk()', async () => {
+    const data = Buffer.concat([text(300_000, 4), randomBytes(200_000), Buffer.alloc(100_000)])
+    const mem = owned(Buffer.from(data))
+    const cuts: [number, number][] = [
+      [1000, 299_000],
+      [300_000, 200_000],
+      [500_000, 100_000],
+    ]
+    const {chunks, token} = await pool.hash(mem, cuts)
+    expect(chunks.map((c) => c.id)).toEqual(cuts.map(([at, n]) => sha256(data.subarray(at, at + n))))
+    expect(chunks.map((c) => c.length)).toEqual(cuts.map(([, n]) => n))
+    const kept = await pool.keep(token, [0, 2], 3)
+    expect(decodeBlob(kept[0], chunks[0].id, 299_000, 'test').equals(data.subarray(1000, 300_000))).toBe(true)
+    expect(decodeBlob(kept[1], chunks[2].id, 100_000, 'test').equals(data.subarray(500_000, 600_000))).toBe(true)
+  })
+
+  it('a file written in pieces is cut as if it came whole, across piece boundaries', async () => {
+    const dir = path.join(os.tmpdir(), `holyship-pieces-${process.pid}`)
+    await fsp.mkdir(dir, {recursive: true})
+    try {
+      const repo = await withEnv('HOLYSHIP_WORKERS', '2', () => Repository.init(new LocalBackend(dir), {packSize: MiB}))
+      const params = repo.config.chunker
+      const data = Buffer.concat([text(MiB + 12_345, 3), Buffer.alloc(3 * MiB), randomBytes(5 * MiB + 700_001), text(2 * MiB, 5)])
+      const whole = new Chunker(params)
+      const expected = whole.push(Buffer.from(data))
+      const tail = whole.finish()
+      if (tail) expected.push(tail)
+      const writer = await withEnv('HOLYSHIP_WORKERS', '2', async () => repo.contentWriter())
+      expect(writer).toBeDefined()
+      const pieces = [0, 100_000, 1_500_000, 1_500_001, 4_000_000, 6_500_000, 9_000_000, data.length]
+      const calls = []
+      for (let i = 0; i + 1 < pieces.length; i++) {
+        // not given away: the writer copies, the caller's buffer stays whole
+        calls.push(writer!(data.subarray(pieces[i], pieces[i + 1]), false, i + 2 === pieces.length))
+      }
+      const got = (await Promise.all(calls)).flat()
+      expect(got.map((c) => c.id)).toEqual(expected.map((c) => sha256(c)))
+      await repo.flush()
+      // every chunk was stored once and reads back as the bytes it names
+      for (const c of expected) expect((await repo.loadBlob(sha256(c))).equals(c)).toBe(true)
+      expect(data.length).toBe(pieces.at(-1))
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
     }
-    for (const c of await Promise.all(calls)) {
-      got.push(...c.chunks)
-      await pool.keep(c.token, [], 3)
-    }
-    expect(got.map((c) => c.id)).toEqual(expected.map((c) => sha256(c)))
-    expect(got.map((c) => c.length)).toEqual(expected.map((c) => c.length))
   })
 
   it('in an encrypted repository: HMAC ids and sealed blobs that only the key opens', async () => {
