@@ -293,6 +293,22 @@ export class Archiver {
     ;(this.dir(parentOf(p)).saves ??= []).push(job)
   }
 
+  /**
+   * A depth-first source is done with a directory that it found exactly as the parent snapshot
+   * recorded it, itself and everything below it: its tree is `subtree`, the parent's, which is
+   * not serialised and hashed again. False (nothing done) when that tree is not in the
+   * repository or the directory has saves of its own: then closeDir() it.
+   */
+  closeDirAs(path: string, subtree: string): boolean {
+    const p = normalise(path)
+    const d = this.dirs.get(p)
+    if (p === '' || !d || d.closed || (d.saves?.length ?? 0) > 0 || !d.node || !this.repo.hasBlob(subtree)) return false
+    d.closed = true
+    d.node.subtree = subtree
+    this.dirs.delete(p)
+    return true
+  }
+
   /** Write one directory's tree once its files and subdirectories are saved, and link it to its parent. */
   private async writeDir(path: string): Promise<string> {
     const d = this.dirs.get(path)!

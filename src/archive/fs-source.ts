@@ -165,6 +165,14 @@ function sameTime(a: [number, number] | undefined, b: [number, number]): boolean
   return !!a && a[0] === b[0] && a[1] === b[1]
 }
 
+/**
+ * the entry is as the parent snapshot recorded it: same inode and ctime (any change of owner,
+ * mode, attributes, name or content moves the ctime) and same mtime (which can be set back)
+ */
+function unchangedSince(c: Child): boolean {
+  return c.keepXattrs && sameTime(c.prev!.mtime, c.mtime)
+}
+
 /** lstat, or undefined when the entry is gone */
 function lstatOrGone(abs: string): BigIntStats | undefined {
   return lstatSync(abs, {bigint: true, throwIfNoEntry: false})
@@ -264,8 +272,12 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     }
   }
 
-  /** a directory: its own entry, then its children in name order, then its tree */
-  const visitDir = async (c: Child, subtreeKnown: boolean): Promise<void> => {
+  /**
+   * a directory: its own entry, then its children in name order, then its tree. Returns true
+   * when the directory and everything below it are recorded exactly as in the parent snapshot
+   * (then its tree is the parent's, not serialised and hashed again).
+   */
+  const visitDir = async (c: Child, subtreeKnown: boolean): Promise<boolean> => {
     await archiver.add(entryOf(c, 'dir'))
     let names: string[]
     try {
@@ -273,12 +285,15 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         changed.push(c.rel)
-        return
+        return false
       }
       throw e
     }
     names.sort()
     const before = await parentChildren(c.prev)
+    // the directory itself unchanged (same inode and ctime: same names, owner, mode, attributes)
+    let same = before !== undefined && unchangedSince(c) && c.prev?.type === 'dir' && c.prev.subtree !== undefined
+    let recorded = 0
     const dirSlash = c.abs.endsWith('/') ? c.abs : `${c.abs}/`
     const relSlash = c.rel === '' ? '' : `${c.rel}/`
     for (let i = 0; i < names.length; i += BATCH) {
@@ -294,6 +309,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         const st = lstatOrGone(abs)
         if (!st) {
           changed.push(rel)
+          same = false
           continue
         }
         const child = childOf(rel, abs, st, before?.get(name))
@@ -305,16 +321,21 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
       }
       await xattrs.fetch(need, [...newTrees])
       for (const child of batch) {
-        if (child.kind === S_IFDIR) await visitDir(child, subtreeKnown || newTrees.has(child.rel))
-        else await visitOther(child)
+        const kept = child.kind === S_IFDIR ? await visitDir(child, subtreeKnown || newTrees.has(child.rel)) : await visitOther(child)
+        if (!kept) same = false
+        recorded++
       }
     }
-    // depth-first: this directory is complete, write its tree and free its entries
+    // depth-first: this directory is complete, write its tree (or take the parent's) and free its entries
+    if (same && recorded === before!.size && archiver.closeDirAs(c.rel, c.prev!.subtree!)) return true
     await archiver.closeDir(c.rel)
+    return false
   }
 
-  const visitOther = async (c: Child): Promise<void> => {
+  /** an entry that is not a directory; true when it is recorded exactly as in the parent snapshot */
+  const visitOther = async (c: Child): Promise<boolean> => {
     const {st, rel, prev} = c
+    const same = unchangedSince(c)
     switch (c.kind) {
       case S_IFREG: {
         if (st.nlink > 1n) {
@@ -324,7 +345,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
             const e = entryOf(c, 'hardlink')
             e.target = first
             await archiver.add(e)
-            return
+            return false
           }
           links.set(key, rel)
         }
@@ -341,7 +362,8 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         ) {
           e.reuse = {content: prev.content, size: c.size}
           await archiver.add(e)
-          return
+          // a file with other names is recorded as the first one seen: as before only if that stays so
+          return same && st.nlink === 1n
         }
         // open and close are synchronous like lstat: a round trip through libuv's thread pool
         // costs far more than the system call, and the walk would wait for it on every file
@@ -351,7 +373,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
             changed.push(rel)
-            return
+            return false
           }
           throw err
         }
@@ -364,7 +386,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         }
         const after = lstatOrGone(c.abs)
         if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
-        return
+        return false
       }
       case S_IFLNK: {
         // a symlink's target never changes in place: same inode and ctime, same target
@@ -375,7 +397,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
           } catch (err) {
             if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
               changed.push(rel)
-              return
+              return false
             }
             throw err
           }
@@ -383,26 +405,27 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         const e = entryOf(c, 'symlink')
         e.target = target
         await archiver.add(e)
-        return
+        return same && prev?.type === 'symlink' && prev.target === target
       }
       case S_IFCHR:
       case S_IFBLK: {
         if (c.kind === S_IFCHR && opts.overlay && st.rdev === 0n) {
           await archiver.add(entryOf(c, 'whiteout'))
-          return
+          return same && prev?.type === 'whiteout'
         }
         const e = entryOf(c, c.kind === S_IFCHR ? 'chardev' : 'blockdev')
         e.devMajor = major(Number(st.rdev))
         e.devMinor = minor(Number(st.rdev))
         await archiver.add(e)
-        return
+        return same && prev?.type === e.type && prev.devMajor === e.devMajor && prev.devMinor === e.devMinor
       }
       case S_IFIFO:
         await archiver.add(entryOf(c, 'fifo'))
-        return
+        return same && prev?.type === 'fifo'
       default:
         // sockets are not archived (they cannot be restored meaningfully)
         debug('skipping socket %s', c.abs)
+        return false
     }
   }
 

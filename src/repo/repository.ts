@@ -440,6 +440,8 @@ export class Repository {
     const job = (async (): Promise<void> => {
       try {
         const kept = await pool.keep(token, wanted, this.config.compression.level)
+        // the content came back with the reply (blob-worker.ts): garbage now, collected in time
+        collectGarbage(chunks.reduce((n, c) => n + c.length, 0))
         try {
           if (generation !== this.generation) return
           const added = await this.addToPack(

@@ -210,6 +210,48 @@ describe('direct reader with a parent snapshot', () => {
     expect((await findNode(repo, next, 'var'))?.opaque).toBe(true)
   })
 
+  it('takes an unchanged directory\'s tree from the parent without writing it again, and the result is what a full read gives', async () => {
+    const base = await snap()
+    const saved: string[] = []
+    const saveTree = repo.saveTree.bind(repo)
+    repo.saveTree = async (tree) => {
+      saved.push(tree.nodes.map((n) => n.name).join(','))
+      return saveTree(tree)
+    }
+    try {
+      // nothing changed: only the root's tree is written (it is not a child of anything)
+      saved.length = 0
+      const same = await snap(base)
+      expect(same.tree).toBe(base.tree)
+      expect(saved).toHaveLength(1)
+
+      // a file's content deep down changes and its mtime is set back to what the parent
+      // recorded: its ctime moved, so it is read again and the directories above it are written
+      await fsp.writeFile(path.join(src, 'a/b/two.txt'), 'TWO, changed again\n')
+      const recorded = (await findNode(repo, same.tree, 'a/b/two.txt'))!.mtime
+      await fsp.utimes(path.join(src, "a/b/two.txt"), recorded[0] + recorded[1] / 1e9, recorded[0] + recorded[1] / 1e9)
+      saved.length = 0
+      const back = await snap(same)
+      expect(saved.length).toBe(3)
+      expect(back.tree).toBe((await snap()).tree)
+      await fsp.chmod(path.join(src, 'a/one.txt'), 0o600)
+      saved.length = 0
+      const chmodded = await snap(back)
+      expect(chmodded.tree).not.toBe(back.tree)
+      // a/b is unchanged since `back`: only the root and a are written
+      expect(saved).toHaveLength(2)
+      expect(chmodded.tree).toBe((await snap()).tree)
+      expect((await findNode(repo, chmodded.tree, 'a/one.txt'))?.mode).toBe(0o600)
+      expect(await fsp.readFile(path.join(src, 'a/b/two.txt'), 'utf8')).toBe('TWO, changed again\n')
+      const out = path.join(work, 'out-reused')
+      await restoreToDir(repo, chmodded.tree, '', out)
+      expect(await fsp.readFile(path.join(out, 'a/b/two.txt'), 'utf8')).toBe('TWO, changed again\n')
+      expect((await fsp.lstat(path.join(out, 'a/one.txt'))).mode & 0o777).toBe(0o600)
+    } finally {
+      repo.saveTree = saveTree
+    }
+  })
+
   it('reads the attributes of everything when the parent tree cannot be read', async () => {
     const first = await snap()
     const a = new Archiver(repo)
