@@ -27,7 +27,7 @@ import {
   snapshotKey,
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
-import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, decodeBlob, openJson, sealJson, sha256} from './pack.js'
+import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
 import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, ownedCopy, sharedPool} from './blob-pool.js'
 import {collectGarbage} from './gc.js'
 
@@ -330,13 +330,15 @@ export class Repository {
   }
 
   /**
-   * Store a blob unless the repository has it. `id` (from blobId()) may be passed when already
-   * computed. Several saves may be in flight at once (the archiver keeps a bounded number
+   * Store a blob unless the repository has it. `given` (from blobId()) may be passed when the
+   * id is already computed; the compressed form is then checked by hashing what it decodes to.
+   * Several saves may be in flight at once (the archiver keeps a bounded number
    * going): a save resolves once its blob is in a pack buffer, and flush() makes everything
    * durable. Whole files' content goes through saveContent/contentWriter, which use the blob
    * workers when there are any.
    */
-  async saveBlob(type: BlobType, plain: Buffer, id = this.blobId(plain)): Promise<SaveResult> {
+  async saveBlob(type: BlobType, plain: Buffer, given?: string): Promise<SaveResult> {
+    const id = given ?? this.blobId(plain)
     if (this.hasBlob(id)) return {id, added: 0}
     this.compressing.add(id)
     const place = this.takePlace()
@@ -344,7 +346,10 @@ export class Repository {
       const [added] = await this.addToPack(place, [
         () => {
           // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
-          const {enc, payload} = compressBlob(plain, id, this.config.compression.level, this.masterKey)
+          // an id computed here from these very bytes (the archiver's chunks are fresh memory
+          // nobody writes to): the decoded frame is compared with them instead of hashed again
+          const level = this.config.compression.level
+          const {enc, payload} = given === undefined ? compressBlobOfId(plain, id, level) : compressBlob(plain, id, level, this.masterKey)
           let n: number
           if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
           else {
