@@ -30,16 +30,11 @@ import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} 
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
 import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, ownedCopy, sharedPool} from './blob-pool.js'
 import {collectGarbage} from './gc.js'
+import {BlobIndex, type BlobLocation} from './blob-index.js'
 
 const debug = debugFactory('holyship:repo')
 
-export interface BlobLocation {
-  pack: string
-  type: BlobType
-  offset: number
-  length: number
-  raw: number
-}
+export type {BlobLocation}
 
 export interface SaveResult {
   id: string
@@ -96,7 +91,7 @@ export function checkEncryptionConfig(config: RepoConfig, where: string, damaged
 }
 
 export class Repository {
-  private readonly index = new Map<string, BlobLocation>()
+  private readonly index = new BlobIndex()
   private readonly loadedIndexFiles = new Set<string>()
   private readonly packSizes = new Map<string, number>()
   /** the pack being filled (and, while `writing`, written) */
@@ -119,8 +114,9 @@ export class Repository {
   private generation = 0
   /** worker pool for hashing/compressing/decoding big blobs (undefined: not looked up yet, null: none) */
   private pool?: BlobPool | null
-  /** packs written since the last index file */
+  /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
+  private unindexedBlobs = 0
   /** optional observer for progress reporting */
   onPackWritten?: (bytes: number) => void
   /** optional cache of tree blobs */
@@ -524,11 +520,19 @@ export class Repository {
     await place.turn
     const out: number[] = []
     for (const add of adds) {
-      while (this.writing || this.pending.length >= this.config.packSize) await this.handOver()
+      while (this.writing || this.packFull()) await this.handOver()
       out.push(add())
     }
-    if (this.pending.length >= this.config.packSize) await this.handOver()
+    if (this.packFull()) await this.handOver()
     return out
+  }
+
+  /**
+   * the pending pack has its size, or its blob count: tiny files' blobs are bookkept one by one
+   * (the header, the pending set) until the pack is written, so a pack holds at most so many
+   */
+  private packFull(): boolean {
+    return this.pending.length >= this.config.packSize || this.pending.count >= MAX_PACK_BLOBS
   }
 
   /**
@@ -587,11 +591,13 @@ export class Repository {
     }
     this.packSizes.set(id, length)
     this.unindexed.push({id, size: length, blobs})
+    this.unindexedBlobs += blobs.length
     debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, length)
     this.onPackWritten?.(length)
     collectGarbage(length)
-    // keep index files bounded so a long snapshot's progress survives in pieces
-    if (this.unindexed.length >= 64) await this.writeIndex()
+    // keep index files bounded (packs of tiny files hold tens of thousands of blobs each), so a
+    // long snapshot's progress survives in pieces and the pending lists stay small in memory
+    if (this.unindexed.length >= 64 || this.unindexedBlobs >= INDEX_FILE_BLOBS) await this.writeIndex()
   }
 
   private async writeIndex(): Promise<void> {
@@ -599,6 +605,7 @@ export class Repository {
     // taken at once: another pack's write may finish (and call this) meanwhile
     const packs = this.unindexed
     this.unindexed = []
+    this.unindexedBlobs = 0
     const {id, data} = this.encodeIndexFile({version: 1, packs})
     await this.backend.put(indexKey(id), data)
     this.loadedIndexFiles.add(id)
@@ -718,6 +725,12 @@ export const hostName = (): string => os.hostname()
  * thread of libuv's pool, which the file reads of a snapshot need too
  */
 const MAX_SYNCING = 2
+
+/** an index file is written once the packs not yet in one hold this many blobs (or are 64) */
+const INDEX_FILE_BLOBS = 65_536
+
+/** blobs in one pack at most (a pack of ~500-byte files would otherwise hold ~70,000) */
+const MAX_PACK_BLOBS = 16_384
 
 /** a save's place in line for the pack (see Repository.takePlace) */
 interface Place {
