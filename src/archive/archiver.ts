@@ -60,8 +60,6 @@ export const IN_FLIGHT_BYTES = 8 * 1024 * 1024
  */
 export const IN_FLIGHT_SAVES = 1024
 
-/** what a save counts towards the periodic collection (src/repo/gc.ts) besides its bytes */
-const SAVE_HEAP_COST = 1024
 
 export interface ArchiverProgress {
   (bytes: number): void
@@ -281,9 +279,9 @@ export class Archiver {
   private release(n: number): void {
     this.inFlight -= n
     this.saving--
-    // a save leaves garbage on the JS heap (promises, closures, its tree node's strings) besides
-    // its bytes: with tiny files that, not the bytes, is what fills V8's old generation
-    collectGarbage(SAVE_HEAP_COST)
+    // a save leaves garbage on the JS heap (promises, closures) besides its bytes: with tiny
+    // files that, not the bytes, is what fills V8's old generation (gc.ts watches the heap)
+    collectGarbage(0)
     const w = this.waiters
     this.waiters = []
     for (const wake of w) wake()

@@ -15,12 +15,28 @@ type GcFunction = (options?: {type?: 'major' | 'minor'; execution?: 'sync' | 'as
 let gc: GcFunction | null | undefined
 
 let since = 0
+/** calls since the JS heap was last looked at, and its size after the last collection */
+let calls = 0
+let heapAfter = 0
 
-/** `bytes` more went through; collect once 16 MiB have since the last collection */
+/** how much the JS heap may grow past what the last collection left before the next one */
+const HEAP_SLACK = 24 * 1024 * 1024
+
+/**
+ * `bytes` more went through; collect once 16 MiB have since the last collection, or once the
+ * JS heap has grown by HEAP_SLACK since (looked at every 256 calls): a snapshot of a million
+ * tiny files moves few bytes but leaves its bookkeeping (tree nodes, promises) in V8's old
+ * generation, which V8 itself lets grow to ~100 MB before it collects.
+ */
 export function collectGarbage(bytes: number): void {
   since += bytes
-  if (since < 16 * 1024 * 1024) return
+  if (since < 16 * 1024 * 1024) {
+    if (++calls < 256) return
+    calls = 0
+    if (v8.getHeapStatistics().used_heap_size < heapAfter + HEAP_SLACK) return
+  }
   since = 0
+  calls = 0
   if (gc === undefined) {
     try {
       v8.setFlagsFromString('--expose-gc')
@@ -29,5 +45,7 @@ export function collectGarbage(bytes: number): void {
       gc = null
     }
   }
-  gc?.()
+  if (!gc) return
+  gc()
+  heapAfter = v8.getHeapStatistics().used_heap_size
 }
