@@ -263,6 +263,7 @@ export class Repository {
       throw e
     }
     if (!file || !Array.isArray(file.packs)) throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: it has no pack list`)
+    checkIndexEntries(file, key)
     return file
   }
 
@@ -280,6 +281,11 @@ export class Repository {
   /** Load blob locations from a cache (the catalogue) instead of reading index files. */
   seedIndex(locations: Iterable<[string, BlobLocation]>, indexFileIds: string[]): void {
     for (const [id, loc] of locations) {
+      // what an older holyship cached without checking: left out (reading that blob then fails)
+      if (!validBlob(id, loc.type, loc.offset, loc.length, loc.raw)) {
+        debug('catalogue: blob %s has an impossible location, left out', id)
+        continue
+      }
       if (!this.index.has(id)) this.index.set(id, loc)
       if (!this.packSizes.has(loc.pack)) this.packSizes.set(loc.pack, 0)
     }
@@ -291,6 +297,7 @@ export class Repository {
    * copying packs in) known to the in-memory index. Its packs must already be stored.
    */
   registerIndexFile(id: string, file: IndexFile): void {
+    checkIndexEntries(file, indexKey(id))
     this.addIndex(file)
     this.loadedIndexFiles.add(id)
   }
@@ -725,6 +732,24 @@ export const hostName = (): string => os.hostname()
  * thread of libuv's pool, which the file reads of a snapshot need too
  */
 const MAX_SYNCING = 2
+
+const isObjectId = (id: unknown): boolean => typeof id === 'string' && /^[0-9a-f]{64}$/.test(id)
+const isU32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff
+
+/** a blob entry as holyship writes it: a lowercase hex id, a type, 32-bit offset and lengths */
+function validBlob(id: unknown, type: unknown, offset: unknown, length: unknown, raw: unknown): boolean {
+  return isObjectId(id) && (type === 'data' || type === 'tree') && isU32(offset) && isU32(length) && isU32(raw)
+}
+
+const validBlobEntry = (b: Partial<PackBlob> | undefined): boolean => !!b && validBlob(b.id, b.type, b.offset, b.length, b.raw)
+
+/** every pack and blob entry of an index file could be real (REPO_DAMAGED, naming `key`, otherwise) */
+function checkIndexEntries(file: IndexFile, key: string): void {
+  for (const p of file.packs) {
+    const bad = !p || !isObjectId(p.id) || !Array.isArray(p.blobs) ? p : p.blobs.find((b) => !validBlobEntry(b))
+    if (bad !== undefined) throw new HolyshipError('REPO_DAMAGED', `index file ${key} is damaged: it names an impossible blob or pack: ${JSON.stringify(bad).slice(0, 200)}`)
+  }
+}
 
 /** an index file is written once the packs not yet in one hold this many blobs (or are 64) */
 const INDEX_FILE_BLOBS = 65_536

@@ -508,6 +508,41 @@ describe('damaged packs, index files and manifests', () => {
   })
 })
 
+describe('index files that name impossible blobs', () => {
+  it('an index file whose name matches its content but whose entries cannot be real is damaged, by key', async () => {
+    const repo = await newRepo('impossible-index', 16 * 1024)
+    const dir = path.join(work, 'impossible-index')
+    const a = new Archiver(repo)
+    await a.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T0})
+    await a.add({path: 'f', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T0, content: Readable.from([randomBytes(1000)])})
+    await a.finish()
+    await repo.flush()
+    const [{key}] = await repo.backend.list('index/')
+    const good = JSON.parse(await fsp.readFile(path.join(dir, key), 'utf8'))
+    const blob = good.packs[0].blobs[0]
+    const cases: [string, Record<string, unknown>][] = [
+      ['an id in capitals', {...blob, id: blob.id.toUpperCase()}],
+      ['an id that is not hex', {...blob, id: `${blob.id.slice(0, 60)}../x`}],
+      ['an offset past 4 GiB', {...blob, offset: 2 ** 32}],
+      ['a negative length', {...blob, length: -1}],
+      ['a fractional plain length', {...blob, raw: 1.5}],
+      ['an unknown type', {...blob, type: 'exe'}],
+    ]
+    for (const [what, bad] of cases) {
+      const data = Buffer.from(JSON.stringify({...good, packs: [{...good.packs[0], blobs: [bad]}]}))
+      const name = `index/${sha(data)}`
+      await fsp.writeFile(path.join(dir, name), data)
+      try {
+        await expect(Repository.open(new LocalBackend(dir)), what).rejects.toMatchObject({code: 'REPO_DAMAGED', message: expect.stringContaining(name)})
+      } finally {
+        await fsp.rm(path.join(dir, name))
+      }
+    }
+    // the repository itself is fine
+    expect((await Repository.open(new LocalBackend(dir))).hasBlob(blob.id)).toBe(true)
+  })
+})
+
 // ------------------------------------------------------------------------------ the pause journal
 
 describe('the pause journal', () => {
