@@ -298,6 +298,64 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     expect(await fsp.readdir(path.join(dir, 'index')).catch(() => [])).toEqual([])
   })
 
+  it('a pack whose buffer is free but whose write is not durable yet is never named by an index file; a late failure fails the flush', async () => {
+    for (const failLate of [false, true]) {
+      const dir = path.join(work, `repo-late-${failLate}`)
+      await fsp.mkdir(dir)
+      const backend = new LocalBackend(dir)
+      const repo = await Repository.init(backend, {packSize: MiB})
+      const put = backend.put.bind(backend)
+      const events: string[] = []
+      let packs = 0
+      backend.put = async (key, data, opts) => {
+        if (!key.startsWith('data/')) {
+          events.push(`put ${key.split('/')[0]}`)
+          return put(key, data, opts)
+        }
+        const n = ++packs
+        // the bytes are handed over at once (the buffer is free), the write ends much later
+        const copy = Buffer.from(data)
+        opts?.released?.()
+        await new Promise((resolve) => setTimeout(resolve, 150))
+        if (failLate && n === 2) throw Object.assign(new Error('EIO: i/o error, fsync'), {code: 'EIO'})
+        await put(key, copy)
+        events.push(`durable pack ${n}`)
+      }
+      const a = new Archiver(repo)
+      const done = (async () => {
+        await archiveDir(src, a)
+        await a.finish()
+        await repo.flush()
+      })().then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      )
+      const failed = await done
+      if (failLate) {
+        expect(failed?.message).toMatch(/EIO/)
+        repo.discardPending()
+        expect(events.filter((e) => e === 'put index')).toEqual([])
+        continue
+      }
+      expect(failed).toBeUndefined()
+      expect(packs).toBeGreaterThan(3)
+      // every pack durable before the one index file names them
+      const index = events.indexOf('put index')
+      expect(index).toBeGreaterThan(0)
+      expect(events.slice(0, index).filter((e) => e.startsWith('durable')).length).toBe(packs)
+      expect(await allBlobsReadBack(dir, repo)).toBe(true)
+    }
+  })
+
+  /** every blob the reopened repository's index names reads back as what its id says */
+  const allBlobsReadBack = async (dir: string, written: Repository): Promise<boolean> => {
+    const reopened = await Repository.open(new LocalBackend(dir))
+    const ids = [...reopened.blobs()].map(([id]) => id)
+    expect(ids.sort()).toEqual([...written.blobs()].map(([id]) => id).sort())
+    for (const id of ids) await reopened.loadBlob(id)
+    return true
+  }
+
   it('a file given as one stream piece that is not fresh is copied, not taken', async () => {
     const dir = path.join(work, 'repo-copy')
     await fsp.mkdir(dir)
