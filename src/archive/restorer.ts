@@ -609,14 +609,10 @@ class DirRestore {
         return
       }
     }
-    // in a directory this restore made nobody else writes: the file goes straight to its name
-    // (created exclusively, never through a link); elsewhere under a temporary name, renamed
-    // into place once complete
-    const direct = !replace && this.madeDirs.has(path.dirname(abs))
     let tmp: string | undefined
     if (content) {
       try {
-        tmp = await this.writeTemp(abs, content, direct)
+        tmp = await this.writeTemp(abs, content)
       } catch (e) {
         if (!(this.partial && isDamage(e))) throw e
         this.skip(seq, treePath, e.message)
@@ -628,7 +624,7 @@ class DirRestore {
       switch (n.type) {
         case 'file':
         case 'hardlink':
-          if (!direct) await fsp.rename(tmp!, abs)
+          await fsp.rename(tmp!, abs)
           tmp = undefined
           this.made(abs)
           this.stats.files++
@@ -656,11 +652,10 @@ class DirRestore {
 
   /**
    * Write a regular file's content, owner, mode, xattrs and times under a temporary name
-   * beside `abs` (at `abs` itself when `direct`); returns that name. Its chunks are read and
-   * written concurrently, each at its offset; chunks of zeros are left as holes (sparse files
-   * stay sparse). On failure the file it made is removed.
+   * beside `abs`; returns that name. Its chunks are read and written concurrently, each at
+   * its offset; chunks of zeros are left as holes (sparse files stay sparse).
    */
-  private async writeTemp(abs: string, n: TreeNode, direct = false): Promise<string> {
+  private async writeTemp(abs: string, n: TreeNode): Promise<string> {
     const ids = n.content ?? []
     const sizes: number[] = []
     let total = 0
@@ -674,7 +669,7 @@ class DirRestore {
     if (n.size !== undefined && total !== n.size) {
       throw new HolyshipError('REPO_DAMAGED', `file ${JSON.stringify(n.name)}: its chunks hold ${total} bytes, its tree says ${n.size}`)
     }
-    const tmp = direct ? abs : path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    const tmp = path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
     // the file is created while its first chunks are read
     let fd: number | undefined
     const opening = openP(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600).then((f) => {
