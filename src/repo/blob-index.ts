@@ -18,6 +18,15 @@ export interface BlobLocation {
   raw: number
 }
 
+/** a blob's or pack's id as holyship writes it: 64 lowercase hex digits */
+export const isObjectId = (id: unknown): boolean => typeof id === 'string' && /^[0-9a-f]{64}$/.test(id)
+const isU32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff
+
+/** a blob entry that can be real (and fits the index): an id, a type, 32-bit offset and lengths */
+export function validBlob(id: unknown, type: unknown, offset: unknown, length: unknown, raw: unknown): boolean {
+  return isObjectId(id) && (type === 'data' || type === 'tree') && isU32(offset) && isU32(length) && isU32(raw)
+}
+
 const ID_BYTES = 32
 const TYPES: BlobType[] = ['data', 'tree']
 /** entries are kept in segments of this many, so growing never copies them (nor needs twice the memory) */
@@ -60,11 +69,19 @@ export class BlobIndex {
 
   /** add a blob's location, or replace the one it has */
   set(id: string, loc: BlobLocation): void {
+    this.put(id, loc, true)
+  }
+
+  /** add a blob's location unless the index has one for it; false when it had */
+  addIfAbsent(id: string, loc: BlobLocation): boolean {
+    return this.put(id, loc, false)
+  }
+
+  private put(id: string, loc: BlobLocation, replace: boolean): boolean {
     if (!this.decode(id)) throw new Error(`not a blob id: ${JSON.stringify(id)}`)
-    if (!Number.isInteger(loc.offset) || loc.offset < 0 || loc.offset > 0xffffffff || !(loc.length >= 0 && loc.length <= 0xffffffff) || !(loc.raw >= 0 && loc.raw <= 0xffffffff)) {
-      throw new Error(`blob ${id}: location out of range: ${JSON.stringify(loc)}`)
-    }
+    if (!validBlob(id, loc.type, loc.offset, loc.length, loc.raw)) throw new Error(`blob ${id}: location out of range: ${JSON.stringify(loc)}`)
     let e = this.slotOfKey()
+    if (e >= 0 && !replace) return false
     if (e < 0) {
       if ((this.count + 1) * 2 > this.table.length) this.grow()
       e = this.count++
@@ -84,6 +101,7 @@ export class BlobIndex {
     seg.lengths[i] = loc.length
     seg.raws[i] = loc.raw
     seg.types[i] = loc.type === 'tree' ? 1 : 0
+    return true
   }
 
   *entries(): IterableIterator<[string, BlobLocation]> {
@@ -111,7 +129,7 @@ export class BlobIndex {
 
   /** `id` into this.key; false when it is not 64 lowercase hex digits */
   private decode(id: string): boolean {
-    return id.length === ID_BYTES * 2 && this.key.write(id, 'hex') === ID_BYTES && /^[0-9a-f]*$/.test(id)
+    return isObjectId(id) && this.key.write(id, 'hex') === ID_BYTES
   }
 
   /** the entry whose id is this.key, or -1 */

@@ -30,7 +30,7 @@ import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} 
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
 import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, ownedCopy, sharedPool} from './blob-pool.js'
 import {collectGarbage} from './gc.js'
-import {BlobIndex, type BlobLocation} from './blob-index.js'
+import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
 const debug = debugFactory('holyship:repo')
 
@@ -286,7 +286,7 @@ export class Repository {
         debug('catalogue: blob %s has an impossible location, left out', id)
         continue
       }
-      if (!this.index.has(id)) this.index.set(id, loc)
+      this.index.addIfAbsent(id, loc)
       if (!this.packSizes.has(loc.pack)) this.packSizes.set(loc.pack, 0)
     }
     for (const id of indexFileIds) this.loadedIndexFiles.add(id)
@@ -306,7 +306,7 @@ export class Repository {
     for (const p of file.packs) {
       this.packSizes.set(p.id, p.size)
       for (const b of p.blobs) {
-        if (!this.index.has(b.id)) this.index.set(b.id, {pack: p.id, type: b.type, offset: b.offset, length: b.length, raw: b.raw})
+        this.index.addIfAbsent(b.id, {pack: p.id, type: b.type, offset: b.offset, length: b.length, raw: b.raw})
       }
     }
   }
@@ -591,17 +591,16 @@ export class Repository {
     if (size !== data.length) {
       throw new HolyshipError('IO_FAILED', `pack ${key} was stored with ${size ?? 'no'} bytes instead of ${data.length}`)
     }
-    const length = data.length
     for (const b of blobs) {
       this.index.set(b.id, {pack: id, type: b.type, offset: b.offset, length: b.length, raw: b.raw})
       this.pendingIds.delete(b.id)
     }
-    this.packSizes.set(id, length)
-    this.unindexed.push({id, size: length, blobs})
+    this.packSizes.set(id, data.length)
+    this.unindexed.push({id, size: data.length, blobs})
     this.unindexedBlobs += blobs.length
-    debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, length)
-    this.onPackWritten?.(length)
-    collectGarbage(length)
+    debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, data.length)
+    this.onPackWritten?.(data.length)
+    collectGarbage(data.length)
     // keep index files bounded (packs of tiny files hold tens of thousands of blobs each), so a
     // long snapshot's progress survives in pieces and the pending lists stay small in memory
     if (this.unindexed.length >= 64 || this.unindexedBlobs >= INDEX_FILE_BLOBS) await this.writeIndex()
@@ -732,14 +731,6 @@ export const hostName = (): string => os.hostname()
  * thread of libuv's pool, which the file reads of a snapshot need too
  */
 const MAX_SYNCING = 2
-
-const isObjectId = (id: unknown): boolean => typeof id === 'string' && /^[0-9a-f]{64}$/.test(id)
-const isU32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff
-
-/** a blob entry as holyship writes it: a lowercase hex id, a type, 32-bit offset and lengths */
-function validBlob(id: unknown, type: unknown, offset: unknown, length: unknown, raw: unknown): boolean {
-  return isObjectId(id) && (type === 'data' || type === 'tree') && isU32(offset) && isU32(length) && isU32(raw)
-}
 
 const validBlobEntry = (b: Partial<PackBlob> | undefined): boolean => !!b && validBlob(b.id, b.type, b.offset, b.length, b.raw)
 
