@@ -121,6 +121,11 @@ export class Repository {
   onPackWritten?: (bytes: number) => void
   /** optional cache of tree blobs */
   treeCache?: TreeCache
+  /**
+   * Told of every index file this repository writes, once it is stored (the catalogue records
+   * it then, instead of reading it back at the next open). Must not throw.
+   */
+  onIndexFileWritten?: (id: string, file: IndexFile) => void
 
   /**
    * `config` is the effective config: for an encrypted repository its chunker seed is the one
@@ -612,9 +617,11 @@ export class Repository {
     const packs = this.unindexed
     this.unindexed = []
     this.unindexedBlobs = 0
-    const {id, data} = this.encodeIndexFile({version: 1, packs})
+    const file: IndexFile = {version: 1, packs}
+    const {id, data} = this.encodeIndexFile(file)
     await this.backend.put(indexKey(id), data)
     this.loadedIndexFiles.add(id)
+    this.onIndexFileWritten?.(id, file)
   }
 
   /** Make everything saved so far durable: saves in flight, the pending pack, then an index file for new packs. */

@@ -5,12 +5,16 @@
 import {promises as fsp} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import debugFactory from 'debug'
 import {LocalBackend} from '../backend/local.js'
 import {Catalogue, defaultCataloguePath} from '../catalogue/catalogue.js'
 import type {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
+import type {IndexFile} from '../repo/format.js'
 import {Repository, TreeCache} from '../repo/repository.js'
 import {seedRepoIndex, syncCatalogue} from './sync.js'
+
+const debug = debugFactory('holyship:catalogue')
 
 export function defaultRepoPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HOLYSHIP_REPO) return env.HOLYSHIP_REPO
@@ -77,11 +81,25 @@ export async function openContext(opts: ContextOptions = {}): Promise<Context> {
       seedRepoIndex(catalogue, repo)
     }
     repo.treeCache = opts.lazyIndex ? new IndexOnMiss(catalogue, ensureIndex) : catalogue
+    repo.onIndexFileWritten = (id, file) => recordWrittenIndex(catalogue, repo.id, id, file)
     await syncCatalogue(catalogue, repo, {seedIndex: !opts.lazyIndex})
     return {repo, catalogue, ensureIndex, close: () => catalogue.close()}
   } catch (e) {
     catalogue.close()
     throw e
+  }
+}
+
+/**
+ * Record an index file this process just stored, so the next open need not read it back (a
+ * snapshot right after another paid ~50 ms for that). A failure is only logged: the catalogue
+ * is a cache, and the next syncCatalogue finds the file unknown and reads it.
+ */
+function recordWrittenIndex(catalogue: Catalogue, repoId: string, id: string, file: IndexFile): void {
+  try {
+    catalogue.recordIndexFile(repoId, id, file)
+  } catch (e) {
+    debug('catalogue: index file %s not recorded (read at the next open): %s', id.slice(0, 12), (e as Error).message)
   }
 }
 

@@ -7,7 +7,7 @@ import * as fs from 'node:fs'
 import {tmpdir} from 'node:os'
 import * as path from 'node:path'
 import Database from 'better-sqlite3'
-import {afterEach, beforeEach, describe, expect, it} from 'vitest'
+import {afterEach, beforeEach, describe, expect, it, vi} from 'vitest'
 import {LocalBackend} from '../../src/backend/local.js'
 import {Repository} from '../../src/repo/repository.js'
 import {openContext} from '../../src/services/context.js'
@@ -45,6 +45,33 @@ describe('list, show and diff from the catalogue', () => {
     {change: 'added', scope: 'vol', path: '/e'},
     {change: 'added', scope: 'vol', path: '/e/new.txt'},
   ]
+
+  it('records the index files a context writes, so the next open reads none back', async () => {
+    const ctx = await openContext({repo: repoDir, catalogue})
+    const before = ctx.catalogue.indexFilesKnown(ctx.repo.id)
+    let newId: string
+    try {
+      newId = await writeSnapshot(ctx.repo, 'vol', {'x.bin': content('fresh', 5000)}, {time: new Date('2025-01-03T00:00:00Z')})
+      const written = (await listNames(ctx.repo.backend, 'index/')).filter((id) => !before.has(id))
+      expect(written).toHaveLength(1)
+      // known to the catalogue as soon as it is stored, with its blobs
+      expect(ctx.catalogue.indexFilesKnown(ctx.repo.id).has(written[0])).toBe(true)
+      const blobs = new Map(ctx.catalogue.blobLocations(ctx.repo.id))
+      for (const [id, loc] of ctx.repo.blobs()) expect(blobs.get(id)).toEqual(loc)
+    } finally {
+      ctx.close()
+    }
+    // the next open has no index file to read back (it would otherwise open and record the new one)
+    const read = vi.spyOn(Repository.prototype, 'readIndexFile')
+    const next = await openContext({repo: repoDir, catalogue})
+    try {
+      expect(read).not.toHaveBeenCalled()
+      expect(listSnapshots(next, {volume: 'vol'}).map((r) => r.id)).toEqual([...ids, newId])
+    } finally {
+      read.mockRestore()
+      next.close()
+    }
+  })
 
   it('answers without loading the blob index while the trees are cached', async () => {
     // the first open fills the catalogue (snapshots, index files); trees come with the first diff
