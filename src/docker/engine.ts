@@ -3,11 +3,12 @@
  * `holyship:docker` debug namespace, and engine errors are mapped to the error taxonomy here,
  * once.
  *
- * The small JSON calls a snapshot makes (ping, info, inspect, pause, unpause, list) go straight
- * to a local engine's unix socket over node:http: dockerode takes ~300 ms of CPU just to load
- * (it pulls in ssh2 and gRPC), more than a whole unchanged snapshot should cost. dockerode is
- * loaded on first use only, for streams (export, archives, save, load), creating containers and
- * for engines not reached over a unix socket (TCP, TLS, SSH).
+ * The calls a snapshot makes (ping, info, inspect, pause, unpause, list, changes, and the tar
+ * streams of export, archive and image save) go straight to a local engine's unix socket over
+ * node:http: dockerode takes ~100-300 ms of CPU just to load (it pulls in ssh2 and gRPC), more
+ * than a whole unchanged snapshot should cost. dockerode is loaded on first use only, for
+ * uploads (put archive, load), creating and changing containers, and for engines not reached
+ * over a unix socket (TCP, TLS, SSH).
  */
 import {existsSync} from 'node:fs'
 import * as http from 'node:http'
@@ -84,6 +85,36 @@ export class Engine {
     })
   }
 
+  /**
+   * A GET whose answer is a stream (a tar: export, archive, saved image) on the engine's unix
+   * socket, or through dockerode's `viaDockerode` when there is no socket. Resolves with the
+   * response once its status is known; an error status is read and rejected as json() does.
+   */
+  private async stream(urlPath: string, viaDockerode: () => Promise<Readable>): Promise<Readable> {
+    if (!this.socketPath) return viaDockerode()
+    return await new Promise<Readable>((resolve, reject) => {
+      const req = http.request({socketPath: this.socketPath, method: 'GET', path: urlPath, headers: {Host: 'docker'}}, (res) => {
+        const status = res.statusCode ?? 0
+        if (status >= 200 && status < 300) return resolve(res)
+        const parts: Buffer[] = []
+        res.on('data', (c: Buffer) => parts.push(c))
+        res.on('error', reject)
+        res.on('end', () => {
+          const text = Buffer.concat(parts).toString('utf8')
+          let body: {message?: string} | undefined
+          try {
+            body = JSON.parse(text) as {message?: string}
+          } catch {
+            // plain text
+          }
+          reject(Object.assign(new Error(`(HTTP code ${status}) unexpected - ${body?.message ?? text} `), {statusCode: status, json: body}))
+        })
+      })
+      req.on('error', reject)
+      req.end()
+    })
+  }
+
   /** true when the engine is reached over a local unix socket (its files may be on this host) */
   get isLocalSocket(): boolean {
     return this.host.startsWith('unix://') || this.host.startsWith('/')
@@ -144,15 +175,20 @@ export class Engine {
   }
 
   async changes(id: string): Promise<Change[]> {
-    return this.call(`changes ${id.slice(0, 12)}`, async () => ((await this.docker.getContainer(id).changes()) as Change[] | null) ?? [])
+    const c = encodeURIComponent(id)
+    return this.call(`changes ${id.slice(0, 12)}`, async () => (await this.json<Change[] | null>('GET', `/containers/${c}/changes`, async () => (await this.docker.getContainer(id).changes()) as Change[] | null)) ?? [])
   }
 
   async exportContainer(id: string): Promise<Readable> {
-    return this.call(`export ${id.slice(0, 12)}`, async () => (await this.docker.getContainer(id).export()) as unknown as Readable)
+    const c = encodeURIComponent(id)
+    return this.call(`export ${id.slice(0, 12)}`, () => this.stream(`/containers/${c}/export`, async () => (await this.docker.getContainer(id).export()) as unknown as Readable))
   }
 
   async getArchive(id: string, path: string): Promise<Readable> {
-    return this.call(`get archive ${id.slice(0, 12)}:${path}`, async () => (await this.docker.getContainer(id).getArchive({path})) as unknown as Readable)
+    const c = encodeURIComponent(id)
+    return this.call(`get archive ${id.slice(0, 12)}:${path}`, () =>
+      this.stream(`/containers/${c}/archive?${new URLSearchParams({path})}`, async () => (await this.docker.getContainer(id).getArchive({path})) as unknown as Readable),
+    )
   }
 
   async putArchive(id: string, path: string, tar: Readable): Promise<void> {
@@ -198,7 +234,7 @@ export class Engine {
   }
 
   async saveImage(id: string): Promise<Readable> {
-    return this.call(`save image ${id.slice(0, 19)}`, async () => (await this.docker.getImage(id).get()) as unknown as Readable)
+    return this.call(`save image ${id.slice(0, 19)}`, () => this.stream(`/images/${encodeURIComponent(id)}/get`, async () => (await this.docker.getImage(id).get()) as unknown as Readable))
   }
 
   /** docker load; resolves with the loaded image references once the engine has finished */

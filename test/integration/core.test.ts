@@ -205,3 +205,41 @@ describe.each(['direct', 'api'] as const)('snapshot and restore of a container (
     expect(v.bytesRead).toBeGreaterThan(3_000_000)
   })
 })
+
+describe('the engine client on a unix socket (no dockerode)', () => {
+  const info = inject('holyshipEngineA')
+  const docker = connectEngine(info).docker
+  const image = inject('holyshipBusyboxImage')
+  const name = `light-${process.pid}`
+
+  afterAll(async () => {
+    await docker.getContainer(name).remove({force: true}).catch(() => {})
+  })
+
+  it('streams archives, exports and saved images as dockerode did, and maps their errors the same way', async () => {
+    const engine = new Engine(info.dockerHost)
+    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000']})
+    await c.start()
+    expect((await dockerExec(docker, c.id, ['sh', '-c', 'mkdir /x && echo light > /x/f && rm /bin/vi'])).exitCode).toBe(0)
+    const drain = async (s: NodeJS.ReadableStream): Promise<Buffer> => {
+      const parts: Buffer[] = []
+      for await (const p of s) parts.push(p as Buffer)
+      return Buffer.concat(parts)
+    }
+    // a tar of /x: header of x/ then x/f with its content
+    const tar = await drain(await engine.getArchive(c.id, '/x'))
+    expect(tar.subarray(0, 2).toString()).toBe('x/')
+    expect(tar.includes(Buffer.from('light\n'))).toBe(true)
+    const exported = await drain(await engine.exportContainer(c.id))
+    expect(exported.includes(Buffer.from('x/f'))).toBe(true)
+    const saved = await drain(await engine.saveImage(image))
+    expect(saved.includes(Buffer.from('manifest.json'))).toBe(true)
+    expect(await engine.changes(c.id)).toEqual(expect.arrayContaining([{Path: '/x', Kind: 1}, {Path: '/bin/vi', Kind: 2}]))
+    // errors: a status and the engine's message, as DOCKER_FAILED
+    await expect(engine.getArchive(c.id, '/no/such/path')).rejects.toMatchObject({code: 'DOCKER_FAILED', message: expect.stringMatching(/could not find the file \/no\/such\/path/i)})
+    await expect(engine.exportContainer('no-such-container-here')).rejects.toMatchObject({code: 'DOCKER_FAILED', message: expect.stringMatching(/no such container/i)})
+    await expect(engine.changes('no-such-container-here')).rejects.toMatchObject({code: 'DOCKER_FAILED'})
+    // dockerode was never loaded for any of it
+    expect((engine as unknown as {dockerode?: unknown}).dockerode).toBeUndefined()
+  })
+})
