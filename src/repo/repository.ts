@@ -658,7 +658,8 @@ export class Repository {
     }
     try {
       const pool = loc.raw >= POOL_MIN_BLOB ? this.workers() : undefined
-      collectGarbage(loc.raw)
+      // the blob is garbage once the caller is done with it (a restore: once it is written)
+      collectGarbage(loc.raw, true)
       return pool ? await pool.decode(stored, id, loc.raw, key) : decodeBlob(stored, id, loc.raw, key, this.masterKey)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
