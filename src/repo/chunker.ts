@@ -7,6 +7,7 @@
  * (stored in the repository config) so every host of one repository cuts identically.
  */
 import {createHash} from 'node:crypto'
+import * as os from 'node:os'
 
 export interface ChunkerParams {
   min: number
@@ -23,6 +24,9 @@ export const DEFAULT_CHUNKER: Omit<ChunkerParams, 'seed'> = {
 }
 
 const gearCache = new Map<string, Int32Array>()
+
+/** the byte order of Uint32Array reads here (roll() reads words only where they are little-endian) */
+const LITTLE_ENDIAN = os.endianness() === 'LE'
 
 export function gearTable(seed: string): Int32Array {
   let t = gearCache.get(seed)
@@ -128,7 +132,6 @@ export class Chunker {
   /** Scan data from pos; returns the absolute index just after the cut, or -1. */
   private scan(data: Buffer, pos: number): number {
     const {min, avg, max} = this.params
-    const gear = this.gear
     let len = this.pendingLen
     let i = pos
     const end = data.length
@@ -139,34 +142,84 @@ export class Chunker {
       len += skip
       if (len < min) return -1
     }
-    let h = this.hash
-    const maskS = this.maskS
-    const maskL = this.maskL
     // before the average size: the harder mask
     let limit = Math.min(end, i + Math.max(0, avg - len))
-    for (; i < limit; i++) {
-      h = ((h << 1) + gear[data[i]]) | 0
-      if ((h & maskS) === 0) {
-        this.hash = h
-        return i + 1
-      }
-    }
+    const cut = this.roll(data, i, limit, this.maskS)
+    if (cut >= 0) return cut
+    i = limit
     len = this.pendingLen + (i - pos)
-    if (len < avg) {
-      this.hash = h
-      return -1
-    }
+    if (len < avg) return -1
     limit = Math.min(end, i + Math.max(0, max - len))
-    for (; i < limit; i++) {
+    const late = this.roll(data, i, limit, this.maskL)
+    if (late >= 0) return late
+    i = limit
+    len = this.pendingLen + (i - pos)
+    if (len >= max) return i
+    return -1
+  }
+
+  /**
+   * Roll the gear hash (from this.hash) over data[i, limit): the index just after the first
+   * byte where its masked bits are all zero, or -1; this.hash is the hash after the last byte
+   * rolled. The same cut points as one byte at a time, but most of the bytes are read four at a
+   * time, as little-endian 32-bit words of the buffer's memory (about twice as fast in V8).
+   */
+  private roll(data: Buffer, i: number, limit: number, mask: number): number {
+    const gear = this.gear
+    let h = this.hash
+    const base = data.byteOffset
+    // single bytes up to a 4-byte boundary of the memory (or all of them on a big-endian host)
+    let words = 0
+    let aligned = limit
+    if (LITTLE_ENDIAN) {
+      const first = i + ((4 - ((base + i) & 3)) & 3)
+      if (first < limit) {
+        aligned = first
+        words = (limit - first) >> 2
+      }
+    }
+    for (; i < aligned; i++) {
       h = ((h << 1) + gear[data[i]]) | 0
-      if ((h & maskL) === 0) {
+      if ((h & mask) === 0) {
         this.hash = h
         return i + 1
       }
     }
-    len = this.pendingLen + (i - pos)
+    if (words > 0) {
+      const w = new Uint32Array(data.buffer, base + i, words)
+      for (let k = 0; k < words; k++) {
+        const x = w[k]
+        h = ((h << 1) + gear[x & 255]) | 0
+        if ((h & mask) === 0) {
+          this.hash = h
+          return i + 4 * k + 1
+        }
+        h = ((h << 1) + gear[(x >>> 8) & 255]) | 0
+        if ((h & mask) === 0) {
+          this.hash = h
+          return i + 4 * k + 2
+        }
+        h = ((h << 1) + gear[(x >>> 16) & 255]) | 0
+        if ((h & mask) === 0) {
+          this.hash = h
+          return i + 4 * k + 3
+        }
+        h = ((h << 1) + gear[x >>> 24]) | 0
+        if ((h & mask) === 0) {
+          this.hash = h
+          return i + 4 * k + 4
+        }
+      }
+      i += words * 4
+    }
+    for (; i < limit; i++) {
+      h = ((h << 1) + gear[data[i]]) | 0
+      if ((h & mask) === 0) {
+        this.hash = h
+        return i + 1
+      }
+    }
     this.hash = h
-    if (len >= max) return i
     return -1
   }
 }

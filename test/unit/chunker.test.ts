@@ -67,6 +67,55 @@ describe('FastCDC chunker', () => {
     expect(chunkAll(tiny, 10)).toEqual([tiny])
   })
 
+  it('cuts exactly where a byte-at-a-time FastCDC does, at any alignment and piece size (the repository\'s chunks depend on it)', () => {
+    // the reference: the algorithm as specified, one byte at a time over the whole input
+    const reference = (input: Buffer, p: typeof params): number[] => {
+      const gear = gearTable(p.seed)
+      const bits = Math.round(Math.log2(p.avg))
+      const maskS = (0xffffffff << (32 - (bits + 2))) | 0
+      const maskL = (0xffffffff << (32 - (bits - 2))) | 0
+      const sizes: number[] = []
+      let start = 0
+      while (start < input.length) {
+        let h = 0
+        let i = start + p.min
+        let cut = -1
+        for (; i < input.length && i - start < p.max; i++) {
+          h = ((h << 1) + gear[input[i]]) | 0
+          if ((h & (i - start < p.avg ? maskS : maskL)) === 0) {
+            cut = i + 1
+            break
+          }
+        }
+        if (cut < 0) cut = Math.min(input.length, start + p.max)
+        sizes.push(cut - start)
+        start = cut
+      }
+      return sizes
+    }
+    const small = {min: 1024, avg: 4096, max: 16384, seed: params.seed}
+    // deterministic content (so a failure reproduces), with runs of zeros that hit max
+    const input = Buffer.alloc(3 * 1024 * 1024 + 7)
+    for (let i = 0, x = 12345; i < input.length; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) | 0
+      input[i] = (i >> 16) % 5 === 4 ? 0 : x >>> 24
+    }
+    for (const p of [small, params]) {
+      const want = reference(input, p)
+      for (const offset of [0, 1, 2, 3]) {
+        // the same bytes at every offset from a 4-byte boundary of their memory
+        const mem = Buffer.alloc(input.length + offset)
+        input.copy(mem, offset)
+        const data = mem.subarray(offset)
+        for (const pieces of [data.length, 65_536, 4099, 1]) {
+          if (pieces === 1 && p === params) continue
+          const sizes = chunkAll(data, pieces, p).map((c) => c.length)
+          expect(sizes, `offset ${offset}, pieces of ${pieces}`).toEqual(want)
+        }
+      }
+    }
+  })
+
   it('rejects nonsense parameters', () => {
     expect(() => new Chunker({...params, min: 10, avg: 5})).toThrow(/invalid chunker/)
   })
