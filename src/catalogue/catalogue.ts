@@ -552,10 +552,17 @@ export class Catalogue implements TreeCache {
     )
     this.transaction(() => {
       if (addFile.run(repoId, indexFileId).changes === 0) return
+      const rows: {b: IndexFile['packs'][number]['blobs'][number]; pid: number}[] = []
       for (const p of file.packs) {
         const pid = addPack.get(repoId, p.id, p.size) as number
-        for (const b of p.blobs) addBlob.run(repoId, b.id, pid, BLOB_TYPE_CODE[b.type], b.offset, b.length, b.raw)
+        for (const b of p.blobs) rows.push({b, pid})
       }
+      // in id order (a stable sort: of one id twice, the first still wins): random ids put into
+      // the blobs B-tree in file order touched a page per blob, and each index file of 65,536
+      // blobs took longer than the last (16 s for a million, 1.1 s each by then); in order
+      // each page is visited once
+      rows.sort((x, y) => (x.b.id < y.b.id ? -1 : x.b.id > y.b.id ? 1 : 0))
+      for (const {b, pid} of rows) addBlob.run(repoId, b.id, pid, BLOB_TYPE_CODE[b.type], b.offset, b.length, b.raw)
     })
   }
 

@@ -293,6 +293,9 @@ describe('blob locations', () => {
     const f2 = indexFile(2, 4)
     // a blob already known through f1 keeps its first location
     f2.packs[0].blobs.push({...f1.packs[0].blobs[1], offset: 9999})
+    // one in two packs of the same file: the first in the file's order wins (rows go in sorted by id)
+    f2.packs[1].blobs.push({...f2.packs[0].blobs[0], offset: 7777})
+    f2.packs[0].blobs.push({...f2.packs[1].blobs[1], offset: 8888})
     cat.recordIndexFile(REPO, 'i1', f1)
     cat.recordIndexFile(REPO, 'i2', f2)
     cat.recordIndexFile(REPO, 'i2', f2) // again: no-op
