@@ -32,6 +32,35 @@ export interface Change {
   Kind: 0 | 1 | 2
 }
 
+const isOk = (res: http.IncomingMessage): boolean => (res.statusCode ?? 0) >= 200 && (res.statusCode ?? 0) < 300
+
+/** a response's whole body as text */
+function readText(res: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = []
+    res.on('data', (c: Buffer) => parts.push(c))
+    res.on('error', reject)
+    res.on('end', () => resolve(Buffer.concat(parts).toString('utf8')))
+  })
+}
+
+/** a body as JSON, or as the text it is (ping's "OK", some errors); undefined when empty */
+function bodyOf(text: string): unknown {
+  try {
+    return text === '' ? undefined : JSON.parse(text)
+  } catch {
+    return text
+  }
+}
+
+/** the error of a non-2xx answer, shaped like docker-modem's (statusCode, json) */
+function engineError(res: http.IncomingMessage, text: string): Error {
+  const status = res.statusCode ?? 0
+  const body = bodyOf(text)
+  const message = (body as {message?: string} | undefined)?.message ?? text
+  return Object.assign(new Error(`(HTTP code ${status}) unexpected - ${message} `), {statusCode: status, json: body})
+}
+
 export class Engine {
   readonly host: string
   private dockerode?: Docker
@@ -61,55 +90,28 @@ export class Engine {
    */
   private async json<T>(method: 'GET' | 'POST', urlPath: string, viaDockerode: () => Promise<T>): Promise<T> {
     if (!this.socketPath) return viaDockerode()
-    return await new Promise<T>((resolve, reject) => {
-      const req = http.request({socketPath: this.socketPath, method, path: urlPath, headers: {Host: 'docker'}}, (res) => {
-        const parts: Buffer[] = []
-        res.on('data', (c: Buffer) => parts.push(c))
-        res.on('error', reject)
-        res.on('end', () => {
-          const text = Buffer.concat(parts).toString('utf8')
-          let body: unknown = text
-          try {
-            body = text === '' ? undefined : JSON.parse(text)
-          } catch {
-            // plain text (ping's "OK", some errors)
-          }
-          const status = res.statusCode ?? 0
-          if (status >= 200 && status < 300) return resolve(body as T)
-          const message = (body as {message?: string} | undefined)?.message ?? text
-          reject(Object.assign(new Error(`(HTTP code ${status}) unexpected - ${message} `), {statusCode: status, json: body}))
-        })
-      })
-      req.on('error', reject)
-      req.end()
-    })
+    const res = await this.request(method, urlPath)
+    const text = await readText(res)
+    if (isOk(res)) return bodyOf(text) as T
+    throw engineError(res, text)
   }
 
   /**
    * A GET whose answer is a stream (a tar: export, archive, saved image) on the engine's unix
    * socket, or through dockerode's `viaDockerode` when there is no socket. Resolves with the
-   * response once its status is known; an error status is read and rejected as json() does.
+   * response once its status is known; an error status is read and thrown as json() does.
    */
   private async stream(urlPath: string, viaDockerode: () => Promise<Readable>): Promise<Readable> {
     if (!this.socketPath) return viaDockerode()
-    return await new Promise<Readable>((resolve, reject) => {
-      const req = http.request({socketPath: this.socketPath, method: 'GET', path: urlPath, headers: {Host: 'docker'}}, (res) => {
-        const status = res.statusCode ?? 0
-        if (status >= 200 && status < 300) return resolve(res)
-        const parts: Buffer[] = []
-        res.on('data', (c: Buffer) => parts.push(c))
-        res.on('error', reject)
-        res.on('end', () => {
-          const text = Buffer.concat(parts).toString('utf8')
-          let body: {message?: string} | undefined
-          try {
-            body = JSON.parse(text) as {message?: string}
-          } catch {
-            // plain text
-          }
-          reject(Object.assign(new Error(`(HTTP code ${status}) unexpected - ${body?.message ?? text} `), {statusCode: status, json: body}))
-        })
-      })
+    const res = await this.request('GET', urlPath)
+    if (isOk(res)) return res
+    throw engineError(res, await readText(res))
+  }
+
+  /** a request on the engine's unix socket: its response, once the status line is in */
+  private request(method: 'GET' | 'POST', urlPath: string): Promise<http.IncomingMessage> {
+    return new Promise((resolve, reject) => {
+      const req = http.request({socketPath: this.socketPath, method, path: urlPath, headers: {Host: 'docker'}}, resolve)
       req.on('error', reject)
       req.end()
     })
