@@ -24,7 +24,12 @@ const isU32 = (n: unknown): boolean => Number.isInteger(n) && (n as number) >= 0
 
 /** a blob entry that can be real (and fits the index): an id, a type, 32-bit offset and lengths */
 export function validBlob(id: unknown, type: unknown, offset: unknown, length: unknown, raw: unknown): boolean {
-  return isObjectId(id) && (type === 'data' || type === 'tree') && isU32(offset) && isU32(length) && isU32(raw)
+  return isObjectId(id) && validPlace(type, offset, length, raw)
+}
+
+/** validBlob's rule for all but the id (which decode() checks where it is decoded) */
+function validPlace(type: unknown, offset: unknown, length: unknown, raw: unknown): boolean {
+  return (type === 'data' || type === 'tree') && isU32(offset) && isU32(length) && isU32(raw)
 }
 
 const ID_BYTES = 32
@@ -77,9 +82,23 @@ export class BlobIndex {
     return this.put(id, loc, false)
   }
 
+  /**
+   * addIfAbsent for entries of a cache that may hold what cannot be real (validBlob false):
+   * those are left out, not thrown. 'invalid', or whether it was added.
+   */
+  addValid(id: string, loc: BlobLocation): boolean | 'invalid' {
+    if (!this.decode(id) || !validPlace(loc.type, loc.offset, loc.length, loc.raw)) return 'invalid'
+    return this.putKey(loc, false)
+  }
+
   private put(id: string, loc: BlobLocation, replace: boolean): boolean {
     if (!this.decode(id)) throw new Error(`not a blob id: ${JSON.stringify(id)}`)
-    if (!validBlob(id, loc.type, loc.offset, loc.length, loc.raw)) throw new Error(`blob ${id}: location out of range: ${JSON.stringify(loc)}`)
+    if (!validPlace(loc.type, loc.offset, loc.length, loc.raw)) throw new Error(`blob ${id}: location out of range: ${JSON.stringify(loc)}`)
+    return this.putKey(loc, replace)
+  }
+
+  /** put() of the id decode() left in this.key */
+  private putKey(loc: BlobLocation, replace: boolean): boolean {
     let e = this.slotOfKey()
     if (e >= 0 && !replace) return false
     if (e < 0) {

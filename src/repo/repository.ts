@@ -287,11 +287,10 @@ export class Repository {
   seedIndex(locations: Iterable<[string, BlobLocation]>, indexFileIds: string[]): void {
     for (const [id, loc] of locations) {
       // what an older holyship cached without checking: left out (reading that blob then fails)
-      if (!validBlob(id, loc.type, loc.offset, loc.length, loc.raw)) {
+      if (this.index.addValid(id, loc) === 'invalid') {
         debug('catalogue: blob %s has an impossible location, left out', id)
         continue
       }
-      this.index.addIfAbsent(id, loc)
       if (!this.packSizes.has(loc.pack)) this.packSizes.set(loc.pack, 0)
     }
     for (const id of indexFileIds) this.loadedIndexFiles.add(id)

@@ -47,4 +47,24 @@ describe('BlobIndex', () => {
     expect(() => index.set(idOf(3), {pack: idOf(2), type: 'data', offset: 2 ** 32, length: 1, raw: 1})).toThrow(/out of range/)
     expect(index.size).toBe(1)
   })
+
+  it('addValid leaves out what cannot be real instead of throwing, and otherwise adds like addIfAbsent', () => {
+    const index = new BlobIndex()
+    const loc: BlobLocation = {pack: idOf(2), type: 'data', offset: 0, length: 10, raw: 10}
+    expect(index.addValid(idOf(1), loc)).toBe(true)
+    expect(index.addValid(idOf(1), {...loc, offset: 5})).toBe(false)
+    expect(index.get(idOf(1))).toEqual(loc)
+    for (const [id, bad] of [
+      [idOf(3).toUpperCase(), loc],
+      ['', loc],
+      [idOf(4), {...loc, offset: -1}],
+      [idOf(5), {...loc, raw: 2 ** 32}],
+      [idOf(6), {...loc, length: 1.5}],
+      [idOf(7), {...loc, type: 'other' as BlobLocation['type']}],
+    ] as [string, BlobLocation][]) {
+      expect(index.addValid(id, bad)).toBe('invalid')
+      expect(index.has(id)).toBe(false)
+    }
+    expect(index.size).toBe(1)
+  })
 })
