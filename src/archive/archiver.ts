@@ -60,7 +60,6 @@ export const IN_FLIGHT_BYTES = 8 * 1024 * 1024
  */
 export const IN_FLIGHT_SAVES = 1024
 
-
 export interface ArchiverProgress {
   (bytes: number): void
 }

@@ -23,7 +23,7 @@ import * as path from 'node:path'
 import {inflateRawSync} from 'node:zlib'
 import Database from 'better-sqlite3'
 import {HolyshipError} from '../errors.js'
-import {BlobType, ImageRecord, IndexFile, SnapshotManifest} from '../repo/format.js'
+import {BlobType, ImageRecord, IndexFile, PackBlob, SnapshotManifest} from '../repo/format.js'
 import type {BlobLocation, Repository, TreeCache} from '../repo/repository.js'
 
 /**
@@ -552,7 +552,7 @@ export class Catalogue implements TreeCache {
     )
     this.transaction(() => {
       if (addFile.run(repoId, indexFileId).changes === 0) return
-      const rows: {b: IndexFile['packs'][number]['blobs'][number]; pid: number}[] = []
+      const rows: {b: PackBlob; pid: number}[] = []
       for (const p of file.packs) {
         const pid = addPack.get(repoId, p.id, p.size) as number
         for (const b of p.blobs) rows.push({b, pid})
