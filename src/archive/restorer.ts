@@ -31,7 +31,10 @@ import * as path from 'node:path'
 import {promisify} from 'node:util'
 import {retainReads} from '../backend/local.js'
 import {HolyshipError, isHolyshipError} from '../errors.js'
+import {BlobPool, POOL_MIN_BLOB, ownedCopy} from '../repo/blob-pool.js'
 import {TreeNode} from '../repo/format.js'
+import {collectGarbage} from '../repo/gc.js'
+import {isZero} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
 import {TarHeader, TarWriter} from './tarwriter.js'
 import {UnsafeTreeError, loadCheckedTree, walksBefore} from './tree-check.js'
@@ -56,8 +59,13 @@ export function isDamage(e: unknown): e is HolyshipError {
  * Errors with an errno (EIO, EACCES, ENOSPC...) and HolyshipErrors pass unchanged.
  */
 export async function readBlob(repo: Repository, id: string): Promise<Buffer> {
+  return await damageNamed(repo, id, () => repo.loadBlob(id))
+}
+
+/** readBlob's error mapping around any read of blob `id` */
+async function damageNamed<T>(repo: Repository, id: string, read: () => Promise<T>): Promise<T> {
   try {
-    return await repo.loadBlob(id)
+    return await read()
   } catch (e) {
     if (isHolyshipError(e) || (e as NodeJS.ErrnoException)?.code !== undefined || !(e instanceof Error)) throw e
     const loc = repo.blobLocation(id)
@@ -373,8 +381,9 @@ export interface RestoreToDirOptions {
 /**
  * Write the subtree at `rel` (a file, a directory, or the whole tree for '') into `target`
  * on this host. Never writes outside `target`: every name is checked, no existing symlink is
- * followed, files are created new (O_EXCL|O_NOFOLLOW) under a temporary name and renamed
- * into place once complete. On failure everything this restore created is removed again
+ * followed, files are created new (O_EXCL|O_NOFOLLOW): in a directory the restore made,
+ * under their own names; elsewhere under a temporary name, renamed into place once complete.
+ * On failure everything this restore created is removed again
  * (files it replaced with `overwrite` stay replaced).
  *
  * Every entry (directories too) is placed by one of up to RESTORE_PARALLEL concurrent jobs,
@@ -612,7 +621,10 @@ class DirRestore {
     let tmp: string | undefined
     if (content) {
       try {
-        tmp = await this.writeTemp(abs, content)
+        // in a directory this restore made there is nothing to protect: the file is written
+        // under its own name (a rename less a file); elsewhere under a temporary one, so what
+        // was there stays whole until the new file is
+        tmp = await this.writeTemp(abs, content, !replace && this.madeDirs.has(path.dirname(abs)))
       } catch (e) {
         if (!(this.partial && isDamage(e))) throw e
         this.skip(seq, treePath, e.message)
@@ -624,7 +636,7 @@ class DirRestore {
       switch (n.type) {
         case 'file':
         case 'hardlink':
-          await fsp.rename(tmp!, abs)
+          if (tmp !== abs) await fsp.rename(tmp!, abs)
           tmp = undefined
           this.made(abs)
           this.stats.files++
@@ -652,10 +664,11 @@ class DirRestore {
 
   /**
    * Write a regular file's content, owner, mode, xattrs and times under a temporary name
-   * beside `abs`; returns that name. Its chunks are read and written concurrently, each at
-   * its offset; chunks of zeros are left as holes (sparse files stay sparse).
+   * beside `abs` (under `abs` itself when `direct`); returns that name. Its chunks are read
+   * and written concurrently, each at its offset; chunks of zeros are left as holes (sparse
+   * files stay sparse).
    */
-  private async writeTemp(abs: string, n: TreeNode): Promise<string> {
+  private async writeTemp(abs: string, n: TreeNode, direct = false): Promise<string> {
     const ids = n.content ?? []
     const sizes: number[] = []
     let total = 0
@@ -669,7 +682,7 @@ class DirRestore {
     if (n.size !== undefined && total !== n.size) {
       throw new HolyshipError('REPO_DAMAGED', `file ${JSON.stringify(n.name)}: its chunks hold ${total} bytes, its tree says ${n.size}`)
     }
-    const tmp = path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    const tmp = direct ? abs : path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
     // the file is created while its first chunks are read
     let fd: number | undefined
     const opening = openP(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600).then((f) => {
@@ -681,21 +694,17 @@ class DirRestore {
       let end = 0
       const writes: Promise<void>[] = []
       let failure: {e: unknown} | undefined
-      const write = async (buf: Buffer | null, pos: number, size: number): Promise<void> => {
-        if (buf) {
-          const f = await opening
-          if (buf.length < ASYNC_WRITE) writeAllSync(f, buf, pos)
-          else await writeAll(f, buf, pos)
-          end = Math.max(end, pos + buf.length)
-        }
-        this.opts.onBytes?.(size)
-      }
       let pos = 0
       for (let i = 0; i < ids.length && !failure; i++) {
         const at = pos
-        pos += sizes[i]
-        const {done} = await this.blobs.start(ids[i], sizes[i], (buf) => write(buf, at, sizes[i]))
-        writes.push(done.catch((e: unknown) => void (failure ??= {e})))
+        const size = sizes[i]
+        pos += size
+        const {done} = await this.blobs.start(ids[i], size, {fd: opening, pos: at})
+        const written = done.then((wrote) => {
+          if (wrote) end = Math.max(end, at + size)
+          this.opts.onBytes?.(size)
+        })
+        writes.push(written.catch((e: unknown) => void (failure ??= {e})))
       }
       // every write has finished before the file is closed (or removed)
       await Promise.all(writes)
@@ -768,18 +777,31 @@ class Jobs {
   }
 }
 
+/** where a blob's data goes: `pos` in the file `fd` settles to (it is being opened) */
+interface BlobSink {
+  fd: Promise<number>
+  pos: number
+}
+
 /**
- * Reads blobs for the files being written, with at most `budget` bytes (plaintext sizes) read
- * and not yet consumed; requests are served in the order they come, so the walk's first files
- * get their data first and packs are read mostly in order. A blob asked for again while it is
- * being read is read once; a blob found to be all zeros is not read again (it is a hole).
+ * Reads blobs for the files being written and writes them there, with at most `budget` bytes
+ * (plaintext sizes) read and not yet written; requests are served in the order they come, so
+ * the walk's first files get their data first and packs are read mostly in order. A blob asked
+ * for again while it is being read is read once; a blob found to be all zeros is not read
+ * again (it is a hole).
+ *
+ * With restore workers (Repository.restoreWorkers) a blob's stored bytes go to a worker, which
+ * decodes, checks and writes them: the plaintext never reaches this thread, which is left to
+ * walk the trees and create the files. Small blobs are not worth the round trip.
  */
 class BlobFetcher {
   private used = 0
   private readonly queue: {size: number; go: () => void}[] = []
   private head = 0
-  private readonly reading = new Map<string, {data: Promise<Buffer>; zero?: boolean; users: number; size: number}>()
+  private readonly reading = new Map<string, {data: Promise<{stored: Buffer; where: string} | Buffer>; inWorker: boolean; users: number; size: number}>()
   private readonly zeros = new Set<string>()
+  /** the restore workers, once a blob big enough for them came (null: there are none) */
+  private pool?: BlobPool | null
 
   constructor(
     private readonly repo: Repository,
@@ -788,18 +810,20 @@ class BlobFetcher {
 
   /**
    * Wait for room for the blob `id` of `size` bytes, start reading it, and return a promise
-   * of `use` run on its data (null for a blob of zeros) once it is read; the room is given
-   * back when `use` has finished.
+   * that settles once it is written at `sink` (true) or found to be all zeros (false: nothing
+   * is written, the file keeps a hole); the room is given back then.
    */
-  async start(id: string, size: number, use: (buf: Buffer | null) => Promise<void>): Promise<{done: Promise<void>}> {
-    if (this.zeros.has(id)) return {done: use(null)}
+  async start(id: string, size: number, sink: BlobSink): Promise<{done: Promise<boolean>}> {
+    if (this.zeros.has(id)) return {done: Promise.resolve(false)}
     let r = this.reading.get(id)
     if (!r) {
       await this.admit(size)
       r = this.reading.get(id)
       if (r) this.release(size)
       else {
-        r = {data: readBlob(this.repo, id), users: 0, size}
+        if (size >= POOL_MIN_BLOB) this.pool ??= this.repo.restoreWorkers() ?? null
+        const inWorker = size >= POOL_MIN_BLOB && this.pool !== null
+        r = {data: inWorker ? damageNamed(this.repo, id, () => this.repo.readStoredBlob(id)) : readBlob(this.repo, id), inWorker, users: 0, size}
         this.reading.set(id, r)
       }
     }
@@ -807,10 +831,27 @@ class BlobFetcher {
     reading.users++
     const done = (async () => {
       try {
-        const buf = await reading.data
-        reading.zero ??= isZero(buf)
-        if (reading.zero) this.zeros.add(id)
-        await use(reading.zero ? null : buf)
+        const data = await reading.data
+        if (this.zeros.has(id)) return false
+        const fd = await sink.fd
+        if (!reading.inWorker) {
+          const plain = data as Buffer
+          if (isZero(plain)) {
+            this.zeros.add(id)
+            return false
+          }
+          if (plain.length < ASYNC_WRITE) writeAllSync(fd, plain, sink.pos)
+          else await writeAll(fd, plain, sink.pos)
+          return true
+        }
+        const {stored, where} = data as {stored: Buffer; where: string}
+        // the stored bytes are handed to the worker (transferred, when they own their memory):
+        // a copy if another file waits for them too, and a later one reads them anew
+        if (this.reading.get(id) === reading) this.reading.delete(id)
+        const {zero} = await this.repo.writeStoredBlob(this.pool!, reading.users > 1 ? ownedCopy(stored) : stored, id, size, where, fd, sink.pos)
+        collectGarbage(stored.length, true)
+        if (zero) this.zeros.add(id)
+        return !zero
       } finally {
         if (--reading.users === 0) {
           if (this.reading.get(id) === reading) this.reading.delete(id)
@@ -851,18 +892,6 @@ function writeAllSync(fd: number, buf: Buffer, pos: number): void {
 
 async function writeAll(fd: number, buf: Buffer, pos: number): Promise<void> {
   for (let done = 0; done < buf.length; ) done += await writeP(fd, buf, done, buf.length - done, pos + done)
-}
-
-const ZEROS = Buffer.alloc(64 * 1024)
-
-function isZero(buf: Buffer): boolean {
-  const n = buf.length
-  if (n > 0 && (buf[0] !== 0 || buf[n - 1] !== 0)) return false
-  for (let i = 0; i < n; i += ZEROS.length) {
-    const end = Math.min(n, i + ZEROS.length)
-    if (ZEROS.compare(buf, i, end, 0, end - i) !== 0) return false
-  }
-  return true
 }
 
 function setTimes(abs: string, n: TreeNode): void {

@@ -5,6 +5,10 @@
  * blob-pool.ts for the protocol; the functions used are the same as on the main thread.
  *
  *   decode    stored, id, raw -> plaintext         (opened, decompressed, verified against id)
+ *   write     stored, id, raw, fd, pos -> zero?  (decoded and verified like `decode`, then
+ *                                                   written at `pos` of the open file `fd`
+ *                                                   (a restore), unless it is all zeros: the
+ *                                                   plaintext never crosses to the main thread)
  *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
  *                                                   and hashed (SHA-256, or HMAC-SHA256 with
  *                                                   the MAC key) here; the data stays here)
@@ -16,14 +20,16 @@
  *                                                   has): zstd when it pays, decoded back and
  *                                                   compared first; sealed with a key
  */
+import {writeSync} from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import {MasterKey} from './crypto.js'
 import {ownedCopy} from './blob-pool.js'
 import {Chunker, ChunkerParams, cutAll} from './chunker.js'
-import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId} from './pack.js'
+import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId, isZero} from './pack.js'
 
 export type BlobRequest =
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
+  | {seq: number; op: 'write'; data: Uint8Array; id: string; raw: number; where: string; fd: number; pos: number}
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
   | {seq: number; op: 'hash'; data: Uint8Array; cuts: [number, number][]}
   | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
@@ -35,9 +41,10 @@ export type BlobRequest =
  */
 export type BlobReply =
   | {seq: number; plain: Uint8Array; data?: Uint8Array}
+  | {seq: number; zero: boolean; data: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
   | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
-  | {seq: number; error: string; corrupt?: {why: string}}
+  | {seq: number; error: string; corrupt?: {why: string}; errno?: {code?: string; errno?: number; syscall?: string}}
 
 export interface BlobWorkerData {
   /** the repository's master key material (encrypted repositories), else null */
@@ -132,6 +139,12 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
       const back = input === out.buffer ? [] : [input]
       return {reply: {seq: req.seq, plain: out, ...(back.length ? {data: req.data} : {})}, transfer: [out.buffer as ArrayBuffer, ...back]}
     }
+    case 'write': {
+      const plain = decodeBlob(view(req.data), req.id, req.raw, req.where, key, true)
+      const zero = isZero(plain)
+      if (!zero) for (let done = 0; done < plain.length; ) done += writeSync(req.fd, plain, done, plain.length - done, req.pos + done)
+      return {reply: {seq: req.seq, zero, data: req.data}, transfer: [req.data.buffer as ArrayBuffer]}
+    }
   }
 }
 
@@ -146,7 +159,8 @@ parentPort!.on('message', (req: BlobRequest) => {
     r = handle(req)
   } catch (e) {
     const err = e as Error
-    r = {reply: {seq: req.seq, error: err.message, ...(e instanceof CorruptBlobError ? {corrupt: {why: (e as CorruptBlobError).why}} : {})}, transfer: []}
+    const errno = (e as NodeJS.ErrnoException).code === undefined ? undefined : {code: (e as NodeJS.ErrnoException).code, errno: (e as NodeJS.ErrnoException).errno, syscall: (e as NodeJS.ErrnoException).syscall}
+    r = {reply: {seq: req.seq, error: err.message, ...(e instanceof CorruptBlobError ? {corrupt: {why: (e as CorruptBlobError).why}} : {}), ...(errno ? {errno} : {})}, transfer: []}
   }
   parentPort!.postMessage(r.reply, r.transfer)
 })

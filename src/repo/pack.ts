@@ -89,9 +89,11 @@ function storedForm({enc, payload}: {enc: number; payload: Buffer}, key: MasterK
 
 /**
  * Decode a stored blob and verify it against its id. An encrypted repository (a key) accepts
- * only sealed blobs; a plain one only unsealed ones.
+ * only sealed blobs; a plain one only unsealed ones. With `scratch` a zstd blob is decoded into
+ * zstd.ts's scratch buffer: the result is valid until the next decode (a blob worker writes
+ * it out at once and allocates nothing a blob).
  */
-export function decodeBlob(stored: Buffer, id: string, raw: number, where: string, key?: MasterKey): Buffer {
+export function decodeBlob(stored: Buffer, id: string, raw: number, where: string, key?: MasterKey, scratch = false): Buffer {
   if (stored.length < 1) throw new CorruptBlobError(id, where, 'empty')
   let enc = stored[0]
   let body = stored.subarray(1)
@@ -109,13 +111,26 @@ export function decodeBlob(stored: Buffer, id: string, raw: number, where: strin
   if (enc === ENC_PLAIN) plain = body
   else if (enc === ENC_ZSTD) {
     try {
-      plain = decompressChunk(body, raw)
+      plain = decompressChunk(body, raw, scratch)
     } catch (e) {
       throw new CorruptBlobError(id, where, `zstd: ${(e as Error).message}`)
     }
   } else throw new CorruptBlobError(id, where, `unknown encoding 0x${stored[0].toString(16)}`)
   if (plain.length !== raw || blobIdOf(plain, key) !== id) throw new CorruptBlobError(id, where, 'content does not match its hash')
   return plain
+}
+
+const ZEROS = Buffer.alloc(64 * 1024)
+
+/** true when every byte of `buf` is 0 (a restore leaves such a blob as a hole) */
+export function isZero(buf: Uint8Array): boolean {
+  const n = buf.length
+  if (n > 0 && (buf[0] !== 0 || buf[n - 1] !== 0)) return false
+  for (let i = 0; i < n; i += ZEROS.length) {
+    const end = Math.min(n, i + ZEROS.length)
+    if (ZEROS.compare(buf, i, end, 0, end - i) !== 0) return false
+  }
+  return true
 }
 
 export class CorruptBlobError extends Error {

@@ -114,6 +114,8 @@ export class Repository {
   private generation = 0
   /** worker pool for hashing/compressing/decoding big blobs (undefined: not looked up yet, null: none) */
   private pool?: BlobPool | null
+  /** the same for writing blobs out (a restore) */
+  private restorePool?: BlobPool | null
   /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
   private unindexedBlobs = 0
@@ -643,23 +645,50 @@ export class Repository {
   }
 
   async loadBlob(id: string): Promise<Buffer> {
+    const {stored, raw, where} = await this.readStoredBlob(id)
+    try {
+      const pool = raw >= POOL_MIN_BLOB ? this.workers() : undefined
+      // the blob is garbage once the caller is done with it (a restore: once it is written)
+      collectGarbage(raw, true)
+      return pool ? await pool.decode(stored, id, raw, where) : decodeBlob(stored, id, raw, where, this.masterKey)
+    } catch (e) {
+      if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
+      throw e
+    }
+  }
+
+  /** Blob `id` as it is stored (not yet opened, decoded or checked), its plaintext size, and the pack it is in. */
+  async readStoredBlob(id: string): Promise<{stored: Buffer; raw: number; where: string}> {
     const loc = this.index.get(id)
     if (!loc) {
       throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} is referenced but not in the repository's index`)
     }
-    const key = dataKey(loc.pack)
-    let stored: Buffer
+    const where = dataKey(loc.pack)
     try {
-      stored = await this.backend.getRange(key, loc.offset, loc.length)
+      return {stored: await this.backend.getRange(where, loc.offset, loc.length), raw: loc.raw, where}
     } catch (e) {
-      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${key} is missing (it holds blob ${id.slice(0, 16)})`)
+      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
       throw e
     }
+  }
+
+  /**
+   * The blob workers of a restore (undefined without: writeStoredBlob is then not for use).
+   * Started on first use; they stay for the process (closeSharedPools ends them).
+   */
+  restoreWorkers(): BlobPool | undefined {
+    if (this.restorePool === undefined || this.restorePool?.failed) this.restorePool = sharedPool(this.masterKey, 'restore') ?? null
+    return this.restorePool ?? undefined
+  }
+
+  /**
+   * Decode and check blob `id` (its stored form from readStoredBlob) in a restore worker and
+   * write it at `pos` of the open file `fd` there, unless it is all zeros. Returns whether it
+   * was. A damaged blob is REPO_DAMAGED, as from loadBlob; a failed write keeps its errno code.
+   */
+  async writeStoredBlob(pool: BlobPool, stored: Buffer, id: string, raw: number, where: string, fd: number, pos: number): Promise<{zero: boolean}> {
     try {
-      const pool = loc.raw >= POOL_MIN_BLOB ? this.workers() : undefined
-      // the blob is garbage once the caller is done with it (a restore: once it is written)
-      collectGarbage(loc.raw, true)
-      return pool ? await pool.decode(stored, id, loc.raw, key) : decodeBlob(stored, id, loc.raw, key, this.masterKey)
+      return await pool.write(stored, id, raw, where, fd, pos)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
       throw e

@@ -67,6 +67,10 @@ describe('blob pool', {timeout: 60_000}, () => {
     expect(poolSize({HOLYSHIP_WORKERS: 'auto'})).toBe(Math.min(4, os.availableParallelism()))
     expect(poolSize({HOLYSHIP_WORKERS: 'lots'})).toBe(0)
     expect(poolSize({})).toBe(0)
+    // a restore has two workers where there are two cores to use, unless told otherwise
+    expect(poolSize({}, 'restore')).toBe(os.availableParallelism() >= 2 ? 2 : 0)
+    expect(poolSize({HOLYSHIP_WORKERS: '0'}, 'restore')).toBe(0)
+    expect(poolSize({HOLYSHIP_WORKERS: '1'}, 'restore')).toBe(1)
   })
 
   /** cut, hash and compress `plain` as one chunk in a pool's worker */
@@ -177,6 +181,41 @@ describe('blob pool', {timeout: 60_000}, () => {
     await expect(pool.decode(stored, id, plain.length, 'data/xx')).rejects.toMatchObject({name: 'CorruptBlobError', where: 'data/xx'})
   })
 
+  it('write(): decodes and checks in the worker and writes at the offset; zeros, damage and a failed write are told apart', async () => {
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'hs-pool-write-')), 'out')
+    const fh = await fsp.open(file, 'w+')
+    try {
+      const plain = text(MiB + 17)
+      const id = sha256(plain)
+      const stored = encodeBlob(plain, id, 3)
+      // at an offset, leaving a hole before it; the stored bytes are handed over (transferred)
+      expect(await pool.write(owned(Buffer.from(stored)), id, plain.length, 'data/aa', fh.fd, 4096)).toEqual({zero: false})
+      const zeros = Buffer.alloc(300_000)
+      const zid = sha256(zeros)
+      // a blob of zeros is not written: the file does not grow
+      expect(await pool.write(encodeBlob(zeros, zid, 3), zid, zeros.length, 'data/aa', fh.fd, 4096 + plain.length)).toEqual({zero: true})
+      const back = await fsp.readFile(file)
+      expect(back.length).toBe(4096 + plain.length)
+      expect(back.subarray(4096).equals(plain)).toBe(true)
+      expect(back.subarray(0, 4096).equals(Buffer.alloc(4096))).toBe(true)
+      // damage: nothing is written
+      const bad = Buffer.from(stored)
+      bad[bad.length >> 1] ^= 0xff
+      await expect(pool.write(bad, id, plain.length, 'data/aa', fh.fd, 8 * MiB)).rejects.toMatchObject({name: 'CorruptBlobError', where: 'data/aa'})
+      expect((await fsp.stat(file)).size).toBe(4096 + plain.length)
+      // a write that fails keeps its errno code (the restore maps ENOSPC, EACCES... by it)
+      const ro = await fsp.open(file, 'r')
+      try {
+        await expect(pool.write(Buffer.from(stored), id, plain.length, 'data/aa', ro.fd, 0)).rejects.toMatchObject({code: 'EBADF', syscall: 'write'})
+      } finally {
+        await ro.close()
+      }
+    } finally {
+      await fh.close()
+      rmSync(path.dirname(file), {recursive: true, force: true})
+    }
+  })
+
   it('owned() copies only what does not own its memory', () => {
     const whole = Buffer.allocUnsafeSlow(100)
     expect(owned(whole)).toBe(whole)
@@ -267,9 +306,16 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     expect(ids).toEqual([...repos[1].blobs()].map(([id]) => id).sort())
     // every blob decodes to its id (loadBlob verifies), through the pool
     for (const id of ids) await reopened.loadBlob(id)
-    const target = path.join(work, 'restored')
-    await restoreToDir(reopened, trees[0], '', target)
-    expect(await digestOf(target)).toBe(await digestOf(src))
+    // restored by the workers (they decode, check and write) and without them
+    for (const workers of ['2', '0']) {
+      const target = path.join(work, `restored-${workers}`)
+      await withEnv('HOLYSHIP_WORKERS', workers, async () => {
+        const r = await Repository.open(new LocalBackend(path.join(work, 'repo-2')))
+        expect(r.restoreWorkers()?.size).toBe(workers === '0' ? undefined : 2)
+        await restoreToDir(r, trees[0], '', target)
+      })
+      expect(await digestOf(target)).toBe(await digestOf(src))
+    }
   })
 
   it('a pack write that fails fails the snapshot (flush throws), and nothing is indexed', async () => {

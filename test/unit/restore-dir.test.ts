@@ -4,10 +4,10 @@
  * leaves behind), and the session itself (exact ranges, nothing stale, nothing left open).
  */
 import {createHash, randomBytes} from 'node:crypto'
-import {mkdtempSync, promises as fsp, readdirSync, rmSync} from 'node:fs'
+import {mkdtempSync, promises as fsp, readdirSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
-import {afterAll, beforeAll, describe, expect, it} from 'vitest'
+import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
 import {restoreToDir} from '../../src/archive/restorer.js'
@@ -18,7 +18,16 @@ import {Repository} from '../../src/repo/repository.js'
 
 const MiB = 1024 * 1024
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
-const openFds = (): number => readdirSync('/proc/self/fd').length
+/** file descriptors open on files (not the pipes, sockets, event fds and /dev/null of threads, such as the restore workers') */
+const openFds = (): number =>
+  readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${fd}`)
+      return target.startsWith('/') && !target.startsWith('/dev/')
+    } catch {
+      return false
+    }
+  }).length
 
 /** every entry under `dir`: relative path -> what it is (content hash, link target, mode, mtime) */
 async function describeTree(dir: string): Promise<Record<string, string>> {
@@ -84,7 +93,15 @@ describe('restoreToDir with many entries in flight', () => {
     const out = path.join(work, 'out')
     const fds = openFds()
     let bytes = 0
-    const r = await restoreToDir(repo, root, '', out, {onBytes: (n) => (bytes += n)})
+    const rename = vi.spyOn(fsp, 'rename')
+    let r
+    try {
+      r = await restoreToDir(repo, root, '', out, {onBytes: (n) => (bytes += n)})
+      // a new target holds nothing to protect: every file is written under its own name
+      expect(rename).not.toHaveBeenCalled()
+    } finally {
+      rename.mockRestore()
+    }
     expect(openFds()).toBe(fds)
     expect(await describeTree(out)).toEqual(await describeTree(src))
     expect(r.files).toBeGreaterThan(300)
@@ -106,7 +123,14 @@ describe('restoreToDir with many entries in flight', () => {
     await restoreToDir(repo, root, '', out)
     await fsp.writeFile(path.join(out, 'd1', 'f1.txt'), 'changed')
     await expect(restoreToDir(repo, root, '', out)).rejects.toMatchObject({code: 'TARGET_EXISTS'})
-    await restoreToDir(repo, root, 'd1', out, {overwrite: true})
+    // what is replaced stays whole until its new content is: written beside it, renamed over it
+    const rename = vi.spyOn(fsp, 'rename')
+    try {
+      await restoreToDir(repo, root, 'd1', out, {overwrite: true})
+      expect(rename.mock.calls.map(([from, to]) => [path.basename(String(from)).startsWith('.holyship-restore-'), path.relative(out, String(to))])).toContainEqual([true, 'd1/f1.txt'])
+    } finally {
+      rename.mockRestore()
+    }
     expect(await fsp.readFile(path.join(out, 'd1', 'f1.txt'))).toEqual(await fsp.readFile(path.join(src, 'd1', 'f1.txt')))
   })
 
