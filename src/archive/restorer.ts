@@ -24,6 +24,9 @@ import {
   lchownSync,
   lstatSync,
   lutimesSync,
+  mkdirSync,
+  symlinkSync,
+  openSync,
   rmSync,
   writeSync,
 } from 'node:fs'
@@ -573,7 +576,8 @@ class DirRestore {
     // with --force: what is in the way goes (a symlink itself, never what it points to)
     if (replace) await fsp.rm(abs, {recursive: true, force: true})
     if (!existing || replace) {
-      await fsp.mkdir(abs)
+      // at once, not through the thread pool: see writeTemp's open
+      mkdirSync(abs)
       this.made(abs)
       this.madeDirs.add(abs)
     }
@@ -645,7 +649,7 @@ class DirRestore {
           this.written.set(treePath, abs)
           return
         case 'symlink':
-          await fsp.symlink(n.target ?? '', abs)
+          symlinkSync(n.target ?? '', abs)
           break
         case 'fifo':
           await execFileP('mkfifo', ['-m', (n.mode & 0o777).toString(8), abs])
@@ -685,7 +689,10 @@ class DirRestore {
     const tmp = direct ? abs : path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
     // the file is created while its first chunks are read
     let fd: number | undefined
-    const opening = openP(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o600).then((f) => {
+    const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
+    // a small file is opened at once, like its data is written: on a local disk the thread
+    // pool's round trip costs more than the call (two context switches on a busy machine)
+    const opening = (total < ASYNC_WRITE ? (async () => openSync(tmp, flags, 0o600))() : openP(tmp, flags, 0o600)).then((f) => {
       fd = f
       return f
     })
