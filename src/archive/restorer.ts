@@ -34,9 +34,8 @@ import * as path from 'node:path'
 import {promisify} from 'node:util'
 import {retainReads} from '../backend/local.js'
 import {HolyshipError, isHolyshipError} from '../errors.js'
-import {BlobPool, POOL_MIN_BLOB, ownedCopy} from '../repo/blob-pool.js'
+import {BlobPool, POOL_MIN_BLOB} from '../repo/blob-pool.js'
 import {TreeNode} from '../repo/format.js'
-import {collectGarbage} from '../repo/gc.js'
 import {isZero} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
 import {TarHeader, TarWriter} from './tarwriter.js'
@@ -797,15 +796,16 @@ interface BlobSink {
  * for again while it is being read is read once; a blob found to be all zeros is not read
  * again (it is a hole).
  *
- * With restore workers (Repository.restoreWorkers) a blob's stored bytes go to a worker, which
- * decodes, checks and writes them: the plaintext never reaches this thread, which is left to
- * walk the trees and create the files. Small blobs are not worth the round trip.
+ * With restore workers (Repository.restoreWorkers) a worker reads a blob, decodes, checks and
+ * writes it (Repository.writeBlobAt): neither its stored bytes nor its plaintext reach this
+ * thread, which is left to walk the trees and create the files. Small blobs are not worth the
+ * round trip.
  */
 class BlobFetcher {
   private used = 0
   private readonly queue: {size: number; go: () => void}[] = []
   private head = 0
-  private readonly reading = new Map<string, {data: Promise<{stored: Buffer; where: string} | Buffer>; inWorker: boolean; users: number; size: number}>()
+  private readonly reading = new Map<string, {data?: Promise<Buffer>; users: number; size: number}>()
   private readonly zeros = new Set<string>()
   /** the restore workers, once a blob big enough for them came (null: there are none) */
   private pool?: BlobPool | null
@@ -830,7 +830,8 @@ class BlobFetcher {
       else {
         if (size >= POOL_MIN_BLOB) this.pool ??= this.repo.restoreWorkers() ?? null
         const inWorker = size >= POOL_MIN_BLOB && this.pool !== null
-        r = {data: inWorker ? damageNamed(this.repo, id, () => this.repo.readStoredBlob(id)) : readBlob(this.repo, id), inWorker, users: 0, size}
+        // a worker reads the blob itself; else it is read (once for every file that wants it) here
+        r = {data: inWorker ? undefined : readBlob(this.repo, id), users: 0, size}
         this.reading.set(id, r)
       }
     }
@@ -838,27 +839,21 @@ class BlobFetcher {
     reading.users++
     const done = (async () => {
       try {
-        const data = await reading.data
+        const plain = await reading.data
         if (this.zeros.has(id)) return false
         const fd = await sink.fd
-        if (!reading.inWorker) {
-          const plain = data as Buffer
-          if (isZero(plain)) {
-            this.zeros.add(id)
-            return false
-          }
-          if (plain.length < ASYNC_WRITE) writeAllSync(fd, plain, sink.pos)
-          else await writeAll(fd, plain, sink.pos)
-          return true
+        if (!plain) {
+          const {zero} = await damageNamed(this.repo, id, () => this.repo.writeBlobAt(this.pool!, id, fd, sink.pos))
+          if (zero) this.zeros.add(id)
+          return !zero
         }
-        const {stored, where} = data as {stored: Buffer; where: string}
-        // the stored bytes are handed to the worker (transferred, when they own their memory):
-        // a copy if another file waits for them too, and a later one reads them anew
-        if (this.reading.get(id) === reading) this.reading.delete(id)
-        const {zero} = await this.repo.writeStoredBlob(this.pool!, reading.users > 1 ? ownedCopy(stored) : stored, id, size, where, fd, sink.pos)
-        collectGarbage(stored.length, true)
-        if (zero) this.zeros.add(id)
-        return !zero
+        if (isZero(plain)) {
+          this.zeros.add(id)
+          return false
+        }
+        if (plain.length < ASYNC_WRITE) writeAllSync(fd, plain, sink.pos)
+        else await writeAll(fd, plain, sink.pos)
+        return true
       } finally {
         if (--reading.users === 0) {
           if (this.reading.get(id) === reading) this.reading.delete(id)

@@ -33,6 +33,11 @@ export interface Backend {
    * caller may then reuse the buffer while the write finishes (a local pack's fsync).
    */
   put(key: string, data: Buffer, opts?: PutOptions): Promise<void>
+  /**
+   * Optional: the object as a file descriptor open in this process (a local file), for reads
+   * of ranges straight from it, also by worker threads; valid until `release()`.
+   */
+  openFile?(key: string): Promise<{fd: number; release: () => void}>
   stat(key: string): Promise<number | undefined>
   list(prefix: string): Promise<BackendEntry[]>
   delete(key: string): Promise<void>

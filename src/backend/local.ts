@@ -95,6 +95,20 @@ export class LocalBackend implements Backend {
     }
   }
 
+  /** the object's file, open for reads (kept open for the next one inside a read session) */
+  async openFile(key: string): Promise<{fd: number; release: () => void}> {
+    const h = await this.acquire(key)
+    let released = false
+    return {
+      fd: h.fd!,
+      release: () => {
+        if (released) return
+        released = true
+        this.release(h)
+      },
+    }
+  }
+
   /**
    * Begin a read session: until the returned function is called, pack files read by getRange
    * stay open (at most MAX_OPEN idle ones, least recently used closed first) and small reads

@@ -139,12 +139,16 @@ export class BlobPool {
   /**
    * Decode and check a stored blob like decode(), and write its plaintext at `pos` of the open
    * file `fd` in the worker, unless it is all zeros (then nothing is written: a hole). Returns
-   * whether it was. `stored` is handed over when it owns its memory. Throws CorruptBlobError
+   * whether it was. `stored` is handed over when it owns its memory; or it is a range of an
+   * open file (a pack), which the worker reads itself (a short read fails). Throws CorruptBlobError
    * like decodeBlob, and a failed write's errno error (its code kept).
    */
-  async write(stored: Buffer, id: string, raw: number, where: string, fd: number, pos: number): Promise<{zero: boolean}> {
-    const data = owned(stored)
-    const r = await this.call({op: 'write', data: transferable(data), id, raw, where, fd, pos}, [data.buffer as ArrayBuffer])
+  async write(stored: Buffer | {fd: number; offset: number; length: number}, id: string, raw: number, where: string, fd: number, pos: number): Promise<{zero: boolean}> {
+    let r: BlobReply
+    if (Buffer.isBuffer(stored)) {
+      const data = owned(stored)
+      r = await this.call({op: 'write', data: transferable(data), id, raw, where, fd, pos}, [data.buffer as ArrayBuffer])
+    } else r = await this.call({op: 'write', from: stored, id, raw, where, fd, pos}, [])
     if ('corrupt' in r && r.corrupt) throw new CorruptBlobError(id, where, r.corrupt.why)
     return {zero: (r as {zero: boolean}).zero}
   }
@@ -178,12 +182,15 @@ export class BlobPool {
     return (reply as {kept: Uint8Array[]}).kept.map(asBuffer)
   }
 
-  /** stop the workers; requests still running fail */
+  /**
+   * Stop the workers; requests still running fail, once the workers are gone: a worker may be
+   * writing to a file or reading a pack by descriptor, which must stay open until it has stopped.
+   */
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
-    this.failAll(new Error('the blob pool was closed'))
     await Promise.all(this.slots.map((s) => s.worker.terminate()))
+    this.failAll(new Error('the blob pool was closed'))
   }
 
   private async call(req: RequestBody, transfer: ArrayBuffer[]): Promise<BlobReply> {

@@ -8,7 +8,9 @@
  *   write     stored, id, raw, fd, pos -> zero?  (decoded and verified like `decode`, then
  *                                                   written at `pos` of the open file `fd`
  *                                                   (a restore), unless it is all zeros: the
- *                                                   plaintext never crosses to the main thread)
+ *                                                   plaintext never crosses to the main thread;
+ *                                                   the stored bytes come with the request or
+ *                                                   are read here from an open pack file)
  *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
  *                                                   and hashed (SHA-256, or HMAC-SHA256 with
  *                                                   the MAC key) here; the data stays here)
@@ -20,7 +22,7 @@
  *                                                   has): zstd when it pays, decoded back and
  *                                                   compared first; sealed with a key
  */
-import {writeSync} from 'node:fs'
+import {readSync, writeSync} from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import {MasterKey} from './crypto.js'
 import {ownedCopy} from './blob-pool.js'
@@ -29,7 +31,7 @@ import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId, isZero} from './
 
 export type BlobRequest =
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
-  | {seq: number; op: 'write'; data: Uint8Array; id: string; raw: number; where: string; fd: number; pos: number}
+  | {seq: number; op: 'write'; data?: Uint8Array; from?: {fd: number; offset: number; length: number}; id: string; raw: number; where: string; fd: number; pos: number}
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
   | {seq: number; op: 'hash'; data: Uint8Array; cuts: [number, number][]}
   | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
@@ -41,7 +43,7 @@ export type BlobRequest =
  */
 export type BlobReply =
   | {seq: number; plain: Uint8Array; data?: Uint8Array}
-  | {seq: number; zero: boolean; data: Uint8Array}
+  | {seq: number; zero: boolean; data?: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
   | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
   | {seq: number; error: string; corrupt?: {why: string}; errno?: {code?: string; errno?: number; syscall?: string}}
@@ -107,6 +109,21 @@ function cutAndHold(seq: number, chunks: Buffer[]): BlobReply {
   return {seq, chunks: out}
 }
 
+/** what readRange reads into, grown to the biggest range so far */
+let readScratch = Buffer.alloc(0)
+
+/** `length` bytes at `offset` of the open file `fd` (a pack), in a scratch buffer valid until the next call */
+function readRange({fd, offset, length}: {fd: number; offset: number; length: number}, where: string): Buffer {
+  if (readScratch.length < length) readScratch = Buffer.allocUnsafeSlow(Math.max(length, readScratch.length * 2, 64 * 1024))
+  let done = 0
+  while (done < length) {
+    const n = readSync(fd, readScratch, done, length - done, offset + done)
+    if (n === 0) throw new Error(`${where}: short read (${done} of ${length} bytes at ${offset})`)
+    done += n
+  }
+  return readScratch.subarray(0, length)
+}
+
 const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeBlobOfId(plain, id, level, key, alloc)
 
 function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; transfer: ArrayBuffer[]} {
@@ -140,10 +157,11 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
       return {reply: {seq: req.seq, plain: out, ...(back.length ? {data: req.data} : {})}, transfer: [out.buffer as ArrayBuffer, ...back]}
     }
     case 'write': {
-      const plain = decodeBlob(view(req.data), req.id, req.raw, req.where, key, true)
+      const stored = req.data ? view(req.data) : readRange(req.from!, req.where)
+      const plain = decodeBlob(stored, req.id, req.raw, req.where, key, true)
       const zero = isZero(plain)
       if (!zero) for (let done = 0; done < plain.length; ) done += writeSync(req.fd, plain, done, plain.length - done, req.pos + done)
-      return {reply: {seq: req.seq, zero, data: req.data}, transfer: [req.data.buffer as ArrayBuffer]}
+      return req.data ? {reply: {seq: req.seq, zero, data: req.data}, transfer: [req.data.buffer as ArrayBuffer]} : {reply: {seq: req.seq, zero}, transfer: []}
     }
   }
 }

@@ -673,7 +673,7 @@ export class Repository {
   }
 
   /**
-   * The blob workers of a restore (undefined without: writeStoredBlob is then not for use).
+   * The blob workers of a restore (undefined without: writeBlobAt is then not for use).
    * Started on first use; they stay for the process (closeSharedPools ends them).
    */
   restoreWorkers(): BlobPool | undefined {
@@ -682,16 +682,31 @@ export class Repository {
   }
 
   /**
-   * Decode and check blob `id` (its stored form from readStoredBlob) in a restore worker and
-   * write it at `pos` of the open file `fd` there, unless it is all zeros. Returns whether it
-   * was. A damaged blob is REPO_DAMAGED, as from loadBlob; a failed write keeps its errno code.
+   * Write blob `id` at `pos` of the open file `fd` (a restore) from a restore worker, which
+   * reads it (from the pack file itself when the backend has one open for it, else it is
+   * read here and handed over), decodes and checks it, and writes it unless it is all zeros.
+   * Returns whether it was. A damaged blob is REPO_DAMAGED, as from loadBlob; a failed write
+   * keeps its errno code.
    */
-  async writeStoredBlob(pool: BlobPool, stored: Buffer, id: string, raw: number, where: string, fd: number, pos: number): Promise<{zero: boolean}> {
+  async writeBlobAt(pool: BlobPool, id: string, fd: number, pos: number): Promise<{zero: boolean}> {
+    const loc = this.index.get(id)
+    if (!loc) throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} is referenced but not in the repository's index`)
+    const where = dataKey(loc.pack)
+    let file: {fd: number; release: () => void} | undefined
     try {
-      return await pool.write(stored, id, raw, where, fd, pos)
+      file = await this.backend.openFile?.(where)
+    } catch (e) {
+      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
+      throw e
+    }
+    try {
+      const from = file ? {fd: file.fd, offset: loc.offset, length: loc.length} : (await this.readStoredBlob(id)).stored
+      return await pool.write(from, id, loc.raw, where, fd, pos)
     } catch (e) {
       if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
       throw e
+    } finally {
+      file?.release()
     }
   }
 

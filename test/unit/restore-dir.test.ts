@@ -4,7 +4,7 @@
  * leaves behind), and the session itself (exact ranges, nothing stale, nothing left open).
  */
 import {createHash, randomBytes} from 'node:crypto'
-import {mkdtempSync, promises as fsp, readdirSync, readlinkSync, rmSync} from 'node:fs'
+import {closeSync, mkdtempSync, openSync, promises as fsp, readdirSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
@@ -160,6 +160,64 @@ describe('restoreToDir with many entries in flight', () => {
     delete want['d5/z-hardlink']
     // the directory's time is set last, so it matches even with an entry left out
     expect(got).toEqual(want)
+  })
+
+  it('blobs the restore workers read from the pack themselves: a flipped byte and a truncated pack are REPO_DAMAGED, --partial leaves out what they held', async () => {
+    const old = process.env.HOLYSHIP_WORKERS
+    process.env.HOLYSHIP_WORKERS = '2'
+    try {
+      for (const damage of ['flip', 'truncate'] as const) {
+        const copy = path.join(work, `repo-${damage}`)
+        await fsp.cp(path.join(work, 'repo'), copy, {recursive: true})
+        // a truncated pack, as the workers see it: they read `short` in its place (the pack
+        // may hold the trees too, which are read here, in full)
+        const short = path.join(work, `short-${damage}`)
+        let shortPack = ''
+        class ShortPack extends LocalBackend {
+          override async openFile(key: string): Promise<{fd: number; release: () => void}> {
+            if (key !== shortPack) return await super.openFile(key)
+            const fd = openSync(short, 'r')
+            return {fd, release: () => closeSync(fd)}
+          }
+        }
+        const r2 = await Repository.open(new ShortPack(copy))
+        expect(r2.restoreWorkers()?.size).toBe(2)
+        const node = (await r2.loadTree(root)).nodes.find((n) => n.name === 'big-random.bin')!
+        // its biggest chunk
+        const id = node.content!.reduce((a, b) => (r2.blobLocation(b)!.raw > r2.blobLocation(a)!.raw ? b : a))
+        const loc = r2.blobLocation(id)!
+        expect(loc.raw).toBeGreaterThan(64 * 1024)
+        const packFile = path.join(copy, dataKey(loc.pack))
+        if (damage === 'flip') {
+          const pack = await fsp.readFile(packFile)
+          pack[loc.offset + (loc.length >> 1)] ^= 0xff
+          await fsp.writeFile(packFile, pack)
+        } else {
+          shortPack = dataKey(loc.pack)
+          await fsp.writeFile(short, (await fsp.readFile(packFile)).subarray(0, loc.offset + loc.length - 10))
+        }
+
+        const out = path.join(work, `out-${damage}`)
+        await expect(restoreToDir(r2, root, '', out)).rejects.toMatchObject({code: 'REPO_DAMAGED', message: damage === 'flip' ? /damaged/ : /short read/})
+        await expect(fsp.lstat(out)).rejects.toThrow()
+
+        const skipped: {path: string; reason: string}[] = []
+        await restoreToDir(r2, root, '', out, {skipped})
+        // a short read also fails what follows in that pack (other files' chunks)
+        if (damage === 'flip') expect(skipped.map((x) => x.path)).toEqual(['big-random.bin'])
+        else {
+          expect(skipped.map((x) => x.path)).toContain('big-random.bin')
+          for (const x of skipped) expect(x.reason).toMatch(/short read/)
+        }
+        const got = await describeTree(out)
+        const want = await describeTree(src)
+        for (const x of skipped) delete want[x.path]
+        expect(got).toEqual(want)
+      }
+    } finally {
+      if (old === undefined) delete process.env.HOLYSHIP_WORKERS
+      else process.env.HOLYSHIP_WORKERS = old
+    }
   })
 })
 
