@@ -659,17 +659,15 @@ export class Repository {
 
   /** Blob `id` as it is stored (not yet opened, decoded or checked), its plaintext size, and the pack it is in. */
   async readStoredBlob(id: string): Promise<{stored: Buffer; raw: number; where: string}> {
+    const {loc, where} = this.locate(id)
+    return {stored: await packRead(where, id, () => this.backend.getRange(where, loc.offset, loc.length)), raw: loc.raw, where}
+  }
+
+  /** where blob `id` is: REPO_DAMAGED when the index does not have it */
+  private locate(id: string): {loc: BlobLocation; where: string} {
     const loc = this.index.get(id)
-    if (!loc) {
-      throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} is referenced but not in the repository's index`)
-    }
-    const where = dataKey(loc.pack)
-    try {
-      return {stored: await this.backend.getRange(where, loc.offset, loc.length), raw: loc.raw, where}
-    } catch (e) {
-      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
-      throw e
-    }
+    if (!loc) throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} is referenced but not in the repository's index`)
+    return {loc, where: dataKey(loc.pack)}
   }
 
   /**
@@ -689,16 +687,8 @@ export class Repository {
    * keeps its errno code.
    */
   async writeBlobAt(pool: BlobPool, id: string, fd: number, pos: number): Promise<{zero: boolean}> {
-    const loc = this.index.get(id)
-    if (!loc) throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} is referenced but not in the repository's index`)
-    const where = dataKey(loc.pack)
-    let file: {fd: number; release: () => void} | undefined
-    try {
-      file = await this.backend.openFile?.(where)
-    } catch (e) {
-      if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
-      throw e
-    }
+    const {loc, where} = this.locate(id)
+    const file = this.backend.openFile ? await packRead(where, id, () => this.backend.openFile!(where)) : undefined
     try {
       const from = file ? {fd: file.fd, offset: loc.offset, length: loc.length} : (await this.readStoredBlob(id)).stored
       return await pool.write(from, id, loc.raw, where, fd, pos)
@@ -813,4 +803,14 @@ function packCapacity(config: RepoConfig): number {
 /** the config an encrypted repository works with: the stored one, with the derived chunker seed */
 function effectiveConfig(stored: RepoConfig, key: MasterKey): RepoConfig {
   return {...stored, chunker: {...stored.chunker, seed: key.chunkerSeed()}}
+}
+
+/** `read` of pack `where` (for blob `id`), a missing pack reported as REPO_DAMAGED */
+async function packRead<T>(where: string, id: string, read: () => Promise<T>): Promise<T> {
+  try {
+    return await read()
+  } catch (e) {
+    if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
+    throw e
+  }
 }
