@@ -8,21 +8,25 @@
  *                    file with one
  *   rename-before:N  right before the Nth rename (the temporary file is written, not renamed)
  *   rename-to:TEXT   right after the first rename whose destination contains TEXT (e.g. /snapshots/)
+ *   file:N           right after the Nth fs.futimesSync: restore --path sets a file's times
+ *                    with it once the file's data is written, before it closes the file
+ *   file-before:N    right before the Nth fs.futimesSync (the file's data is written)
  *   put:N            while the Nth HTTP PUT (an S3 upload) is on the wire
  *
- * With HOLYSHIP_TEST_CRASH_COUNT=FILE, the counts ({"rename":…, "put":…, "renamed": [paths]})
+ * With HOLYSHIP_TEST_CRASH_COUNT=FILE, the counts ({"rename":…, "put":…, "file":…, "renamed": [paths]})
  * are written to FILE at exit, so a test can measure a run first and spread its kill points
  * over it.
  */
 import fs from 'node:fs'
 import http from 'node:http'
+import {syncBuiltinESMExports} from 'node:module'
 
 const spec = process.env.HOLYSHIP_TEST_CRASH ?? ''
 const mode = spec.slice(0, spec.indexOf(':') >>> 0)
 const arg = spec.slice(spec.indexOf(':') + 1)
 const at = Number(arg)
 const countFile = process.env.HOLYSHIP_TEST_CRASH_COUNT
-const counts = {rename: 0, put: 0, /** where each rename went, in order */ renamed: []}
+const counts = {rename: 0, put: 0, file: 0, /** where each rename went, in order */ renamed: []}
 
 function die() {
   if (countFile) fs.writeFileSync(countFile, JSON.stringify({...counts, killed: true}))
@@ -40,6 +44,18 @@ fs.promises.rename = async function (...args) {
   if (mode === 'rename-to' && String(args[1]).includes(arg)) die()
   return r
 }
+
+const futimesSync = fs.futimesSync
+fs.futimesSync = function (...args) {
+  counts.file++
+  const n = counts.file
+  if (mode === 'file-before' && n === at) die()
+  const r = futimesSync.apply(this, args)
+  if (mode === 'file' && n === at) die()
+  return r
+}
+// named imports of node:fs (import {futimesSync} from 'node:fs') see the patched function too
+syncBuiltinESMExports()
 
 const request = http.request
 http.request = function (...args) {
