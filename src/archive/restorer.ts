@@ -403,7 +403,7 @@ export async function restoreToDir(
   const node = await findNode(repo, treeId, rel)
   if (!node) throw new HolyshipError('PATH_NOT_FOUND', `no path ${JSON.stringify('/' + rel)} in the snapshot`)
   const root = path.resolve(target)
-  const firstCreated = await fsp.mkdir(root, {recursive: true})
+  const firstCreated = await makeTarget(root)
   const endReads = retainReads(repo.backend)
   try {
     const run = new DirRestore(repo, treeId, root, opts)
@@ -415,6 +415,34 @@ export async function restoreToDir(
     return await run.restore(rel, node)
   } finally {
     endReads()
+  }
+}
+
+/**
+ * mkdir -p `root`; returns the first directory it made (undefined: it was there). Node's
+ * recursive mkdir reports ENOENT for what is a read-only file system or a missing permission
+ * further up: the step that failed is tried again alone, so its own error (EROFS, EACCES) is
+ * what the user sees. A target that is a file, or below one, is TARGET_EXISTS.
+ */
+async function makeTarget(root: string): Promise<string | undefined> {
+  try {
+    return await fsp.mkdir(root, {recursive: true})
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    if (code === 'EEXIST' || code === 'ENOTDIR') {
+      throw new HolyshipError('TARGET_EXISTS', `the target ${root} ${code === 'EEXIST' ? 'exists and is not a directory' : 'is below something that is not a directory'}`)
+    }
+    if (code !== 'ENOENT') throw e
+    let existing = path.dirname(root)
+    let next = root
+    while (existing !== next && !lstatSync(existing, {throwIfNoEntry: false})) {
+      next = existing
+      existing = path.dirname(existing)
+    }
+    await fsp.mkdir(next)
+    // made after all (the reason went away meanwhile): `next` is the first one made
+    await fsp.mkdir(root, {recursive: true})
+    return next
   }
 }
 

@@ -3,6 +3,7 @@
  * read session: what that must not change (contents, links, holes, metadata, what a failure
  * leaves behind), and the session itself (exact ranges, nothing stale, nothing left open).
  */
+import {execFileSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {closeSync, mkdtempSync, openSync, promises as fsp, readdirSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
@@ -13,6 +14,7 @@ import {archiveDir} from '../../src/archive/fs-source.js'
 import {restoreToDir} from '../../src/archive/restorer.js'
 import {BackendNotFound} from '../../src/backend/backend.js'
 import {LocalBackend, retainReads} from '../../src/backend/local.js'
+import {classify} from '../../src/errors.js'
 import {dataKey} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 
@@ -160,6 +162,26 @@ describe('restoreToDir with many entries in flight', () => {
     delete want['d5/z-hardlink']
     // the directory's time is set last, so it matches even with an entry left out
     expect(got).toEqual(want)
+  })
+
+  it('a target that cannot be made: a file (or below one) is TARGET_EXISTS, a read-only file system IO_FAILED naming it, not ENOENT', async () => {
+    const file = path.join(work, 'a-file')
+    await fsp.writeFile(file, 'x')
+    await expect(restoreToDir(repo, root, '', file)).rejects.toMatchObject({code: 'TARGET_EXISTS', message: /exists and is not a directory/})
+    await expect(restoreToDir(repo, root, '', path.join(file, 'x', 'y'))).rejects.toMatchObject({code: 'TARGET_EXISTS', message: /below something that is not a directory/})
+    // (the tests run as root, as the Docker engines they start need)
+    const ro = path.join(work, 'ro')
+    await fsp.mkdir(ro)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', ro])
+    try {
+      for (const target of [path.join(ro, 'out'), path.join(ro, 'a', 'b', 'c')]) {
+        const e = await restoreToDir(repo, root, '', target).catch((x: unknown) => x)
+        expect(e).toMatchObject({code: 'EROFS', path: path.join(ro, path.relative(ro, target).split('/')[0])})
+        expect(classify(e)).toMatchObject({code: 'IO_FAILED', message: /read-only file system/})
+      }
+    } finally {
+      execFileSync('umount', [ro])
+    }
   })
 
   it('blobs the restore workers read from the pack themselves: a flipped byte and a truncated pack are REPO_DAMAGED, --partial leaves out what they held', async () => {
