@@ -25,9 +25,9 @@ import {
   lstatSync,
   lutimesSync,
   mkdirSync,
-  symlinkSync,
   openSync,
   rmSync,
+  symlinkSync,
   writeSync,
 } from 'node:fs'
 import * as path from 'node:path'

@@ -176,9 +176,10 @@ parentPort!.on('message', (req: BlobRequest) => {
   try {
     r = handle(req)
   } catch (e) {
-    const err = e as Error
-    const errno = (e as NodeJS.ErrnoException).code === undefined ? undefined : {code: (e as NodeJS.ErrnoException).code, errno: (e as NodeJS.ErrnoException).errno, syscall: (e as NodeJS.ErrnoException).syscall}
-    r = {reply: {seq: req.seq, error: err.message, ...(e instanceof CorruptBlobError ? {corrupt: {why: (e as CorruptBlobError).why}} : {}), ...(errno ? {errno} : {})}, transfer: []}
+    const {message, code, errno, syscall} = e as NodeJS.ErrnoException
+    // an errno error (a failed write) keeps its code, which the main thread maps (ENOSPC...)
+    const sys = code === undefined ? {} : {errno: {code, errno, syscall}}
+    r = {reply: {seq: req.seq, error: message, ...(e instanceof CorruptBlobError ? {corrupt: {why: e.why}} : {}), ...sys}, transfer: []}
   }
   parentPort!.postMessage(r.reply, r.transfer)
 })

@@ -28,7 +28,7 @@ import {
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
-import {BlobPool, ChunkToken, POOL_MIN_BLOB, owned, ownedCopy, sharedPool} from './blob-pool.js'
+import {BlobPool, ChunkToken, POOL_MIN_BLOB, PoolUse, owned, ownedCopy, sharedPool} from './blob-pool.js'
 import {collectGarbage} from './gc.js'
 import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
@@ -112,10 +112,11 @@ export class Repository {
   private failure?: unknown
   /** bumped by discardPending(): saves that finish later belong to an abandoned snapshot */
   private generation = 0
-  /** worker pool for hashing/compressing/decoding big blobs (undefined: not looked up yet, null: none) */
-  private pool?: BlobPool | null
-  /** the same for writing blobs out (a restore) */
-  private restorePool?: BlobPool | null
+  /**
+   * worker pools by use: storing (hashing, compressing, decoding big blobs) and restoring
+   * (absent: not looked up yet, null: none)
+   */
+  private readonly pools: Partial<Record<PoolUse, BlobPool | null>> = {}
   /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
   private unindexedBlobs = 0
@@ -479,9 +480,10 @@ export class Repository {
     return results
   }
 
-  private workers(): BlobPool | undefined {
-    if (this.pool === undefined || this.pool?.failed) this.pool = sharedPool(this.masterKey) ?? null
-    return this.pool ?? undefined
+  private workers(use: PoolUse = 'store'): BlobPool | undefined {
+    const pool = this.pools[use]
+    if (pool === undefined || pool?.failed) this.pools[use] = sharedPool(this.masterKey, use) ?? null
+    return this.pools[use] ?? undefined
   }
 
   /** follow a save until it settles; its failure fails the next flush() too */
@@ -645,22 +647,21 @@ export class Repository {
   }
 
   async loadBlob(id: string): Promise<Buffer> {
-    const {stored, raw, where} = await this.readStoredBlob(id)
+    const {loc, where} = this.locate(id)
+    const stored = await this.readStored(loc, where, id)
     try {
-      const pool = raw >= POOL_MIN_BLOB ? this.workers() : undefined
+      const pool = loc.raw >= POOL_MIN_BLOB ? this.workers() : undefined
       // the blob is garbage once the caller is done with it (a restore: once it is written)
-      collectGarbage(raw, true)
-      return pool ? await pool.decode(stored, id, raw, where) : decodeBlob(stored, id, raw, where, this.masterKey)
+      collectGarbage(loc.raw, true)
+      return pool ? await pool.decode(stored, id, loc.raw, where) : decodeBlob(stored, id, loc.raw, where, this.masterKey)
     } catch (e) {
-      if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
-      throw e
+      throw asDamage(e)
     }
   }
 
-  /** Blob `id` as it is stored (not yet opened, decoded or checked), its plaintext size, and the pack it is in. */
-  async readStoredBlob(id: string): Promise<{stored: Buffer; raw: number; where: string}> {
-    const {loc, where} = this.locate(id)
-    return {stored: await packRead(where, id, () => this.backend.getRange(where, loc.offset, loc.length)), raw: loc.raw, where}
+  /** blob `id`'s bytes as stored at `loc` (not yet opened, decoded or checked); a missing pack is REPO_DAMAGED */
+  private async readStored(loc: BlobLocation, where: string, id: string): Promise<Buffer> {
+    return await packRead(where, id, () => this.backend.getRange(where, loc.offset, loc.length))
   }
 
   /** where blob `id` is: REPO_DAMAGED when the index does not have it */
@@ -675,8 +676,7 @@ export class Repository {
    * Started on first use; they stay for the process (closeSharedPools ends them).
    */
   restoreWorkers(): BlobPool | undefined {
-    if (this.restorePool === undefined || this.restorePool?.failed) this.restorePool = sharedPool(this.masterKey, 'restore') ?? null
-    return this.restorePool ?? undefined
+    return this.workers('restore')
   }
 
   /**
@@ -690,11 +690,10 @@ export class Repository {
     const {loc, where} = this.locate(id)
     const file = this.backend.openFile ? await packRead(where, id, () => this.backend.openFile!(where)) : undefined
     try {
-      const from = file ? {fd: file.fd, offset: loc.offset, length: loc.length} : (await this.readStoredBlob(id)).stored
+      const from = file ? {fd: file.fd, offset: loc.offset, length: loc.length} : await this.readStored(loc, where, id)
       return await pool.write(from, id, loc.raw, where, fd, pos)
     } catch (e) {
-      if (e instanceof CorruptBlobError) throw new HolyshipError('REPO_DAMAGED', e.message, {cause: e})
-      throw e
+      throw asDamage(e)
     } finally {
       file?.release()
     }
@@ -813,4 +812,9 @@ async function packRead<T>(where: string, id: string, read: () => Promise<T>): P
     if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
     throw e
   }
+}
+
+/** a blob found damaged (CorruptBlobError) as REPO_DAMAGED; any other error as it is */
+function asDamage(e: unknown): unknown {
+  return e instanceof CorruptBlobError ? new HolyshipError('REPO_DAMAGED', e.message, {cause: e}) : e
 }
