@@ -450,6 +450,10 @@ async function makeTarget(root: string): Promise<string | undefined> {
 const RESTORE_PARALLEL = 32
 /** bytes of blob data read and not yet written, at most (one blob may exceed it alone) */
 const RESTORE_BUFFER = 16 * 1024 * 1024
+/** files up to this size are written whole by a restore worker (fileWorkers) */
+const FILE_JOB_MAX = 2 * 1024 * 1024
+/** files a restore writes itself before fileWorkers hands files to the workers */
+const FILE_JOB_AFTER = 8
 /** writes at least this big go to the thread pool; smaller ones are written at once */
 const ASYNC_WRITE = 64 * 1024
 
@@ -480,6 +484,10 @@ class DirRestore {
   private readonly tmpPrefix = `.holyship-restore-${randomBytes(4).toString('hex')}`
   private tmpSeq = 0
   private seq = 0
+  /** files met by fileWorkers() */
+  private filesMet = 0
+  /** the pool of writeInWorker (null: none), once a file for it came */
+  private filePool?: BlobPool | null
 
   constructor(
     private readonly repo: Repository,
@@ -655,7 +663,9 @@ class DirRestore {
         // in a directory this restore made there is nothing to protect: the file is written
         // under its own name (a rename less a file); elsewhere under a temporary one, so what
         // was there stays whole until the new file is
-        tmp = await this.writeTemp(abs, content, !replace && this.madeDirs.has(path.dirname(abs)))
+        const direct = !replace && this.madeDirs.has(path.dirname(abs))
+        const pool = direct ? this.fileWorkers(content) : undefined
+        tmp = pool ? await this.writeInWorker(pool, abs, content) : await this.writeTemp(abs, content, direct)
       } catch (e) {
         if (!(this.partial && isDamage(e))) throw e
         this.skip(seq, treePath, e.message)
@@ -693,17 +703,11 @@ class DirRestore {
     await applyMeta(abs, n)
   }
 
-  /**
-   * Write a regular file's content, owner, mode, xattrs and times under a temporary name
-   * beside `abs` (under `abs` itself when `direct`); returns that name. Its chunks are read
-   * and written concurrently, each at its offset; chunks of zeros are left as holes (sparse
-   * files stay sparse).
-   */
-  private async writeTemp(abs: string, n: TreeNode, direct = false): Promise<string> {
-    const ids = n.content ?? []
+  /** the sizes of file `n`'s chunks, from the index: REPO_DAMAGED when one is missing or they do not add up to its size */
+  private async chunkSizes(n: TreeNode): Promise<{sizes: number[]; total: number}> {
     const sizes: number[] = []
     let total = 0
-    for (const id of ids) {
+    for (const id of n.content ?? []) {
       const loc = this.repo.blobLocation(id)
       // not in the index: loadBlob says so, as for any other read
       if (!loc) await readBlob(this.repo, id)
@@ -713,6 +717,44 @@ class DirRestore {
     if (n.size !== undefined && total !== n.size) {
       throw new HolyshipError('REPO_DAMAGED', `file ${JSON.stringify(n.name)}: its chunks hold ${total} bytes, its tree says ${n.size}`)
     }
+    return {sizes, total}
+  }
+
+  /**
+   * The restore workers, when file `n` is one for them to write whole (writeInWorker): a
+   * file up to FILE_JOB_MAX bytes without extended attributes (setfattr runs here), once the
+   * restore has met FILE_JOB_AFTER files (a restore of a few files does not start workers for
+   * them). Bigger files are written blob by blob, their blobs spread over the workers.
+   */
+  private fileWorkers(n: TreeNode): BlobPool | undefined {
+    if (n.xattrs || (n.size ?? 0) > FILE_JOB_MAX || ++this.filesMet <= FILE_JOB_AFTER) return undefined
+    if (this.filePool === undefined) this.filePool = this.repo.fileWorkers() ?? null
+    return this.filePool ?? undefined
+  }
+
+  /**
+   * Write file `n` under its own name `abs` (in a directory this restore made) in a restore
+   * worker, all of it: creation, data, size, owner, mode and times (Repository.writeFile).
+   * This thread only looks its chunks up, so on two cores the file system calls of the many
+   * small files of a tree run beside the walk instead of in it.
+   */
+  private async writeInWorker(pool: BlobPool, abs: string, n: TreeNode): Promise<string> {
+    const {total} = await this.chunkSizes(n)
+    const owner: [number, number] | undefined = asRoot() ? [n.uid, n.gid] : undefined
+    await this.repo.writeFile(pool, {path: abs, size: total, mode: n.mode & 0o7777, owner, mtime: n.mtime[0] + n.mtime[1] / 1e9}, n.content ?? [])
+    this.opts.onBytes?.(total)
+    return abs
+  }
+
+  /**
+   * Write a regular file's content, owner, mode, xattrs and times under a temporary name
+   * beside `abs` (under `abs` itself when `direct`); returns that name. Its chunks are read
+   * and written concurrently, each at its offset; chunks of zeros are left as holes (sparse
+   * files stay sparse).
+   */
+  private async writeTemp(abs: string, n: TreeNode, direct = false): Promise<string> {
+    const ids = n.content ?? []
+    const {sizes, total} = await this.chunkSizes(n)
     const tmp = direct ? abs : path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
     // the file is created while its first chunks are read
     let fd: number | undefined
@@ -745,7 +787,7 @@ class DirRestore {
       const f = await opening
       if (failure) throw failure.e
       if (end < total) ftruncateSync(f, total)
-      if (process.getuid?.() === 0) fchownSync(f, n.uid, n.gid)
+      if (asRoot()) fchownSync(f, n.uid, n.gid)
       fchmodSync(f, n.mode & 0o7777)
       await setXattrs(tmp, n)
       const t = n.mtime[0] + n.mtime[1] / 1e9
@@ -924,6 +966,12 @@ async function writeAll(fd: number, buf: Buffer, pos: number): Promise<void> {
   for (let done = 0; done < buf.length; ) done += await writeP(fd, buf, done, buf.length - done, pos + done)
 }
 
+let root: boolean | undefined
+/** whether this process runs as root (and so sets owners): asked once, a system call each time costs ~3 µs a file */
+function asRoot(): boolean {
+  return (root ??= process.getuid?.() === 0)
+}
+
 function setTimes(abs: string, n: TreeNode): void {
   const t = n.mtime[0] + n.mtime[1] / 1e9
   lutimesSync(abs, t, t)
@@ -938,7 +986,7 @@ async function setXattrs(abs: string, n: TreeNode): Promise<void> {
 
 /** owner, mode, xattrs and (but for directories, whose times come last) times of what is at `abs` */
 async function applyMeta(abs: string, n: TreeNode): Promise<void> {
-  if (process.getuid?.() === 0) lchownSync(abs, n.uid, n.gid)
+  if (asRoot()) lchownSync(abs, n.uid, n.gid)
   if (n.type !== 'symlink') chmodSync(abs, n.mode & 0o7777)
   await setXattrs(abs, n)
   if (n.type !== 'dir') setTimes(abs, n)

@@ -21,7 +21,7 @@ import debugFactory from 'debug'
 import {ChunkerParams} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {CorruptBlobError} from './pack.js'
-import type {BlobReply, BlobRequest, BlobWorkerData} from './blob-worker.js'
+import type {BlobReply, BlobRequest, BlobWorkerData, FileJob} from './blob-worker.js'
 
 const debug = debugFactory('holyship:workers')
 
@@ -154,6 +154,19 @@ export class BlobPool {
   }
 
   /**
+   * Write a whole file in a worker (see FileJob). A damaged blob throws CorruptBlobError, any
+   * other failure its error (an errno error keeps its code); either carries `blob`, the index
+   * of the blob it failed on, when it failed on one. Nothing of the file is left then.
+   */
+  async file(job: FileJob): Promise<void> {
+    const r = await this.callOn(this.leastBusy(), {op: 'file', ...job}, [])
+    if ('corrupt' in r.reply && r.reply.corrupt) {
+      const b = job.blobs[r.reply.blob ?? 0]
+      throw Object.assign(new CorruptBlobError(b.id, b.where, r.reply.corrupt.why), {blob: r.reply.blob})
+    }
+  }
+
+  /**
    * Cut a whole file's content (`data`, handed over: transferred) into chunks and hash them in
    * a worker, which keeps the data for keep(): call it exactly once with the returned token.
    */
@@ -218,7 +231,9 @@ export class BlobPool {
         this.settle({seq, error: (e as Error).message})
       }
     }).then((reply) => {
-      if ('error' in reply && !('corrupt' in reply && reply.corrupt)) throw Object.assign(new Error(reply.error), reply.errno ?? {})
+      if ('error' in reply && !('corrupt' in reply && reply.corrupt)) {
+        throw Object.assign(new Error(reply.error), reply.errno ?? {}, reply.blob === undefined ? {} : {blob: reply.blob})
+      }
       return {reply, seq}
     })
   }

@@ -22,7 +22,7 @@
  *                                                   has): zstd when it pays, decoded back and
  *                                                   compared first; sealed with a key
  */
-import {readSync, writeSync} from 'node:fs'
+import {closeSync, fchmodSync, fchownSync, constants as fsc, ftruncateSync, futimesSync, openSync, readSync, unlinkSync, writeSync} from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import {MasterKey} from './crypto.js'
 import {ownedCopy} from './blob-pool.js'
@@ -32,6 +32,7 @@ import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId, isZero} from './
 export type BlobRequest =
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
   | {seq: number; op: 'write'; data?: Uint8Array; from?: {fd: number; offset: number; length: number}; id: string; raw: number; where: string; fd: number; pos: number}
+  | ({seq: number; op: 'file'} & FileJob)
   | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
   | {seq: number; op: 'hash'; data: Uint8Array; cuts: [number, number][]}
   | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
@@ -46,7 +47,35 @@ export type BlobReply =
   | {seq: number; zero: boolean; data?: Uint8Array}
   | {seq: number; chunks: {id: string; offset: number; length: number}[]}
   | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
-  | {seq: number; error: string; corrupt?: {why: string}; errno?: {code?: string; errno?: number; syscall?: string}}
+  | {seq: number; written: true}
+  | {seq: number; error: string; corrupt?: {why: string}; errno?: {code?: string; errno?: number; syscall?: string}; blob?: number}
+
+/** one blob of a FileJob: where it is stored (a range of an open pack file) and what it must decode to */
+export interface FileJobBlob {
+  id: string
+  raw: number
+  where: string
+  fd: number
+  offset: number
+  length: number
+}
+
+/**
+ * A whole file of a restore, written by a worker: created new at `path` (O_EXCL, no symlink
+ * followed), its blobs read from their packs, decoded, checked and written in order (blobs of
+ * zeros left as holes), then its size, owner, mode and times set. On any failure the file is
+ * closed and removed again; the error names the blob it failed on (`blob`, an index).
+ */
+export interface FileJob {
+  path: string
+  size: number
+  mode: number
+  /** uid and gid to set (only when running as root) */
+  owner?: [number, number]
+  /** seconds since the epoch (fractional): atime and mtime */
+  mtime: number
+  blobs: FileJobBlob[]
+}
 
 export interface BlobWorkerData {
   /** the repository's master key material (encrypted repositories), else null */
@@ -126,6 +155,43 @@ function readRange({fd, offset, length}: {fd: number; offset: number; length: nu
 
 const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeBlobOfId(plain, id, level, key, alloc)
 
+const CREATE = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
+
+/** FileJob's work (see there) */
+function writeFile(job: FileJob): void {
+  const fd = openSync(job.path, CREATE, 0o600)
+  let at = -1
+  try {
+    let pos = 0
+    let end = 0
+    for (at = 0; at < job.blobs.length; at++) {
+      const b = job.blobs[at]
+      const plain = decodeBlob(readRange(b, b.where), b.id, b.raw, b.where, key, true)
+      if (!isZero(plain)) {
+        for (let done = 0; done < plain.length; ) done += writeSync(fd, plain, done, plain.length - done, pos + done)
+        end = pos + plain.length
+      }
+      pos += b.raw
+    }
+    at = -1
+    if (end < job.size) ftruncateSync(fd, job.size)
+    if (job.owner) fchownSync(fd, job.owner[0], job.owner[1])
+    fchmodSync(fd, job.mode)
+    futimesSync(fd, job.mtime, job.mtime)
+  } catch (e) {
+    closeSync(fd)
+    // this job created it (O_EXCL): nothing of it stays
+    try {
+      unlinkSync(job.path)
+    } catch {
+      // gone already: what matters is the error that stopped the job
+    }
+    if (at >= 0 && e !== null && typeof e === 'object') Object.assign(e, {blob: at})
+    throw e
+  }
+  closeSync(fd)
+}
+
 function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; transfer: ArrayBuffer[]} {
   if (req.op === 'keep') {
     const h = held.get(req.token)
@@ -145,6 +211,9 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
     return {reply: cutAndHold(req.seq, req.cuts.map(([at, n]) => all.subarray(at, at + n))), transfer: []}
   }
   switch (req.op) {
+    case 'file':
+      writeFile(req)
+      return {reply: {seq: req.seq, written: true}, transfer: []}
     case 'chunk':
       return {reply: cutAndHold(req.seq, cutAll(new Chunker(req.chunker, alloc), view(req.data))), transfer: []}
     case 'decode': {
@@ -179,7 +248,8 @@ parentPort!.on('message', (req: BlobRequest) => {
     const {message, code, errno, syscall} = e as NodeJS.ErrnoException
     // an errno error (a failed write) keeps its code, which the main thread maps (ENOSPC...)
     const sys = code === undefined ? {} : {errno: {code, errno, syscall}}
-    r = {reply: {seq: req.seq, error: message, ...(e instanceof CorruptBlobError ? {corrupt: {why: e.why}} : {}), ...sys}, transfer: []}
+    const blob = (e as {blob?: number}).blob
+    r = {reply: {seq: req.seq, error: message, ...(e instanceof CorruptBlobError ? {corrupt: {why: e.why}} : {}), ...sys, ...(blob === undefined ? {} : {blob})}, transfer: []}
   }
   parentPort!.postMessage(r.reply, r.transfer)
 })

@@ -29,6 +29,7 @@ import {
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
 import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
 import {BlobPool, ChunkToken, POOL_MIN_BLOB, PoolUse, owned, ownedCopy, sharedPool} from './blob-pool.js'
+import type {FileJob, FileJobBlob} from './blob-worker.js'
 import {collectGarbage} from './gc.js'
 import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
@@ -696,6 +697,48 @@ export class Repository {
       throw asDamage(e)
     } finally {
       file?.release()
+    }
+  }
+
+  /**
+   * The restore workers when they can write whole files (writeFile): the backend must hand
+   * out its pack files' descriptors. Undefined otherwise.
+   */
+  fileWorkers(): BlobPool | undefined {
+    return this.backend.openFile ? this.restoreWorkers() : undefined
+  }
+
+  /**
+   * Create the file `file.path` and write blobs `ids` into it, its size, owner, mode and
+   * times, all in a restore worker (FileJob) that reads each blob from its pack file, decodes
+   * and checks it: the main thread only looks the blobs up. A damaged or unreadable blob is
+   * REPO_DAMAGED naming it and its pack, as from loadBlob, and nothing of the file is left; a
+   * failed system call keeps its errno code.
+   */
+  async writeFile(pool: BlobPool, file: Omit<FileJob, 'blobs'>, ids: string[]): Promise<void> {
+    const open = new Map<string, Promise<{fd: number; release: () => void}>>()
+    const blobs: FileJobBlob[] = []
+    try {
+      for (const id of ids) {
+        const {loc, where} = this.locate(id)
+        let f = open.get(where)
+        if (!f) {
+          f = packRead(where, id, () => this.backend.openFile!(where))
+          open.set(where, f)
+        }
+        blobs.push({id, raw: loc.raw, where, fd: (await f).fd, offset: loc.offset, length: loc.length})
+      }
+      await pool.file({...file, blobs})
+    } catch (e) {
+      const at = (e as {blob?: number}).blob
+      if (at !== undefined && !(e instanceof CorruptBlobError) && (e as NodeJS.ErrnoException).code === undefined && e instanceof Error) {
+        // a short read: the pack is shorter than the index says
+        const b = blobs[at]
+        throw new HolyshipError('REPO_DAMAGED', `blob ${b.id.slice(0, 16)} in pack ${b.where} cannot be read: ${e.message}`, {cause: e})
+      }
+      throw asDamage(e)
+    } finally {
+      for (const f of open.values()) void f.then((h) => h.release(), () => undefined)
     }
   }
 

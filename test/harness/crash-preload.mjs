@@ -9,7 +9,10 @@
  *   rename-before:N  right before the Nth rename (the temporary file is written, not renamed)
  *   rename-to:TEXT   right after the first rename whose destination contains TEXT (e.g. /snapshots/)
  *   file:N           right after the Nth fs.futimesSync: restore --path sets a file's times
- *                    with it once the file's data is written, before it closes the file
+ *                    with it once the file's data is written, before it closes the file, on
+ *                    the main thread or in a restore worker (this file is loaded in every
+ *                    thread; they count together, so with two writing at once the kill may
+ *                    come one file late)
  *   file-before:N    right before the Nth fs.futimesSync (the file's data is written)
  *   put:N            while the Nth HTTP PUT (an S3 upload) is on the wire
  *
@@ -20,6 +23,9 @@
 import fs from 'node:fs'
 import http from 'node:http'
 import {syncBuiltinESMExports} from 'node:module'
+import os from 'node:os'
+import path from 'node:path'
+import {isMainThread} from 'node:worker_threads'
 
 const spec = process.env.HOLYSHIP_TEST_CRASH ?? ''
 const mode = spec.slice(0, spec.indexOf(':') >>> 0)
@@ -28,8 +34,20 @@ const at = Number(arg)
 const countFile = process.env.HOLYSHIP_TEST_CRASH_COUNT
 const counts = {rename: 0, put: 0, file: 0, /** where each rename went, in order */ renamed: []}
 
+/**
+ * The files finished (futimesSync calls) by all threads: one byte each, appended to a file the
+ * main thread names in the environment its workers inherit.
+ */
+if (isMainThread) {
+  process.env.HOLYSHIP_TEST_CRASH_FILES = path.join(os.tmpdir(), `holyship-crash-files-${process.pid}`)
+  fs.writeFileSync(process.env.HOLYSHIP_TEST_CRASH_FILES, '')
+}
+const filesCounter = process.env.HOLYSHIP_TEST_CRASH_FILES
+const filesDone = () => fs.statSync(filesCounter).size
+
 function die() {
-  if (countFile) fs.writeFileSync(countFile, JSON.stringify({...counts, killed: true}))
+  if (countFile) fs.writeFileSync(countFile, JSON.stringify({...counts, file: filesDone(), killed: true}))
+  fs.rmSync(filesCounter, {force: true})
   process.kill(process.pid, 'SIGKILL')
 }
 
@@ -47,11 +65,10 @@ fs.promises.rename = async function (...args) {
 
 const futimesSync = fs.futimesSync
 fs.futimesSync = function (...args) {
-  counts.file++
-  const n = counts.file
-  if (mode === 'file-before' && n === at) die()
+  if (mode === 'file-before' && filesDone() + 1 >= at) die()
   const r = futimesSync.apply(this, args)
-  if (mode === 'file' && n === at) die()
+  fs.appendFileSync(filesCounter, 'x')
+  if (mode === 'file' && filesDone() >= at) die()
   return r
 }
 // named imports of node:fs (import {futimesSync} from 'node:fs') see the patched function too
@@ -69,6 +86,9 @@ http.request = function (...args) {
   return req
 }
 
-process.on('exit', () => {
-  if (countFile) fs.writeFileSync(countFile, JSON.stringify(counts))
-})
+if (isMainThread) {
+  process.on('exit', () => {
+    if (countFile) fs.writeFileSync(countFile, JSON.stringify({...counts, file: filesDone()}))
+    fs.rmSync(filesCounter, {force: true})
+  })
+}

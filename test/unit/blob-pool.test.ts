@@ -216,6 +216,72 @@ describe('blob pool', {timeout: 60_000}, () => {
     }
   })
 
+  it('file(): creates a file whole from blobs in a pack (holes, size, owner, mode, times); damage, a short pack and an existing file leave nothing of it', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'hs-pool-file-'))
+    try {
+      const parts = [text(100_000, 1), Buffer.alloc(200_000), text(3000, 2), randomBytes(70_000)]
+      const stored = parts.map((p) => encodeBlob(p, sha256(p), 3))
+      const packFile = path.join(dir, 'pack')
+      await fsp.writeFile(packFile, Buffer.concat(stored))
+      const pack = await fsp.open(packFile, 'r')
+      const offsets = stored.map((_, i) => stored.slice(0, i).reduce((n, b) => n + b.length, 0))
+      const blobs = parts.map((p, i) => ({id: sha256(p), raw: p.length, where: 'data/pp', fd: pack.fd, offset: offsets[i], length: stored[i].length}))
+      const size = parts.reduce((n, p) => n + p.length, 0)
+      // a file of zeros after the data: its last blob is a hole, the size set all the same
+      const tail = Buffer.alloc(50_000)
+      const tailBlob = {...blobs[1], id: sha256(tail), raw: tail.length}
+      await fsp.appendFile(packFile, encodeBlob(tail, tailBlob.id, 3))
+      tailBlob.offset = stored.reduce((n, b) => n + b.length, 0)
+      tailBlob.length = encodeBlob(tail, tailBlob.id, 3).length
+      try {
+        const out = path.join(dir, 'out')
+        const mtime = 1_600_000_123.5
+        await pool.file({path: out, size: size + tail.length, mode: 0o4751, owner: [1234, 5678], mtime, blobs: [...blobs, tailBlob]})
+        const st = await fsp.stat(out)
+        expect((await fsp.readFile(out)).equals(Buffer.concat([...parts, tail]))).toBe(true)
+        expect(st.size).toBe(size + tail.length)
+        // mode after owner: chown would have cleared the setuid bit
+        expect([st.mode & 0o7777, st.uid, st.gid]).toEqual([0o4751, 1234, 5678])
+        expect(st.mtimeMs).toBe(mtime * 1000)
+        // the blobs of zeros took no blocks (the data around them: ~173 KB)
+        expect(st.blocks * 512).toBeLessThan(200_000)
+
+        // damage in the third blob: CorruptBlobError naming it, and the file is gone
+        const bad = path.join(dir, 'bad')
+        const flipped = path.join(dir, 'flipped')
+        const copy = Buffer.from(await fsp.readFile(packFile))
+        copy[offsets[2] + (stored[2].length >> 1)] ^= 0xff
+        await fsp.writeFile(flipped, copy)
+        const fl = await fsp.open(flipped, 'r')
+        try {
+          const e = await pool.file({path: bad, size, mode: 0o644, mtime, blobs: blobs.map((b) => ({...b, fd: fl.fd}))}).catch((x: unknown) => x)
+          expect(e).toMatchObject({name: 'CorruptBlobError', blobId: blobs[2].id, where: 'data/pp', blob: 2})
+        } finally {
+          await fl.close()
+        }
+        await expect(fsp.lstat(bad)).rejects.toMatchObject({code: 'ENOENT'})
+        // a pack shorter than the index says: a short read naming the blob, the file gone
+        const cut = path.join(dir, 'cut')
+        await fsp.writeFile(cut, copy.subarray(0, offsets[3] + 10))
+        const ct = await fsp.open(cut, 'r')
+        try {
+          const e = await pool.file({path: bad, size, mode: 0o644, mtime, blobs: blobs.map((b) => ({...b, fd: ct.fd})).filter((_, i) => i !== 2)}).catch((x: unknown) => x)
+          expect(e).toMatchObject({message: /short read/, blob: 2})
+        } finally {
+          await ct.close()
+        }
+        await expect(fsp.lstat(bad)).rejects.toMatchObject({code: 'ENOENT'})
+        // a name that exists is never written through, nor removed
+        await expect(pool.file({path: out, size, mode: 0o644, mtime, blobs})).rejects.toMatchObject({code: 'EEXIST', syscall: 'open'})
+        expect((await fsp.readFile(out)).equals(Buffer.concat([...parts, tail]))).toBe(true)
+      } finally {
+        await pack.close()
+      }
+    } finally {
+      rmSync(dir, {recursive: true, force: true})
+    }
+  })
+
   it('owned() copies only what does not own its memory', () => {
     const whole = Buffer.allocUnsafeSlow(100)
     expect(owned(whole)).toBe(whole)
