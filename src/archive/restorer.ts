@@ -373,6 +373,12 @@ export interface RestoreToDirOptions {
   onBytes?: (n: number) => void
   overwrite?: boolean
   /**
+   * the tree's root directory as it was (a mount's root: mode, owner, times), given to the
+   * target when the whole tree is restored. Without it the target keeps its own (a tree
+   * records its entries, not itself).
+   */
+  root?: TreeNode
+  /**
    * --partial: files whose data is damaged (and directories whose listing is) are left out
    * and listed here; everything else is restored. Without it the first damage fails the
    * restore and everything it created is removed again.
@@ -402,6 +408,7 @@ export async function restoreToDir(
 ): Promise<{files: number; bytes: number; skipped: SkippedEntry[]}> {
   const node = await findNode(repo, treeId, rel)
   if (!node) throw new HolyshipError('PATH_NOT_FOUND', `no path ${JSON.stringify('/' + rel)} in the snapshot`)
+  const whole = rel.split('/').every((p) => p === '' || p === '.')
   const root = path.resolve(target)
   const firstCreated = await makeTarget(root)
   const endReads = retainReads(repo.backend)
@@ -412,7 +419,8 @@ export async function restoreToDir(
       run.created.push(firstCreated)
       run.madeDirs.add(root)
     }
-    return await run.restore(rel, node)
+    if (whole && !opts.root) run.keepTargetMeta = true
+    return await run.restore(rel, whole && opts.root ? {...opts.root, name: '', type: 'dir', subtree: treeId} : node)
   } finally {
     endReads()
   }
@@ -484,6 +492,8 @@ class DirRestore {
   private readonly tmpPrefix = `.holyship-restore-${randomBytes(4).toString('hex')}`
   private tmpSeq = 0
   private seq = 0
+  /** the target is the tree's root and nothing recorded its metadata: its own stay */
+  keepTargetMeta = false
   /** files met by fileWorkers() */
   private filesMet = 0
   /** the pool of writeInWorker (null: none), once a file for it came */
@@ -618,6 +628,7 @@ class DirRestore {
     }
     // a real directory now (lstat saw one, or we made it): entries below need not look past it
     this.safeDirs.add(abs)
+    if (abs === this.root && this.keepTargetMeta) return
     this.dirsToTime.push({abs, node: n})
     await applyMeta(abs, n)
   }

@@ -14,7 +14,7 @@ import {TarWriter} from '../archive/tarwriter.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {ContainerRecord, MountRecord, SnapshotManifest} from '../repo/format.js'
+import {ContainerRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
 import {recoverOnce} from './pause-journal.js'
 
@@ -408,6 +408,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
   let rel = ''
   let source = ''
   let base = ''
+  let root: TreeNode | undefined
   const candidates = [...m.mounts].sort((a, b) => b.destination.length - a.destination.length)
   for (const mount of candidates) {
     const dest = mount.destination === '' ? '/' : mount.destination
@@ -416,6 +417,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
       rel = want.slice(dest === '/' ? 1 : dest.length + 1)
       source = `${mount.type} ${mount.source}`
       base = dest === '/' ? '' : dest
+      root = mount.root
       break
     }
   }
@@ -428,7 +430,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
   const progress = opts.progress ?? silentProgress
   progress.phase(`restoring ${want}`)
   try {
-    const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, onBytes: (n) => progress.add(n), skipped: opts.partial ? [] : undefined})
+    const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, root, onBytes: (n) => progress.add(n), skipped: opts.partial ? [] : undefined})
     const out: RestorePathResult = {source, target: path.resolve(opts.target), files: r.files, bytes: r.bytes}
     if (opts.partial) out.skipped = underBase(base, r.skipped)
     return out

@@ -196,6 +196,15 @@ describe.each(['direct', 'api'] as const)('snapshot and restore of a container (
     await expect(restorePath({repo, snapshotId: id, manifest, path: '/data/hello.txt', target: path.join(target, 'deep')})).resolves.toBeTruthy()
     await expect(restorePath({repo, snapshotId: id, manifest, path: '/data/hello.txt', target: path.join(target, 'deep')})).rejects.toMatchObject({code: 'TARGET_EXISTS'})
     await expect(restorePath({repo, snapshotId: id, manifest, path: '/nope', target})).rejects.toMatchObject({code: 'PATH_NOT_FOUND'})
+    // a whole volume: the target gets the volume root's mode, owner and time as snapshotted
+    const whole = path.join(work, 'whole-data')
+    await restorePath({repo, snapshotId: id, manifest, path: '/data', target: whole})
+    const mroot = manifest.mounts.find((m) => m.destination === '/data')!.root!
+    const ws = await fsp.stat(whole)
+    expect(mroot.mtime[0]).toBeGreaterThan(0)
+    expect([ws.mode & 0o7777, ws.uid, ws.gid]).toEqual([mroot.mode & 0o7777, mroot.uid, mroot.gid])
+    expect(ws.mtimeMs).toBeCloseTo(mroot.mtime[0] * 1000 + mroot.mtime[1] / 1e6, 1)
+    expect(await fsp.readFile(path.join(whole, 'deep/a/b/c/file'), 'utf8')).toBe('payload\n')
   })
 
   it('verify --read-data passes', async () => {

@@ -141,6 +141,36 @@ describe('restoreToDir with many entries in flight', () => {
     expect(await fsp.readFile(path.join(out, 'd1', 'f1.txt'))).toEqual(await fsp.readFile(path.join(src, 'd1', 'f1.txt')))
   })
 
+  it('the whole tree: the target gets the root metadata given (a mount root), or keeps its own', async () => {
+    const kept = path.join(work, 'kept')
+    await fsp.mkdir(kept, {mode: 0o711})
+    await fsp.chmod(kept, 0o711)
+    await fsp.utimes(kept, 1_500_000_000, 1_500_000_000)
+    await restoreToDir(repo, root, '', kept)
+    // (its time is when the restore wrote into it, as for any directory written to; never 1970)
+    const st = await fsp.stat(kept)
+    expect(st.mode & 0o7777).toBe(0o711)
+    expect(st.mtimeMs).toBeGreaterThan(Date.now() - 60_000)
+    // a volume's root as it was: postgres wants its data directory 0700 and its own
+    const given = path.join(work, 'given')
+    await restoreToDir(repo, root, '/', given, {root: {name: '', type: 'dir', mode: 0o700, uid: 999, gid: 998, mtime: [1_400_000_000, 500_000_000]}})
+    const g = await fsp.stat(given, {bigint: true})
+    expect([Number(g.mode & 0o7777n), g.uid, g.gid, g.mtimeNs]).toEqual([0o700, 999n, 998n, 1_400_000_000_500_000_000n])
+    expect(await describeTree(given)).toEqual(await describeTree(src))
+    // a directory below the root (restored into the target under its name) gets its own
+    // recorded metadata, and the target is left as it is
+    const sub = path.join(work, 'sub')
+    await fsp.mkdir(sub, {mode: 0o751})
+    await fsp.chmod(sub, 0o751)
+    await restoreToDir(repo, root, 'd1', sub, {root: {name: '', type: 'dir', mode: 0o700, uid: 999, gid: 998, mtime: [1_400_000_000, 0]}})
+    const want = await fsp.stat(path.join(src, 'd1'))
+    const got = await fsp.stat(path.join(sub, 'd1'))
+    expect([got.mode, got.uid]).toEqual([want.mode, want.uid])
+    // (times are set through Node's seconds as a double: to the microsecond, not the nanosecond)
+    expect(got.mtimeMs).toBeCloseTo(want.mtimeMs, 2)
+    expect((await fsp.stat(sub)).mode & 0o7777).toBe(0o751)
+  })
+
   it('a damaged blob: the restore fails and removes all it made; --partial leaves out that file and its hard link only', async () => {
     const copy = path.join(work, 'repo-damaged')
     await fsp.cp(path.join(work, 'repo'), copy, {recursive: true})
