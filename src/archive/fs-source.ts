@@ -11,10 +11,11 @@
  * ctime), so an unchanged tree spawns no `getfattr` at all.
  */
 import {execFile} from 'node:child_process'
-import {BigIntStats, closeSync, lstatSync, openSync, read, readSync, readdirSync, readlinkSync} from 'node:fs'
+import {BigIntStats, closeSync, lstatSync, openSync, read, readSync} from 'node:fs'
 import * as path from 'node:path'
 import debugFactory from 'debug'
 import {NodeType, Tree, TreeNode} from '../repo/format.js'
+import {fsPath, hasEscapes, linkTarget, listNames, nameFromBytes} from './names.js'
 import {Archiver, SourceEntry} from './archiver.js'
 
 const debug = debugFactory('holyship:fs-source')
@@ -49,8 +50,9 @@ type Xattrs = Map<string, Record<string, string>>
  */
 async function runGetfattr(root: string, paths: string[], recursive: boolean): Promise<Xattrs | undefined> {
   const args = [...(recursive ? ['-R', '-P'] : []), '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--', ...paths]
-  const stdout = await new Promise<string | undefined>((resolve, reject) => {
-    execFile('getfattr', args, {maxBuffer: 1024 * 1024 * 1024, encoding: 'utf8'}, (err, out) => {
+  // bytes, not text: the names it prints are the file system's, UTF-8 or not
+  const stdout = await new Promise<Buffer | undefined>((resolve, reject) => {
+    execFile('getfattr', args, {maxBuffer: 1024 * 1024 * 1024, encoding: 'buffer'}, (err, out) => {
       if (!err) return resolve(out)
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return resolve(undefined)
       // getfattr exits 1 when some file vanished; what it printed is still good
@@ -61,13 +63,20 @@ async function runGetfattr(root: string, paths: string[], recursive: boolean): P
   if (stdout === undefined) return undefined
   const out: Xattrs = new Map()
   let current: Record<string, string> | undefined
-  for (const line of stdout.split('\n')) {
-    if (line.startsWith('# file: ')) {
-      const abs = unescapeGetfattr(line.slice(8))
+  for (let at = 0; at < stdout.length; ) {
+    let end = stdout.indexOf(0x0a, at)
+    if (end < 0) end = stdout.length
+    const bytes = stdout.subarray(at, end)
+    at = end + 1
+    if (bytes.subarray(0, 8).equals(FILE_LINE)) {
+      const abs = nameFromBytes(unescapeGetfattr(bytes.subarray(8)))
       const rel = path.relative(root, abs)
       current = {}
       out.set(rel === '' ? '' : rel.split(path.sep).join('/'), current)
-    } else if (current && line.includes('=')) {
+      continue
+    }
+    const line = bytes.toString('utf8')
+    if (current && line.includes('=')) {
       const i = line.indexOf('=')
       const name = line.slice(0, i)
       let value = line.slice(i + 1)
@@ -86,9 +95,20 @@ export async function readXattrs(root: string): Promise<Map<string, Record<strin
   return out ?? new Map()
 }
 
-function unescapeGetfattr(s: string): string {
-  // getfattr escapes unusual bytes as \ooo octal
-  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+const FILE_LINE = Buffer.from('# file: ')
+
+/** a name as getfattr printed it: it escapes a backslash, a newline and other control bytes as \ooo octal */
+function unescapeGetfattr(b: Buffer): Buffer {
+  if (!b.includes(0x5c)) return b
+  const out: number[] = []
+  for (let i = 0; i < b.length; i++) {
+    const o = b.subarray(i + 1, i + 4).toString('latin1')
+    if (b[i] === 0x5c && /^[0-7]{3}$/.test(o)) {
+      out.push(parseInt(o, 8) & 0xff)
+      i += 3
+    } else out.push(b[i])
+  }
+  return Buffer.from(out)
 }
 
 /**
@@ -128,6 +148,9 @@ class XattrReader {
   /** read `entries` (root-relative) and, recursively, `trees`; no-op once everything is read */
   async fetch(entries: string[], trees: string[]): Promise<void> {
     if (this.complete || entries.length + trees.length === 0) return
+    // a name that is not UTF-8 cannot be passed to getfattr (arguments are UTF-8): the one
+    // recursive run over the root prints it like any other
+    if (entries.some(hasEscapes) || trees.some(hasEscapes)) return this.readAll()
     this.entries += entries.length
     this.runs += (entries.length > 0 ? Math.ceil(entries.length / 512) : 0) + (trees.length > 0 ? 1 : 0)
     if (this.runs > XattrReader.MAX_RUNS || this.entries > XattrReader.MAX_ENTRIES) return this.readAll()
@@ -175,7 +198,7 @@ function unchangedSince(c: Child): boolean {
 
 /** lstat, or undefined when the entry is gone */
 function lstatOrGone(abs: string): BigIntStats | undefined {
-  return lstatSync(abs, {bigint: true, throwIfNoEntry: false})
+  return lstatSync(fsPath(abs), {bigint: true, throwIfNoEntry: false})
 }
 
 // file type bits of st_mode (BigIntStats' isFile() etc. allocate BigInts on every call)
@@ -281,7 +304,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     await archiver.add(entryOf(c, 'dir'))
     let names: string[]
     try {
-      names = readdirSync(c.abs)
+      names = listNames(c.abs)
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         changed.push(c.rel)
@@ -369,7 +392,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         // costs far more than the system call, and the walk would wait for it on every file
         let fd: number
         try {
-          fd = openSync(c.abs, 'r')
+          fd = openSync(fsPath(c.abs), 'r')
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
             changed.push(rel)
@@ -393,7 +416,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         let target = c.keepXattrs && prev?.type === 'symlink' ? prev.target : undefined
         if (target === undefined) {
           try {
-            target = readlinkSync(c.abs)
+            target = linkTarget(c.abs)
           } catch (err) {
             if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
               changed.push(rel)

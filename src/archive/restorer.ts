@@ -38,6 +38,7 @@ import {BlobPool, POOL_MIN_BLOB} from '../repo/blob-pool.js'
 import {TreeNode} from '../repo/format.js'
 import {isZero} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
+import {bytesOfName, fsPath, hasEscapes} from './names.js'
 import {TarHeader, TarWriter} from './tarwriter.js'
 import {UnsafeTreeError, loadCheckedTree, walksBefore} from './tree-check.js'
 
@@ -523,7 +524,7 @@ class DirRestore {
       // directory times last, when nothing is written into them any more
       for (const {abs, node: n} of this.dirsToTime.reverse()) setTimes(abs, n)
     } catch (e) {
-      for (const p of this.created.reverse()) await fsp.rm(p, {recursive: true, force: true}).catch(() => undefined)
+      for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
       throw e
     }
     const skipped = this.opts.skipped ?? []
@@ -554,7 +555,7 @@ class DirRestore {
     // never follow a symlink left on the way (written earlier or already there)
     let cur = path.dirname(abs)
     while (cur.length > this.root.length && !this.safeDirs.has(cur)) {
-      if (lstatSync(cur, {throwIfNoEntry: false})?.isSymbolicLink()) throw new HolyshipError('REPO_DAMAGED', `refusing to write through the symlink ${cur}`)
+      if (lstatSync(fsPath(cur), {throwIfNoEntry: false})?.isSymbolicLink()) throw new HolyshipError('REPO_DAMAGED', `refusing to write through the symlink ${cur}`)
       cur = path.dirname(cur)
     }
     return abs
@@ -563,7 +564,7 @@ class DirRestore {
   /** what is at `abs` now (nothing, in a directory this restore made) */
   private existing(abs: string): Stats | undefined {
     if (abs !== this.root && this.madeDirs.has(path.dirname(abs))) return undefined
-    return abs === this.root ? lstatSync(abs) : lstatSync(abs, {throwIfNoEntry: false})
+    return abs === this.root ? lstatSync(abs) : lstatSync(fsPath(abs), {throwIfNoEntry: false})
   }
 
   /** directories in walk order (their entries need them); every other entry as a job */
@@ -619,10 +620,10 @@ class DirRestore {
       throw new HolyshipError('TARGET_EXISTS', `${abs} exists and is not a directory`, {hint: 'use --force to overwrite'})
     }
     // with --force: what is in the way goes (a symlink itself, never what it points to)
-    if (replace) await fsp.rm(abs, {recursive: true, force: true})
+    if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
     if (!existing || replace) {
       // at once, not through the thread pool: see writeTemp's open
-      mkdirSync(abs)
+      mkdirSync(fsPath(abs))
       this.made(abs)
       this.madeDirs.add(abs)
     }
@@ -648,8 +649,8 @@ class DirRestore {
       const target = n.target ?? ''
       const first = this.written.get(target)
       if (first !== undefined) {
-        if (replace) await fsp.rm(abs, {recursive: true, force: true})
-        await fsp.link(first, abs)
+        if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
+        await fsp.link(fsPath(first), fsPath(abs))
         this.made(abs)
         this.written.set(treePath, abs)
         return
@@ -684,11 +685,11 @@ class DirRestore {
       }
     }
     try {
-      if (replace) await fsp.rm(abs, {recursive: true, force: true})
+      if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
       switch (n.type) {
         case 'file':
         case 'hardlink':
-          if (tmp !== abs) await fsp.rename(tmp!, abs)
+          if (tmp !== abs) await fsp.rename(fsPath(tmp!), fsPath(abs))
           tmp = undefined
           this.made(abs)
           this.stats.files++
@@ -697,21 +698,41 @@ class DirRestore {
           this.written.set(treePath, abs)
           return
         case 'symlink':
-          symlinkSync(n.target ?? '', abs)
+          symlinkSync(fsPath(n.target ?? ''), fsPath(abs))
           break
         case 'fifo':
-          await execFileP('mkfifo', ['-m', (n.mode & 0o777).toString(8), abs])
+          await this.makeNode(abs, (at) => execFileP('mkfifo', ['-m', (n.mode & 0o777).toString(8), at]))
           break
         case 'chardev':
         case 'blockdev':
-          await execFileP('mknod', [abs, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)])
+          await this.makeNode(abs, (at) => execFileP('mknod', [at, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)]))
           break
       }
       this.made(abs)
     } finally {
-      if (tmp) rmSync(tmp, {force: true})
+      if (tmp) rmSync(fsPath(tmp), {force: true})
     }
     await applyMeta(abs, n)
+  }
+
+  /**
+   * Make a fifo or device node at `abs` with a command (`make(path)`: Node has no call for
+   * them). A name that is not UTF-8 cannot be a command's argument: the node is made under a
+   * temporary name in the target and renamed into place.
+   */
+  private async makeNode(abs: string, make: (at: string) => Promise<unknown>): Promise<void> {
+    if (!hasEscapes(abs)) {
+      await make(abs)
+      return
+    }
+    const at = path.join(this.root, `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    await make(at)
+    try {
+      await fsp.rename(at, fsPath(abs))
+    } catch (e) {
+      rmSync(at, {force: true})
+      throw e
+    }
   }
 
   /** the sizes of file `n`'s chunks, from the index: REPO_DAMAGED when one is missing or they do not add up to its size */
@@ -772,7 +793,7 @@ class DirRestore {
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
     // a small file is opened at once, like its data is written: on a local disk the thread
     // pool's round trip costs more than the call (two context switches on a busy machine)
-    const opening = (total < ASYNC_WRITE ? (async () => openSync(tmp, flags, 0o600))() : openP(tmp, flags, 0o600)).then((f) => {
+    const opening = (total < ASYNC_WRITE ? (async () => openSync(fsPath(tmp), flags, 0o600))() : openP(fsPath(tmp), flags, 0o600)).then((f) => {
       fd = f
       return f
     })
@@ -808,7 +829,7 @@ class DirRestore {
       // only what this restore created goes
       if (fd !== undefined) {
         closeSync(fd)
-        rmSync(tmp, {force: true})
+        rmSync(fsPath(tmp), {force: true})
       }
       throw e
     }
@@ -985,11 +1006,22 @@ function asRoot(): boolean {
 
 function setTimes(abs: string, n: TreeNode): void {
   const t = n.mtime[0] + n.mtime[1] / 1e9
-  lutimesSync(abs, t, t)
+  lutimesSync(fsPath(abs), t, t)
 }
 
 async function setXattrs(abs: string, n: TreeNode): Promise<void> {
   if (!n.xattrs) return
+  if (hasEscapes(abs)) {
+    // a name that is not UTF-8 cannot be an argument: setfattr reads it from a dump
+    // (getfattr's format: the name's unusual bytes as \ooo octal) on its standard input
+    const name = [...bytesOfName(abs)].map((b) => (b < 0x21 || b > 0x7e || b === 0x5c ? `\\${b.toString(8).padStart(3, '0')}` : String.fromCharCode(b))).join('')
+    const dump = `# file: ${name}\n${Object.entries(n.xattrs).map(([k, v]) => `${k}=0s${v}\n`).join('')}\n`
+    await new Promise<void>((resolve) => {
+      const child = execFile('setfattr', ['-h', '--restore=-'], () => resolve())
+      child.stdin?.end(dump)
+    })
+    return
+  }
   for (const [k, v] of Object.entries(n.xattrs)) {
     await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch(() => undefined)
   }
@@ -997,8 +1029,9 @@ async function setXattrs(abs: string, n: TreeNode): Promise<void> {
 
 /** owner, mode, xattrs and (but for directories, whose times come last) times of what is at `abs` */
 async function applyMeta(abs: string, n: TreeNode): Promise<void> {
-  if (asRoot()) lchownSync(abs, n.uid, n.gid)
-  if (n.type !== 'symlink') chmodSync(abs, n.mode & 0o7777)
+  const p = fsPath(abs)
+  if (asRoot()) lchownSync(p, n.uid, n.gid)
+  if (n.type !== 'symlink') chmodSync(p, n.mode & 0o7777)
   await setXattrs(abs, n)
   if (n.type !== 'dir') setTimes(abs, n)
 }

@@ -79,6 +79,16 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
     for await (const e of extract) {
       const entry = e as unknown as AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
       const name = entry.header.name
+      // tar-stream decodes names as UTF-8 (pax records always): bytes that are not UTF-8
+      // come out as U+FFFD, a name that does not exist. Refused, rather than recorded wrong.
+      for (const [what, v] of [['path', name], ['link target', entry.header.linkname ?? '']]) {
+        if (v.includes('\ufffd')) {
+          throw new HolyshipError(
+            'DOCKER_FAILED',
+            `the engine's tar stream has a ${what} that is not UTF-8 (${JSON.stringify(v)}), which the api reader cannot keep; snapshot on the engine's host with the direct reader, which keeps any name; nothing was recorded`,
+          )
+        }
+      }
       let path = cleanPath(name)
       if (opts.stripFirst) {
         const i = path.indexOf('/')

@@ -5,6 +5,7 @@
  */
 import {Writable} from 'node:stream'
 import {HolyshipError} from '../errors.js'
+import {bytesOfName} from './names.js'
 
 export interface TarHeader {
   name: Buffer | string
@@ -75,8 +76,9 @@ function rawHeader(name: Buffer, typeflag: string, h: Omit<TarHeader, 'name' | '
 
 /** Encode the header block(s) of one entry: a pax header when needed, then the ustar header. */
 export function encodeHeader(h: TarHeader): Buffer {
-  const name = Buffer.isBuffer(h.name) ? h.name : Buffer.from(h.name, 'utf8')
-  const link = h.linkname === undefined ? Buffer.alloc(0) : Buffer.isBuffer(h.linkname) ? h.linkname : Buffer.from(h.linkname, 'utf8')
+  // names as the file system had them: bytes that are not UTF-8 go back as they were (names.ts)
+  const name = Buffer.isBuffer(h.name) ? h.name : bytesOfName(h.name)
+  const link = h.linkname === undefined ? Buffer.alloc(0) : Buffer.isBuffer(h.linkname) ? h.linkname : bytesOfName(h.linkname)
   const size = h.type === 'file' ? (h.size ?? 0) : 0
   const records: Buffer[] = []
   if (name.length > 99 || !isAscii(name)) records.push(paxRecord('path', name))

@@ -24,6 +24,7 @@
  */
 import {closeSync, fchmodSync, fchownSync, constants as fsc, ftruncateSync, futimesSync, openSync, readSync, unlinkSync, writeSync} from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
+import {fsPath} from '../archive/names.js'
 import {MasterKey} from './crypto.js'
 import {ownedCopy} from './blob-pool.js'
 import {Chunker, ChunkerParams, cutAll} from './chunker.js'
@@ -159,7 +160,8 @@ const CREATE = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
 
 /** FileJob's work (see there) */
 function writeFile(job: FileJob): void {
-  const fd = openSync(job.path, CREATE, 0o600)
+  const name = fsPath(job.path)
+  const fd = openSync(name, CREATE, 0o600)
   let at = -1
   try {
     let pos = 0
@@ -182,7 +184,7 @@ function writeFile(job: FileJob): void {
     closeSync(fd)
     // this job created it (O_EXCL): nothing of it stays
     try {
-      unlinkSync(job.path)
+      unlinkSync(name)
     } catch {
       // gone already: what matters is the error that stopped the job
     }

@@ -1,0 +1,75 @@
+/**
+ * A volume whose files have names that are not UTF-8 (Latin-1, as a legacy application writes
+ * them), through the CLI on a real engine: the direct reader keeps every name byte for byte,
+ * a container restore puts them back into a new volume through the engine's tar extraction,
+ * and the api reader, which cannot keep them, refuses with a clear error and records nothing.
+ */
+import {mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {holyship} from '../harness/cli.js'
+import {connectEngine} from '../harness/engine.js'
+
+describe('names that are not UTF-8, through the CLI', () => {
+  const info = inject('holyshipEngineA')
+  const docker = connectEngine(info).docker
+  const tag = process.pid.toString(36)
+  const name = `names-${tag}`
+  const vol = `names-vol-${tag}`
+  const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
+  const files = [latin('caf\xe9.txt'), latin('r\xe9sum\xe9 \xff.doc'), Buffer.from('plain.txt')]
+  let work: string
+  let env: Record<string, string>
+
+  const listing = (dir: string): string[] =>
+    readdirSync(Buffer.from(dir), {encoding: 'buffer'})
+      .map((n) => `${n.toString('hex')}:${readFileSync(Buffer.concat([Buffer.from(dir + '/'), n])).toString('hex')}`)
+      .sort()
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-names-'))
+    env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
+    await docker.createVolume({Name: vol})
+    const mp = (await docker.getVolume(vol).inspect()).Mountpoint
+    for (const [i, f] of files.entries()) writeFileSync(Buffer.concat([Buffer.from(mp + '/'), f]), `content ${i}\n`)
+    const c = await docker.createContainer({name, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/v`]}})
+    await c.start()
+  })
+
+  afterAll(async () => {
+    for (const c of [name, `${name}-copy`]) await docker.getContainer(c).remove({force: true}).catch(() => {})
+    for (const v of [vol, `copy-${vol}`]) await docker.getVolume(v).remove().catch(() => {})
+    rmSync(work, {recursive: true, force: true})
+  })
+
+  it('the direct reader keeps them, a container restore writes them back byte for byte', async () => {
+    expect((await holyship(['init'], env)).code).toBe(0)
+    const snap = await holyship(['snapshot', name, '--reader', 'direct', '--json'], env)
+    expect(snap.stderr).toBe('')
+    expect(snap.code).toBe(0)
+    expect(JSON.parse(snap.stdout)[0].files).toBe(files.length)
+    const r = await holyship(['restore', `latest:${name}`, '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--json'], env)
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(0)
+    const original = (await docker.getVolume(vol).inspect()).Mountpoint
+    const copy = (await docker.getVolume(`copy-${vol}`).inspect()).Mountpoint
+    expect(listing(copy)).toEqual(listing(original))
+    // and restore --path into a host directory
+    const out = path.join(work, 'out')
+    const p = await holyship(['restore', `latest:${name}`, '--path', '/v', '--target', out], env)
+    expect(p.code).toBe(0)
+    expect(listing(out)).toEqual(listing(original))
+  })
+
+  it('the api reader refuses them in one line, and nothing is recorded', async () => {
+    const before = await holyship(['list', '--json'], env)
+    const r = await holyship(['snapshot', name, '--reader', 'api'], env)
+    expect(r.code).toBe(31)
+    expect(r.stderr.trim().split('\n')).toHaveLength(1)
+    expect(r.stderr).toMatch(/not UTF-8.*direct reader/)
+    expect((await holyship(['list', '--json'], env)).stdout).toBe(before.stdout)
+    // the container runs on (a refused snapshot unpauses it)
+    expect((await docker.getContainer(name).inspect()).State).toMatchObject({Running: true, Paused: false})
+  })
+})
