@@ -13,7 +13,9 @@
 import {isUtf8} from 'node:buffer'
 import {readdirSync, readlinkSync} from 'node:fs'
 
-const ESCAPED = /[\udc80-\udcff]/
+// `u`: code points, so the second half of a real pair (an emoji) is not taken for an escape
+const ESCAPED = /[\udc80-\udcff]/u
+const LONE_SURROGATE = /\p{Cs}/u
 
 /** true when `s` holds an escaped byte (a name that is not valid UTF-8) */
 export function hasEscapes(s: string): boolean {
@@ -77,6 +79,15 @@ export function bytesOfName(s: string): Buffer {
   }
   if (run) parts.push(Buffer.from(run, 'utf8'))
   return Buffer.concat(parts)
+}
+
+/**
+ * true when `s` is a name nameFromBytes can make: no lone surrogate but escapes, and no escapes
+ * that spell valid UTF-8 (`\udcc3\udca9` would be the bytes of "é"). Anything else would name
+ * the same bytes as another string: a tree holding it is refused (tree-check.ts).
+ */
+export function isCanonicalName(s: string): boolean {
+  return !LONE_SURROGATE.test(s) || nameFromBytes(bytesOfName(s)) === s
 }
 
 /** a path for node:fs: `s` itself, or its bytes when it holds an escaped byte */

@@ -1018,6 +1018,8 @@ async function setXattrs(abs: string, n: TreeNode): Promise<void> {
     const dump = `# file: ${name}\n${Object.entries(n.xattrs).map(([k, v]) => `${k}=0s${v}\n`).join('')}\n`
     await new Promise<void>((resolve) => {
       const child = execFile('setfattr', ['-h', '--restore=-'], () => resolve())
+      // a setfattr that exits before reading it all (or is missing) must not crash the restore
+      child.stdin?.on('error', () => undefined)
       child.stdin?.end(dump)
     })
     return

@@ -79,16 +79,6 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
     for await (const e of extract) {
       const entry = e as unknown as AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
       const name = entry.header.name
-      // tar-stream decodes names as UTF-8 (pax records always): bytes that are not UTF-8
-      // come out as U+FFFD, a name that does not exist. Refused, rather than recorded wrong.
-      for (const [what, v] of [['path', name], ['link target', entry.header.linkname ?? '']]) {
-        if (v.includes('\ufffd')) {
-          throw new HolyshipError(
-            'DOCKER_FAILED',
-            `the engine's tar stream has a ${what} that is not UTF-8 (${JSON.stringify(v)}), which the api reader cannot keep; snapshot on the engine's host with the direct reader, which keeps any name; nothing was recorded`,
-          )
-        }
-      }
       let path = cleanPath(name)
       if (opts.stripFirst) {
         const i = path.indexOf('/')
@@ -113,6 +103,18 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
       if (!se || (opts.filter && !opts.filter(path, se.type))) {
         entry.resume()
         continue
+      }
+      // tar-stream decodes names as UTF-8 (pax records always): bytes that are not UTF-8
+      // come out as U+FFFD, a name that does not exist. An entry to record with one is refused,
+      // rather than recorded wrong (what the filter leaves out, the image's own files, is not
+      // looked at). A name that really holds U+FFFD is refused too: the two look the same here.
+      for (const [what, v] of [['path', name], ['link target', entry.header.linkname ?? '']]) {
+        if (v.includes('\ufffd')) {
+          throw new HolyshipError(
+            'DOCKER_FAILED',
+            `the engine's tar stream has a ${what} that is not UTF-8 (${JSON.stringify(v)}), which the api reader cannot keep; snapshot on the engine's host with the direct reader, which keeps any name; nothing was recorded`,
+          )
+        }
       }
       if (path === '' && se.type !== 'dir') {
         throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory (a mount of a single file is not supported); nothing was recorded`)

@@ -8,6 +8,7 @@
 import {HolyshipError} from '../errors.js'
 import {NodeType, Tree, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
+import {isCanonicalName} from './names.js'
 
 const NODE_TYPES = new Set<NodeType>(['file', 'dir', 'symlink', 'hardlink', 'chardev', 'blockdev', 'fifo', 'whiteout'])
 const HEX64 = /^[0-9a-f]{64}$/
@@ -26,6 +27,8 @@ export function badName(name: unknown): string | undefined {
   if (name === '.' || name === '..') return `the name is ${JSON.stringify(name)}`
   if (name.includes('/')) return 'the name contains "/"'
   if (name.includes('\0')) return 'the name contains a NUL byte'
+  // two strings for the same bytes would get past the duplicate check below
+  if (!isCanonicalName(name)) return 'the name is not in the form a snapshot writes (bytes that are not UTF-8 escaped twice over)'
   return undefined
 }
 

@@ -109,6 +109,9 @@ describe('crafted trees never write outside the target and never reach the engin
     ['a tree without a node list', async () => (await repo.saveBlob('tree', Buffer.from('{"nodes":{"a":1}}'))).id, /not a directory listing/],
     ['a subtree that is a data blob', async () => tree([node('d', 'dir', {subtree: (await repo.saveBlob('data', Buffer.from('plain data'))).id})]), /not valid JSON/],
     ['a whiteout named ..', async () => tree([node('..', 'whiteout')]), /the name is "\.\."/],
+    // escapes spelling "é" beside a real "é": two strings, one name on disk
+    ['a name escaped twice over', async () => tree([await fileNode('\u00e9', Buffer.from('1')), await fileNode('\udcc3\udca9', Buffer.from('2'))]), /not in the form a snapshot writes/],
+    ['a lone surrogate no snapshot writes', async () => tree([await fileNode('a\ud800', Buffer.from('1'))]), /not in the form a snapshot writes/],
   ]
 
   it.each(cases)('%s: restore --path refuses it, writes nothing anywhere', async (_what, make, message) => {
@@ -155,7 +158,7 @@ describe('crafted trees never write outside the target and never reach the engin
     await repo.flush()
     const tw = new TarWriter(new PassThrough().resume())
     await expect(writeTreeAsTar(repo, root, tw, {rootName: '..'})).rejects.toMatchObject({code: 'REPO_DAMAGED'})
-    const h = (name: string, extra: Partial<TarHeader> = {}): TarHeader => ({name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T0, size: 0, ...extra})
+    const h = (name: string | Buffer, extra: Partial<TarHeader> = {}): TarHeader => ({name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T0, size: 0, ...extra})
     for (const bad of [h('../x'), h('/etc/x'), h('a/../../x'), h('a\0b'), h('l', {type: 'hardlink', linkname: '../../etc/passwd'}), h('l', {type: 'hardlink', linkname: '/etc/passwd'})]) {
       await expect(tw.entry(bad)).rejects.toThrow(/unsafe/)
     }
@@ -259,7 +262,7 @@ describe('crafted tar streams from the engine', () => {
     repo = await newRepo('tars')
   })
 
-  const h = (name: string, extra: Partial<TarHeader> = {}): TarHeader => ({name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T0, size: 0, ...extra})
+  const h = (name: string | Buffer, extra: Partial<TarHeader> = {}): TarHeader => ({name, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T0, size: 0, ...extra})
   /** raw tar bytes, names exactly as given (no checks: encodeHeader, not TarWriter) */
   const rawTar = (entries: [TarHeader, Buffer?][], opts: {end?: boolean} = {}): Buffer => {
     const parts: Buffer[] = []
@@ -290,6 +293,8 @@ describe('crafted tar streams from the engine', () => {
     ['a file as the root', rawTar([[h('./'), Buffer.from('x')]]), /a file as its root entry/],
     ['a stream cut in the middle of a file', rawTar([[h('big'), randomBytes(100_000)]]).subarray(0, 50_000), /tar stream failed/],
     ['a stream that is not a tar', randomBytes(4096), /tar stream failed/],
+    // the bytes of a Latin-1 name in a pax record: tar-stream reads them as U+FFFD
+    ['a name that is not UTF-8', rawTar([[h(Buffer.from('caf\xe9', 'latin1')), Buffer.from('x')]]), /path that is not UTF-8 .*direct reader/],
   ]
 
   it.each(refused)('%s: DOCKER_FAILED, one line, nothing recorded as a tree', async (_what, bytes, message) => {
@@ -302,6 +307,12 @@ describe('crafted tar streams from the engine', () => {
     expect((err as Error).message).toMatch(message)
     expect((err as Error).message.split('\n')).toHaveLength(1)
     expect((await repo.backend.list('snapshots/')).length).toBe(before)
+  })
+
+  it('a name that is not UTF-8 in what the filter leaves out (the image\'s own files) is not looked at', async () => {
+    const bytes = rawTar([[h(Buffer.from('base/caf\xe9', 'latin1')), Buffer.from('x')], [h('changed'), Buffer.from('y')]])
+    const {paths} = await archive(bytes, {filter: (p: string) => p === 'changed'})
+    expect(paths).toEqual(['changed:file'])
   })
 
   it('with stripFirst, a hard link out of the first component is refused', async () => {
