@@ -474,6 +474,8 @@ const writeP = (fd: number, buf: Buffer, offset: number, length: number, positio
 class DirRestore {
   /** what this restore created, in order: removed in reverse if it fails */
   readonly created: string[] = []
+  /** directories that were there before this restore, as they were (a failed restore puts their metadata back) */
+  private readonly touchedDirs: {abs: string; st: Stats}[] = []
   /** directories this restore made: they held nothing before, so nothing in them is looked at first */
   readonly madeDirs = new Set<string>()
   /** directories this restore made or found to be real directories, their ancestors checked */
@@ -525,6 +527,7 @@ class DirRestore {
       for (const {abs, node: n} of this.dirsToTime.reverse()) setTimes(abs, n)
     } catch (e) {
       for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
+      for (const {abs, st} of this.touchedDirs.reverse()) restoreStat(abs, st)
       throw e
     }
     const skipped = this.opts.skipped ?? []
@@ -630,6 +633,8 @@ class DirRestore {
     // a real directory now (lstat saw one, or we made it): entries below need not look past it
     this.safeDirs.add(abs)
     if (abs === this.root && this.keepTargetMeta) return
+    // a directory that was there gets the snapshot's owner, mode and times: given back if the restore fails
+    if (existing && !replace) this.touchedDirs.push({abs, st: existing})
     this.dirsToTime.push({abs, node: n})
     await applyMeta(abs, n)
   }
@@ -996,6 +1001,18 @@ function writeAllSync(fd: number, buf: Buffer, pos: number): void {
 
 async function writeAll(fd: number, buf: Buffer, pos: number): Promise<void> {
   for (let done = 0; done < buf.length; ) done += await writeP(fd, buf, done, buf.length - done, pos + done)
+}
+
+/** put back the owner, mode and times `st` recorded of the directory `abs` (best effort: a rollback) */
+function restoreStat(abs: string, st: Stats): void {
+  const p = fsPath(abs)
+  try {
+    if (asRoot()) lchownSync(p, st.uid, st.gid)
+    chmodSync(p, st.mode & 0o7777)
+    lutimesSync(p, st.atimeMs / 1000, st.mtimeMs / 1000)
+  } catch {
+    // gone or not ours any more: nothing to put back
+  }
 }
 
 let root: boolean | undefined

@@ -147,7 +147,14 @@ function readRange({fd, offset, length}: {fd: number; offset: number; length: nu
   if (readScratch.length < length) readScratch = Buffer.allocUnsafeSlow(Math.max(length, readScratch.length * 2, 64 * 1024))
   let done = 0
   while (done < length) {
-    const n = readSync(fd, readScratch, done, length - done, offset + done)
+    let n: number
+    try {
+      n = readSync(fd, readScratch, done, length - done, offset + done)
+    } catch (e) {
+      // an I/O error reading the pack keeps its code, and says which pack it was
+      if (e instanceof Error) e.message = `reading ${where}: ${e.message}`
+      throw e
+    }
     if (n === 0) throw new Error(`${where}: short read (${done} of ${length} bytes at ${offset})`)
     done += n
   }
@@ -181,7 +188,11 @@ function writeFile(job: FileJob): void {
     fchmodSync(fd, job.mode)
     futimesSync(fd, job.mtime, job.mtime)
   } catch (e) {
-    closeSync(fd)
+    try {
+      closeSync(fd)
+    } catch {
+      // the error that stopped the job is the one to report
+    }
     // this job created it (O_EXCL): nothing of it stays
     try {
       unlinkSync(name)

@@ -186,6 +186,17 @@ describe('restoreToDir with many entries in flight', () => {
     const out = path.join(work, 'damaged')
     await expect(restoreToDir(r2, root, '', out)).rejects.toMatchObject({code: 'REPO_DAMAGED'})
     await expect(fsp.lstat(out)).rejects.toThrow()
+    // into a tree that was there: what it made goes, the directories it found get their owner,
+    // mode and times back
+    const there = path.join(work, 'there')
+    await fsp.mkdir(path.join(there, 'd5'), {recursive: true})
+    await fsp.writeFile(path.join(there, 'd5', 'mine'), 'mine')
+    await fsp.chmod(path.join(there, 'd5'), 0o700)
+    await fsp.utimes(path.join(there, 'd5'), 1_300_000_000, 1_300_000_000)
+    await expect(restoreToDir(r2, root, 'd5', there)).rejects.toMatchObject({code: 'REPO_DAMAGED'})
+    const d5 = await fsp.stat(path.join(there, 'd5'))
+    expect([d5.mode & 0o7777, d5.mtimeMs]).toEqual([0o700, 1_300_000_000_000])
+    expect(await fsp.readdir(path.join(there, 'd5'))).toEqual(['mine'])
 
     const skipped: {path: string; reason: string}[] = []
     await restoreToDir(r2, root, '', out, {skipped})
