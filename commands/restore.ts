@@ -14,7 +14,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
     name: Flags.string({description: 'name of the restored container (or volume, for a one-volume snapshot)'}),
     'volume-prefix': Flags.string({description: 'restore volumes under PREFIX+name so the originals can stay'}),
     start: Flags.boolean({description: 'start the restored container'}),
-    force: Flags.boolean({description: 'replace an existing container, volume or target files'}),
+    force: Flags.boolean({description: 'replace an existing container, volume or target files, and write into a bind mount directory that is not empty'}),
     path: Flags.string({description: 'restore only this path (as the container sees it) to --target', dependsOn: ['target']}),
     target: Flags.string({description: 'host directory for --path', dependsOn: ['path']}),
     partial: Flags.boolean({

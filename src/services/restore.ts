@@ -9,6 +9,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
+import * as tar from 'tar-stream'
 import {SkippedEntry, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
 import {Engine} from '../docker/engine.js'
@@ -235,6 +236,55 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
   }
 }
 
+/**
+ * A bind mount's host directory is not the restore's own, as a new volume is: with --name it
+ * is even the original container's. One that holds anything is refused unless --force, before
+ * a byte is written (its files would be written over, and a failed restore could not give
+ * them back). Looked at through the created container (the host may be remote): the archive
+ * of the mount's destination is read up to its second entry. A directory the engine does not
+ * have yet is empty.
+ */
+async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[]): Promise<void> {
+  if (opts.force) return
+  for (const m of mounts) {
+    if (m.type !== 'bind') continue
+    const held = await firstEntryIn(opts.engine, containerId, m.destination)
+    if (held !== undefined) {
+      throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not empty (it holds ${JSON.stringify(held)})`, {
+        hint: 'restore it elsewhere with --path, empty it, or use --force to write the snapshot over what is there',
+      })
+    }
+  }
+}
+
+/** the name of the first entry below directory `dir` of a container (the directory itself if it is not one), undefined when empty or missing */
+async function firstEntryIn(engine: Engine, containerId: string, dir: string): Promise<string | undefined> {
+  let stream: Readable
+  try {
+    stream = await engine.getArchive(containerId, dir)
+  } catch (e) {
+    if ((e as {cause?: {statusCode?: number}}).cause?.statusCode === 404) return undefined
+    throw e
+  }
+  const extract = tar.extract()
+  stream.on('error', (e) => extract.destroy(e))
+  stream.pipe(extract)
+  let first = true
+  try {
+    for await (const entry of extract) {
+      const h = (entry as unknown as {header: tar.Header}).header
+      if (first && h.type !== 'directory') return h.name
+      if (!first) return h.name.split('/').slice(1).join('/')
+      first = false
+      ;(entry as unknown as Readable).resume()
+    }
+    return undefined
+  } finally {
+    stream.destroy()
+    extract.destroy()
+  }
+}
+
 /** Fill a mounted volume or bind of a created (never started) container through the API. */
 async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[]): Promise<void> {
   const progress = opts.progress ?? silentProgress
@@ -323,6 +373,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     await engine.docker.getNetwork(n.name).connect({Container: id, EndpointConfig: {Aliases: n.aliases}})
   }
 
+  await checkBinds(opts, id, mounts)
   let bytes = 0
   for (const m of mounts) {
     await fillMount(opts, id, m, m.destination, skipped)

@@ -172,7 +172,19 @@ describe.each(['direct', 'api'] as const)('snapshot and restore of a container (
   it('refuses to restore over the existing container, and restores beside it with --name and --volume-prefix', async () => {
     const {id, manifest} = resolveSnapshot({repo, catalogue, close() {}}, `latest:${name}`)
     await expect(restore({repo, engine, snapshotId: id, manifest})).rejects.toMatchObject({code: 'TARGET_EXISTS'})
-    const r = await restore({repo, engine, snapshotId: id, manifest, name: `${name}-copy`, volumePrefix: 'copy-'})
+    // beside it, the bind mount is still the original's own directory, which holds its files:
+    // refused before anything is written into it, and nothing of the attempt is left
+    const bindBefore = await fsp.readdir(bindDir)
+    await fsp.writeFile(path.join(bindDir, 'b.txt'), 'the original wrote this since\n')
+    const refused = restore({repo, engine, snapshotId: id, manifest, name: `${name}-copy`, volumePrefix: 'copy-'})
+    await expect(refused).rejects.toMatchObject({code: 'TARGET_EXISTS', message: expect.stringContaining(`bind mount source ${bindDir}`)})
+    expect(await fsp.readFile(path.join(bindDir, 'b.txt'), 'utf8')).toBe('the original wrote this since\n')
+    expect(await fsp.readdir(bindDir)).toEqual(bindBefore)
+    expect(await engine.containerExists(`${name}-copy`)).toBe(false)
+    expect(await engine.volumeExists(`copy-${vol}`)).toBe(false)
+    // --force: written over, as asked
+    const r = await restore({repo, engine, snapshotId: id, manifest, name: `${name}-copy`, volumePrefix: 'copy-', force: true})
+    expect(await fsp.readFile(path.join(bindDir, 'b.txt'), 'utf8')).toBe('bound\n')
     expect(r.volumes.map((v) => v.name)).toEqual([`copy-${vol}`])
     const listing = await listPath(docker, r.container!.id, '/data')
     expect(compareListings(original.data as never, listing)).toEqual([])
