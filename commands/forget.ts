@@ -1,5 +1,6 @@
 import {Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
+import {endpointFlag, regionFlag} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {parseDuration} from '../src/schedule/duration.js'
 import {KeepPolicy} from '../src/schedule/retention.js'
@@ -13,6 +14,7 @@ export default class Forget extends BaseCommand<typeof Forget> {
   static override examples = [
     '<%= config.bin %> forget --keep-last 3 --keep-daily 7 --dry-run',
     '<%= config.bin %> forget --container db --keep-daily 7 --keep-weekly 4 --prune',
+    '<%= config.bin %> forget --to offsite --keep-daily 30 --keep-monthly 12 --prune',
   ]
   static override flags = {
     'keep-last': Flags.integer({description: 'keep the N newest snapshots', min: 0}),
@@ -29,6 +31,9 @@ export default class Forget extends BaseCommand<typeof Forget> {
     prune: Flags.boolean({description: 'prune afterwards (delete the data no snapshot needs)'}),
     grace: Flags.string({description: 'with --prune: leave packs younger than this (e.g. 1h, 0)', default: '1h'}),
     utc: Flags.boolean({description: 'days, weeks, months in UTC instead of local time'}),
+    to: Flags.string({description: 'forget on a remote (name or s3://BUCKET[/PREFIX]) instead of the local repository'}),
+    endpoint: endpointFlag,
+    region: regionFlag,
   }
 
   async run(): Promise<ForgetResult> {
@@ -50,6 +55,9 @@ export default class Forget extends BaseCommand<typeof Forget> {
       prune: f.prune,
       graceMs: parseDuration(f.grace, '--grace'),
       utc: f.utc,
+      to: f.to,
+      endpoint: f.endpoint,
+      region: f.region,
       progress: this.progress(),
       onWait: (m) => process.stderr.write(`holyship: ${m}\n`),
     })

@@ -5,15 +5,20 @@
  * host's snapshots never make another's look redundant.
  */
 import * as os from 'node:os'
-import {SnapshotRow} from '../catalogue/catalogue.js'
+import {Backend} from '../backend/backend.js'
+import {Catalogue, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress} from '../progress.js'
 import {snapshotKey} from '../repo/format.js'
+import {RepoLock} from '../repo/lock.js'
 import {PruneResult, pruneRepository} from '../repo/prune.js'
 import {Repository} from '../repo/repository.js'
 import {KeepPolicy, applyRetention, formatKeep, keepsSomething} from '../schedule/retention.js'
+import {openRemote} from '../transfer/remotes.js'
 import {Context} from './context.js'
 import {withLockedContext} from './locking.js'
+import {prune} from './prune.js'
+import {refreshRemoteSnapshots} from './remote.js'
 import {syncCatalogue} from './sync.js'
 
 export interface ForgetSelection {
@@ -39,6 +44,11 @@ export interface ForgetOptions extends ForgetSelection {
   progress?: Progress
   /** calendar buckets in UTC instead of local time */
   utc?: boolean
+  /** a remote (name or s3:// URL) whose snapshots to forget instead of the local repository's */
+  to?: string
+  endpoint?: string
+  region?: string
+  remotesFile?: string
 }
 
 export interface ForgetGroup {
@@ -59,14 +69,28 @@ export interface ForgetResult {
   prune?: PruneResult
 }
 
-/** Decide and (unless dryRun) remove, in an open context; the caller holds a lock. */
-export async function forgetInContext(ctx: Context, opts: ForgetSelection & {policy: KeepPolicy; dryRun?: boolean; utc?: boolean}): Promise<ForgetResult> {
+type Decision = ForgetSelection & {policy: KeepPolicy; dryRun?: boolean; utc?: boolean}
+
+function checkRules(opts: Decision): void {
   if (!keepsSomething(opts.policy)) {
     throw new HolyshipError('USAGE', 'give at least one --keep-* rule with a count above 0 (forget with no rule would keep nothing)')
   }
   if (opts.container !== undefined && opts.volume !== undefined) throw new HolyshipError('USAGE', 'give --container or --volume, not both')
-  const {repo, catalogue} = ctx
-  let rows: SnapshotRow[] = catalogue.listSnapshots(repo.id, {container: opts.container, tag: opts.tag})
+}
+
+/** Decide and (unless dryRun) remove, in an open context; the caller holds a lock. */
+export async function forgetInContext(ctx: Context, opts: Decision): Promise<ForgetResult> {
+  return forgetIn({id: ctx.repo.id, backend: ctx.repo.backend, catalogue: ctx.catalogue}, opts)
+}
+
+/**
+ * Decide from the catalogue's rows of repository `where.id` and (unless dryRun) delete the
+ * manifests of what the rules do not keep from `where.backend`, and their rows.
+ */
+async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalogue}, opts: Decision): Promise<ForgetResult> {
+  checkRules(opts)
+  const {catalogue} = where
+  let rows: SnapshotRow[] = catalogue.listSnapshots(where.id, {container: opts.container, tag: opts.tag})
   if (opts.container !== undefined) rows = rows.filter((r) => r.kind === 'container')
   if (opts.volume !== undefined) rows = rows.filter((r) => r.kind === 'volume' && r.name === opts.volume)
   if (opts.host !== undefined) rows = rows.filter((r) => r.host === opts.host)
@@ -99,14 +123,15 @@ export async function forgetInContext(ctx: Context, opts: ForgetSelection & {pol
   out.sort((a, b) => (a.kind + a.name + a.host < b.kind + b.name + b.host ? -1 : 1))
   if (!opts.dryRun) {
     for (const id of removed) {
-      await repo.backend.delete(snapshotKey(id))
-      catalogue.removeSnapshot(repo.id, id)
+      await where.backend.delete(snapshotKey(id))
+      catalogue.removeSnapshot(where.id, id)
     }
   }
   return {dryRun: opts.dryRun ?? false, policy: formatKeep(opts.policy), groups: out, removed, kept}
 }
 
 export async function forget(opts: ForgetOptions): Promise<ForgetResult> {
+  if (opts.to !== undefined) return forgetRemote(opts)
   const r = await withLockedContext(
     {repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: 'forget', waitMs: opts.lockWaitMs, onWait: opts.onWait},
     async (ctx) => {
@@ -129,6 +154,50 @@ export async function forget(opts: ForgetOptions): Promise<ForgetResult> {
         return p
       },
     )
+  }
+  return r
+}
+
+/**
+ * forget --to REMOTE: the same rules on a remote's snapshots (its list read afresh into the
+ * catalogue first), their manifests deleted from the remote under a shared lock there; with
+ * --prune, prune --to REMOTE afterwards (its exclusive lock). The local repository is not
+ * touched, nor its snapshots: a remote keeps its own retention.
+ */
+async function forgetRemote(opts: ForgetOptions): Promise<ForgetResult> {
+  checkRules(opts)
+  const remote = await openRemote({remote: opts.to!, endpoint: opts.endpoint, region: opts.region, remotesFile: opts.remotesFile})
+  let r: ForgetResult
+  try {
+    const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
+    try {
+      const lock = await RepoLock.acquire(remote.backend, {exclusive: false, purpose: 'forget', waitMs: opts.lockWaitMs, onWait: opts.onWait})
+      try {
+        await refreshRemoteSnapshots({remote: opts.to!, catalogue: opts.catalogue, progress: opts.progress}, remote, cat)
+        r = await forgetIn({id: remote.namespace, backend: remote.backend, catalogue: cat}, opts)
+      } finally {
+        await lock.release().catch(() => undefined)
+      }
+    } finally {
+      cat.close()
+    }
+  } finally {
+    await remote.close()
+  }
+  if (opts.prune) {
+    r.prune = await prune({
+      to: opts.to,
+      endpoint: opts.endpoint,
+      region: opts.region,
+      remotesFile: opts.remotesFile,
+      catalogue: opts.catalogue,
+      dryRun: opts.dryRun,
+      assumeForgotten: opts.dryRun ? new Set(r.removed) : undefined,
+      graceMs: opts.graceMs,
+      lockWaitMs: opts.lockWaitMs,
+      onWait: opts.onWait,
+      progress: opts.progress,
+    })
   }
   return r
 }

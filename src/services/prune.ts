@@ -27,6 +27,8 @@ export interface PruneServiceOptions {
   lockWaitMs?: number
   onWait?: (message: string) => void
   progress?: Progress
+  /** with dryRun: count these snapshots as gone (forget --dry-run --prune) */
+  assumeForgotten?: Set<string>
 }
 
 export async function prune(opts: PruneServiceOptions): Promise<PruneResult> {
@@ -52,7 +54,7 @@ async function pruneRemote(opts: PruneServiceOptions): Promise<PruneResult> {
     const lock = await RepoLock.acquire(remote.backend, {exclusive: !opts.dryRun, purpose: opts.dryRun ? 'prune --dry-run' : 'prune', waitMs: opts.lockWaitMs, onWait: opts.onWait})
     try {
       // trees are content-addressed: the catalogue's cache is valid for any repository
-      return await pruneRepository(repo, {dryRun: opts.dryRun, graceMs: opts.graceMs, lock, treeCache: cat, progress: opts.progress})
+      return await pruneRepository(repo, {dryRun: opts.dryRun, graceMs: opts.graceMs, lock, treeCache: cat, progress: opts.progress, assumeForgotten: opts.assumeForgotten})
     } finally {
       await lock.release().catch(() => undefined)
     }

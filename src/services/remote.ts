@@ -221,6 +221,15 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
   return {repo, created}
 }
 
+/**
+ * Bring the catalogue's copy of the remote's snapshot list up to date (reading the remote's
+ * manifests; an encrypted remote asks for its passphrase). Its rows are then under
+ * `remote.namespace`.
+ */
+export async function refreshRemoteSnapshots(opts: TransferOptions, remote: RemoteHandle, cat: Catalogue): Promise<void> {
+  await pullWith({...opts, snapshots: []}, remote, cat)
+}
+
 /** The remote's snapshots (after fetching its snapshot list), filtered like `list`. */
 export async function listRemoteSnapshots(opts: TransferOptions & SnapshotFilter): Promise<SnapshotRow[]> {
   return withRemote(opts, async (remote) => {

@@ -4,7 +4,7 @@
  * catalogue; its files compare equal and it runs. A second ship after a small change sends a
  * small fraction. A running Postgres travels the same way and keeps its rows.
  */
-import {mkdtempSync, rmSync} from 'node:fs'
+import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
@@ -110,6 +110,48 @@ describe('ship from host A, land on host B', () => {
     // the remote lists both snapshots
     const list = JSON.parse((await holyship(['list', '--remote', remote, '--json'], envB)).stdout)
     expect(list.filter((r: {name: string}) => r.name === name)).toHaveLength(2)
+  })
+
+  it('forget --to keeps the remote to its own retention; what it keeps still pulls and restores after prune --to', async () => {
+    const ofName = (rows: {name: string; id: string}[]): string[] => rows.filter((r) => r.name === name).map((r) => r.id)
+    const remoteRows = async (): Promise<string[]> => ofName(JSON.parse((await holyship(['list', '--remote', remote, '--json'], envB)).stdout))
+    const before = await remoteRows()
+    expect(before).toHaveLength(2)
+    const localBefore = (await holyship(['list', '--json'], envA)).stdout
+    const dry = await holyship(['forget', '--to', remote, '--container', name, '--keep-last', '1', '--dry-run', '--prune', '--json'], envB)
+    expect(dry.stderr).toBe('')
+    const d = JSON.parse(dry.stdout)
+    expect([d.dryRun, d.removed.length, d.kept]).toEqual([true, 1, 1])
+    expect(d.prune.dryRun).toBe(true)
+    expect(await remoteRows()).toEqual(before)
+    // from host B, which never made these snapshots: the rules are the remote's, not a host's
+    const real = await holyship(['forget', '--to', remote, '--container', name, '--keep-last', '1', '--prune', '--grace', '0', '--json'], envB)
+    expect(real.stderr).toBe('')
+    expect(real.code).toBe(0)
+    const r = JSON.parse(real.stdout)
+    expect(r.removed).toEqual(d.removed)
+    // (the forgotten snapshot's few own chunks share packs with the kept one: nothing may be deletable)
+    expect(r.prune.dryRun).toBe(false)
+    expect(r.prune.packs.total).toBeGreaterThan(0)
+    const after = await remoteRows()
+    expect(after).toHaveLength(1)
+    expect(before).toContain(after[0])
+    expect(after).not.toContain(r.removed[0])
+    // the local repository on A is the local repository's business
+    expect((await holyship(['list', '--json'], envA)).stdout).toBe(localBefore)
+    // the kept snapshot is whole on the remote: a fresh repository pulls it and restores its newest file
+    const envC = {...envB, HOLYSHIP_REPO: path.join(work, 'c/repo'), HOLYSHIP_CATALOGUE: path.join(work, 'c/cat.sqlite3'), HOLYSHIP_REMOTES: path.join(work, 'c/remotes.json')}
+    const pulled = await holyship(['pull', '--from', remote, after[0], '--json'], envC)
+    expect(pulled.stderr).toBe('')
+    expect(pulled.code).toBe(0)
+    const out = path.join(work, 'c/out')
+    const got = await holyship(['restore', after[0], '--path', '/srv/www/new.html', '--target', out], envC)
+    expect(got.code).toBe(0)
+    expect(readFileSync(path.join(out, 'new.html'), 'utf8')).toBe('new\n')
+    // and a bad remote is one line, its own exit code
+    const bad = await holyship(['forget', '--to', `s3://${s3.bucket}/nothing-here`, '--keep-last', '1'], envB)
+    expect(bad.code).not.toBe(0)
+    expect(bad.stderr.trim().split('\n')).toHaveLength(1)
   })
 
   it('lands a running Postgres on B with the same rows', async () => {
