@@ -474,14 +474,15 @@ const writeP = (fd: number, buf: Buffer, offset: number, length: number, positio
 class DirRestore {
   /** what this restore created, in order: removed in reverse if it fails */
   readonly created: string[] = []
-  /** directories that were there before this restore, as they were (a failed restore puts their metadata back) */
-  private readonly touchedDirs: {abs: string; st: Stats}[] = []
   /** directories this restore made: they held nothing before, so nothing in them is looked at first */
   readonly madeDirs = new Set<string>()
   /** directories this restore made or found to be real directories, their ancestors checked */
   private readonly safeDirs = new Set<string>()
   private readonly stats = {files: 0, bytes: 0}
-  private readonly dirsToTime: {abs: string; node: TreeNode}[] = []
+  /** directories that were there: a failed restore, which added and removed entries in them, gives them their times back */
+  private readonly foundDirs: {abs: string; st: Stats}[] = []
+  /** directories whose owner, mode, xattrs and times are set once everything below them is written */
+  private readonly dirsToFinish: {abs: string; node: TreeNode}[] = []
   /** tree path -> where it was written, for hard links */
   private readonly written = new Map<string, string>()
   /** files (and hard links) being placed by a job: their tree path -> settled when done */
@@ -523,11 +524,21 @@ class DirRestore {
         await this.jobs.drain()
       }
       this.jobs.check()
-      // directory times last, when nothing is written into them any more
-      for (const {abs, node: n} of this.dirsToTime.reverse()) setTimes(abs, n)
+      // directories last, deepest first, when nothing is written into them any more: a
+      // directory that was there is not changed by a restore that fails, a mode without write
+      // permission does not stop its own entries, and no default ACL of the snapshot's is
+      // inherited by entries that recorded their own metadata
+      for (const {abs, node: n} of this.dirsToFinish.reverse()) {
+        await applyMeta(abs, n)
+        setTimes(abs, n)
+      }
     } catch (e) {
       for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
-      for (const {abs, st} of this.touchedDirs.reverse()) restoreStat(abs, st)
+      for (const {abs, st} of this.foundDirs.reverse()) {
+        // the same directory still (lutimes follows no symlink either)
+        const now = lstatSync(fsPath(abs), {throwIfNoEntry: false})
+        if (now?.isDirectory() && now.ino === st.ino) lutimesSync(fsPath(abs), st.atimeMs / 1000, st.mtimeMs / 1000)
+      }
       throw e
     }
     const skipped = this.opts.skipped ?? []
@@ -625,18 +636,17 @@ class DirRestore {
     // with --force: what is in the way goes (a symlink itself, never what it points to)
     if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
     if (!existing || replace) {
-      // at once, not through the thread pool: see writeTemp's open
-      mkdirSync(fsPath(abs))
+      // at once, not through the thread pool: see writeTemp's open. Only its owner may look
+      // into it until its own mode is set, at the end (nothing of a 0700 directory shows meanwhile)
+      mkdirSync(fsPath(abs), 0o700)
       this.made(abs)
       this.madeDirs.add(abs)
     }
     // a real directory now (lstat saw one, or we made it): entries below need not look past it
     this.safeDirs.add(abs)
+    if (existing && !replace) this.foundDirs.push({abs, st: existing})
     if (abs === this.root && this.keepTargetMeta) return
-    // a directory that was there gets the snapshot's owner, mode and times: given back if the restore fails
-    if (existing && !replace) this.touchedDirs.push({abs, st: existing})
-    this.dirsToTime.push({abs, node: n})
-    await applyMeta(abs, n)
+    this.dirsToFinish.push({abs, node: n})
   }
 
   /** place one entry that is not a directory */
@@ -1001,18 +1011,6 @@ function writeAllSync(fd: number, buf: Buffer, pos: number): void {
 
 async function writeAll(fd: number, buf: Buffer, pos: number): Promise<void> {
   for (let done = 0; done < buf.length; ) done += await writeP(fd, buf, done, buf.length - done, pos + done)
-}
-
-/** put back the owner, mode and times `st` recorded of the directory `abs` (best effort: a rollback) */
-function restoreStat(abs: string, st: Stats): void {
-  const p = fsPath(abs)
-  try {
-    if (asRoot()) lchownSync(p, st.uid, st.gid)
-    chmodSync(p, st.mode & 0o7777)
-    lutimesSync(p, st.atimeMs / 1000, st.mtimeMs / 1000)
-  } catch {
-    // gone or not ours any more: nothing to put back
-  }
 }
 
 let root: boolean | undefined
