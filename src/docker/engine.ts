@@ -315,6 +315,10 @@ export class Engine {
   async createNetwork(opts: Docker.NetworkCreateOptions): Promise<void> {
     await this.call(`create network ${opts.Name}`, () => this.docker.createNetwork(opts))
   }
+
+  async removeNetwork(name: string): Promise<void> {
+    await this.call(`remove network ${name}`, () => this.docker.getNetwork(name).remove())
+  }
 }
 
 export interface EngineInfo {

@@ -157,10 +157,14 @@ async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names
   }
 }
 
-/** Load the snapshot's image into the engine unless it has it already. */
-async function ensureImage(opts: RestoreOptions, c: ContainerRecord): Promise<void> {
+/** Load the snapshot's image into the engine unless it has it already; one it loads goes again if the restore fails. */
+async function ensureImage(opts: RestoreOptions, c: ContainerRecord, created: Created): Promise<void> {
   const {engine, repo} = opts
   if (await engine.inspectImage(c.image.id)) return
+  // registered first: a load that fails halfway may have left the image (or its layers)
+  created.add(`image ${c.image.id}`, async () => {
+    if (await engine.inspectImage(c.image.id)) await engine.removeImage(c.image.id)
+  })
   const node = await findNode(repo, c.image.tree, 'image.tar')
   if (!node) throw new HolyshipError('REPO_DAMAGED', `snapshot ${opts.snapshotId.slice(0, 12)}: image ${c.image.id} has no image.tar`)
   const progress = opts.progress ?? silentProgress
@@ -248,7 +252,10 @@ async function checkBinds(opts: RestoreOptions, containerId: string, mounts: Mou
   if (opts.force) return
   for (const m of mounts) {
     if (m.type !== 'bind') continue
-    const held = await firstEntryIn(opts.engine, containerId, m.destination)
+    // the mountpoints of mounts inside this one (a volume on /app/node_modules in a bind of
+    // /app): the engine makes them in the bind's directory itself; they are not its content
+    const inner = mounts.filter((o) => o !== m && o.destination.startsWith(m.destination === '/' ? '/' : `${m.destination}/`)).map((o) => path.posix.relative(m.destination, o.destination))
+    const held = await firstEntryIn(opts.engine, containerId, m.destination, inner)
     if (held !== undefined) {
       throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not empty (it holds ${JSON.stringify(held)})`, {
         hint: 'restore it elsewhere with --path, empty it, or use --force to write the snapshot over what is there',
@@ -257,8 +264,12 @@ async function checkBinds(opts: RestoreOptions, containerId: string, mounts: Mou
   }
 }
 
-/** the name of the first entry below directory `dir` of a container (the directory itself if it is not one), undefined when empty or missing */
-async function firstEntryIn(engine: Engine, containerId: string, dir: string): Promise<string | undefined> {
+/**
+ * The path (relative to `dir`) of the first entry in directory `dir` of a container that is
+ * not one of the mountpoints `inner` (nor below one); `dir` itself when it is not a directory;
+ * undefined when there is none or `dir` is missing.
+ */
+async function firstEntryIn(engine: Engine, containerId: string, dir: string, inner: string[]): Promise<string | undefined> {
   let stream: Readable
   try {
     stream = await engine.getArchive(containerId, dir)
@@ -273,12 +284,19 @@ async function firstEntryIn(engine: Engine, containerId: string, dir: string): P
   try {
     for await (const entry of extract) {
       const h = (entry as unknown as {header: tar.Header}).header
-      if (first && h.type !== 'directory') return h.name
-      if (!first) return h.name.split('/').slice(1).join('/')
-      first = false
       ;(entry as unknown as Readable).resume()
+      // the archive's first entry is the directory itself, under its base name
+      if (first) {
+        if (h.type !== 'directory') return dir
+        first = false
+        continue
+      }
+      const rel = h.name.split('/').filter((c) => c !== '' && c !== '.').slice(1).join('/')
+      if (rel !== '' && !inner.some((i) => rel === i || rel.startsWith(`${i}/`) || i.startsWith(`${rel}/`))) return rel
     }
     return undefined
+  } catch (e) {
+    throw engine.mapError(`get archive ${containerId.slice(0, 12)}:${dir}`, e)
   } finally {
     stream.destroy()
     extract.destroy()
@@ -325,7 +343,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   }
   await preflightVolumes(opts, mounts, names)
 
-  await ensureImage(opts, c)
+  await ensureImage(opts, c, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -341,6 +359,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     if (['bridge', 'host', 'none', 'default'].includes(n.name)) continue
     if (!(await engine.inspectNetwork(n.name))) {
       await engine.createNetwork({Name: n.name, Driver: n.driver ?? 'bridge', Labels: n.labels ?? {}, CheckDuplicate: true} as never)
+      created.add(`network ${n.name}`, () => engine.removeNetwork(n.name))
     }
   }
 
