@@ -7,6 +7,7 @@
 import {mkdtempSync, readFileSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import {ListObjectsV2Command, S3Client} from '@aws-sdk/client-s3'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {holyship} from '../harness/cli.js'
 import {connectEngine, dockerExec} from '../harness/engine.js'
@@ -117,7 +118,9 @@ describe('ship from host A, land on host B', () => {
     const remoteRows = async (): Promise<string[]> => ofName(JSON.parse((await holyship(['list', '--remote', remote, '--json'], envB)).stdout))
     const before = await remoteRows()
     expect(before).toHaveLength(2)
-    const localBefore = (await holyship(['list', '--json'], envA)).stdout
+    // B's own repository holds what it landed: a remote's forget leaves it alone
+    const localBefore = (await holyship(['list', '--json'], envB)).stdout
+    expect(ofName(JSON.parse(localBefore)).length).toBeGreaterThan(0)
     const dry = await holyship(['forget', '--to', remote, '--container', name, '--keep-last', '1', '--dry-run', '--prune', '--json'], envB)
     expect(dry.stderr).toBe('')
     const d = JSON.parse(dry.stdout)
@@ -137,8 +140,7 @@ describe('ship from host A, land on host B', () => {
     expect(after).toHaveLength(1)
     expect(before).toContain(after[0])
     expect(after).not.toContain(r.removed[0])
-    // the local repository on A is the local repository's business
-    expect((await holyship(['list', '--json'], envA)).stdout).toBe(localBefore)
+    expect((await holyship(['list', '--json'], envB)).stdout).toBe(localBefore)
     // the kept snapshot is whole on the remote: a fresh repository pulls it and restores its newest file
     const envC = {...envB, HOLYSHIP_REPO: path.join(work, 'c/repo'), HOLYSHIP_CATALOGUE: path.join(work, 'c/cat.sqlite3'), HOLYSHIP_REMOTES: path.join(work, 'c/remotes.json')}
     const pulled = await holyship(['pull', '--from', remote, after[0], '--json'], envC)
@@ -148,10 +150,13 @@ describe('ship from host A, land on host B', () => {
     const got = await holyship(['restore', after[0], '--path', '/srv/www/new.html', '--target', out], envC)
     expect(got.code).toBe(0)
     expect(readFileSync(path.join(out, 'new.html'), 'utf8')).toBe('new\n')
-    // and a bad remote is one line, its own exit code
+    // and a place with no repository is one line, its own exit code, and nothing is written there
     const bad = await holyship(['forget', '--to', `s3://${s3.bucket}/nothing-here`, '--keep-last', '1'], envB)
-    expect(bad.code).not.toBe(0)
+    expect(bad.code).toBe(40)
     expect(bad.stderr.trim().split('\n')).toHaveLength(1)
+    expect(bad.stderr).toMatch(/no holyship repository/)
+    const listed = await new S3Client({endpoint: s3.endpoint, region: 'us-east-1', forcePathStyle: true, credentials: S3RVER_CREDENTIALS}).send(new ListObjectsV2Command({Bucket: s3.bucket, Prefix: 'nothing-here/'}))
+    expect(listed.KeyCount ?? 0).toBe(0)
   })
 
   it('lands a running Postgres on B with the same rows', async () => {
