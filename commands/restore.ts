@@ -20,6 +20,12 @@ export default class Restore extends BaseCommand<typeof Restore> {
     partial: Flags.boolean({
       description: 'restore what is intact of a damaged snapshot: files whose data is damaged are left out and listed, then exit 15 (REPO_DAMAGED)',
     }),
+    writer: Flags.string({
+      description: "how to fill volumes: direct into the new volume's directory on the engine host's disk, or through the Docker API",
+      options: ['auto', 'api', 'direct'],
+      default: 'auto',
+      env: 'HOLYSHIP_WRITER',
+    }),
     'docker-host': Flags.string({description: 'Docker engine (default: DOCKER_HOST)'}),
   }
 
@@ -42,6 +48,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
         start: f.start,
         force: f.force,
         partial: f.partial,
+        writer: f.writer as 'auto' | 'api' | 'direct',
         progress: this.progress(),
       })
       if (r.container) this.say(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)

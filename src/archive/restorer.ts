@@ -380,6 +380,12 @@ export interface RestoreToDirOptions {
    */
   root?: TreeNode
   /**
+   * the target is an empty directory the caller has just made (a new volume's): written like
+   * one this restore made (entries under their own names, nothing looked at first); on
+   * failure what was written in it stays, for the caller to remove with the directory
+   */
+  fresh?: boolean
+  /**
    * --partial: files whose data is damaged (and directories whose listing is) are left out
    * and listed here; everything else is restored. Without it the first damage fails the
    * restore and everything it created is removed again.
@@ -416,10 +422,8 @@ export async function restoreToDir(
   try {
     const run = new DirRestore(repo, treeId, root, opts)
     // a target this restore made is empty: nothing in it needs looking at before it is written
-    if (firstCreated) {
-      run.created.push(firstCreated)
-      run.madeDirs.add(root)
-    }
+    if (firstCreated) run.created.push(firstCreated)
+    if (firstCreated || opts.fresh) run.madeDirs.add(root)
     if (whole && !opts.root) run.keepTargetMeta = true
     return await run.restore(rel, whole && opts.root ? {...opts.root, name: '', type: 'dir', subtree: treeId} : node)
   } finally {

@@ -37,6 +37,12 @@ export interface RestoreOptions {
    */
   partial?: boolean
   progress?: Progress
+  /**
+   * how volumes are filled: `direct` writes into the new volume's directory on the engine's
+   * host (root on that host, a local volume without options), `api` through the Docker API
+   * (any engine), `auto` (the default) direct where it can
+   */
+  writer?: 'auto' | 'api' | 'direct'
 }
 
 export interface RestoreResult {
@@ -303,10 +309,50 @@ async function firstEntryIn(engine: Engine, containerId: string, dir: string, in
   }
 }
 
-/** Fill a mounted volume or bind of a created (never started) container through the API. */
-async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[]): Promise<void> {
+/**
+ * The directory of the new, empty volume `name` on this host, when the restore may write it
+ * directly (much faster than the API's tar stream: the restore's workers write the files):
+ * root on the engine's own host (directAccess), a local volume without driver options (one
+ * with options, an NFS mount say, is only mounted while a container uses it). Undefined: the
+ * API fills it. With writer `direct`, a volume it cannot write is a usage error.
+ */
+async function volumeDir(opts: RestoreOptions, name: string): Promise<string | undefined> {
+  const want = opts.writer ?? 'auto'
+  if (want === 'api') return undefined
+  const v = await opts.engine.inspectVolume(name)
+  const options = (v.Options as Record<string, string> | null) ?? {}
+  const {directAccess} = await import('./snapshot.js')
+  const local = v.Driver === 'local' && Object.keys(options).length === 0
+  const ok = local && v.Mountpoint !== undefined && (await directAccess(opts.engine, {mountpoint: v.Mountpoint}))
+  // made by this restore a moment ago: empty, or something else is going on
+  if (ok && (await fsp.readdir(v.Mountpoint)).length === 0) return v.Mountpoint
+  if (want === 'direct') {
+    throw new HolyshipError('USAGE', `--writer direct needs root on the engine's own host and a local volume without options; volume ${name} on ${opts.engine.host} is not writable here`)
+  }
+  return undefined
+}
+
+/** Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left out, paths in the volume */
+async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean): Promise<SkippedEntry[] | undefined> {
+  const progress = opts.progress ?? silentProgress
+  const left: SkippedEntry[] | undefined = partial ? [] : undefined
+  await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
+  return left
+}
+
+/**
+ * Fill a mounted volume or bind of a created (never started) container: a new volume `volume`
+ * straight into its directory where the writer may (volumeDir), else through the API.
+ */
+async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[], volume?: string): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
+  const dir = volume === undefined ? undefined : await volumeDir(opts, volume)
+  if (dir !== undefined) {
+    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined)
+    if (left) skipped!.push(...underBase(destination, left))
+    return
+  }
   const body = new PassThrough()
   const tw = new TarWriter(body)
   // extract into the parent under the mount's own name, so the root's mode, owner and time apply
@@ -395,7 +441,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   await checkBinds(opts, id, mounts)
   let bytes = 0
   for (const m of mounts) {
-    await fillMount(opts, id, m, m.destination, skipped)
+    await fillMount(opts, id, m, m.destination, skipped, m.type === 'volume' ? names[mounts.indexOf(m)] : undefined)
     bytes += m.stats.bytes
   }
   let started = false
@@ -426,6 +472,14 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
   const {createHelperContainer} = await import('./snapshot.js')
   for (let i = 0; i < mounts.length; i++) {
+    const dir = await volumeDir(opts, names[i])
+    if (dir !== undefined) {
+      ;(opts.progress ?? silentProgress).phase(`volume ${mounts[i].source}`, mounts[i].stats.bytes)
+      const left = await fillVolumeDir(opts, mounts[i], dir, skipped !== undefined)
+      if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:/${e.path}`, reason: e.reason})))
+      bytes += mounts[i].stats.bytes
+      continue
+    }
     const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     try {
