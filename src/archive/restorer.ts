@@ -485,6 +485,8 @@ class DirRestore {
   private readonly stats = {files: 0, bytes: 0}
   /** directories that were there: a failed restore, which added and removed entries in them, gives them their times back */
   private readonly foundDirs: {abs: string; st: Stats}[] = []
+  /** directories this restore made whose final metadata is set (see the rollback) */
+  private readonly finishedMade: string[] = []
   /** directories whose owner, mode, xattrs and times are set once everything below them is written */
   private readonly dirsToFinish: {abs: string; node: TreeNode}[] = []
   /** tree path -> where it was written, for hard links */
@@ -533,10 +535,21 @@ class DirRestore {
       // permission does not stop its own entries, and no default ACL of the snapshot's is
       // inherited by entries that recorded their own metadata
       for (const {abs, node: n} of this.dirsToFinish.reverse()) {
-        await applyMeta(abs, n)
-        setTimes(abs, n)
+        await finishDir(abs, n)
+        if (this.madeDirs.has(abs)) this.finishedMade.push(abs)
       }
     } catch (e) {
+      // a directory made and already given a mode without write permission (a failure in the
+      // loop above) must be writable again for what is in it to go, when this is not root
+      for (const abs of this.finishedMade) {
+        if (lstatSync(fsPath(abs), {throwIfNoEntry: false})?.isDirectory()) {
+          try {
+            chmodSync(fsPath(abs), 0o700)
+          } catch {
+            // nothing more to do: the removal below says what is left
+          }
+        }
+      }
       for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
       for (const {abs, st} of this.foundDirs.reverse()) {
         // the same directory still (lutimes follows no symlink either)
@@ -650,6 +663,9 @@ class DirRestore {
     this.safeDirs.add(abs)
     if (existing && !replace) this.foundDirs.push({abs, st: existing})
     if (abs === this.root && this.keepTargetMeta) return
+    // not root: a found directory's mode is set at the end, and only its owner may. A no-op
+    // chmod says now (EPERM) if this process may not, before anything is written into it
+    if (existing && !replace && !asRoot()) chmodSync(fsPath(abs), existing.mode & 0o7777)
     this.dirsToFinish.push({abs, node: n})
   }
 
@@ -1048,11 +1064,28 @@ async function setXattrs(abs: string, n: TreeNode): Promise<void> {
   }
 }
 
-/** owner, mode, xattrs and (but for directories, whose times come last) times of what is at `abs` */
+/**
+ * A directory's owner, mode, xattrs and times, at the end of a restore: owner and mode through
+ * a descriptor opened without following a symlink (one swapped in for the directory meanwhile
+ * fails the restore, it is never followed); xattrs with setfattr -h, times with lutimes.
+ */
+async function finishDir(abs: string, n: TreeNode): Promise<void> {
+  const fd = openSync(fsPath(abs), fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW)
+  try {
+    if (asRoot()) fchownSync(fd, n.uid, n.gid)
+    fchmodSync(fd, n.mode & 0o7777)
+  } finally {
+    closeSync(fd)
+  }
+  await setXattrs(abs, n)
+  setTimes(abs, n)
+}
+
+/** owner, mode, xattrs and times of what is at `abs` (not a directory: see finishDir) */
 async function applyMeta(abs: string, n: TreeNode): Promise<void> {
   const p = fsPath(abs)
   if (asRoot()) lchownSync(p, n.uid, n.gid)
   if (n.type !== 'symlink') chmodSync(p, n.mode & 0o7777)
   await setXattrs(abs, n)
-  if (n.type !== 'dir') setTimes(abs, n)
+  setTimes(abs, n)
 }
