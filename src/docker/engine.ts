@@ -327,6 +327,8 @@ export interface EngineInfo {
   Driver: string
   DockerRootDir: string
   ServerVersion: string
+  /** e.g. `name=seccomp,profile=default`, `name=userns` (user namespace remapping) */
+  SecurityOptions?: string[]
 }
 
 /**

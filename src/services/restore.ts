@@ -163,14 +163,15 @@ async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names
   }
 }
 
-/** Load the snapshot's image into the engine unless it has it already; one it loads goes again if the restore fails. */
-async function ensureImage(opts: RestoreOptions, c: ContainerRecord, created: Created): Promise<void> {
+/**
+ * Load the snapshot's image into the engine unless it has it already. It stays if the restore
+ * then fails: docker load moves the image's tags to it (a tag the user had for another image
+ * among them), so removing it again could take a user's tag with it; the image itself is the
+ * snapshot's, nothing of the user's.
+ */
+async function ensureImage(opts: RestoreOptions, c: ContainerRecord): Promise<void> {
   const {engine, repo} = opts
   if (await engine.inspectImage(c.image.id)) return
-  // registered first: a load that fails halfway may have left the image (or its layers)
-  created.add(`image ${c.image.id}`, async () => {
-    if (await engine.inspectImage(c.image.id)) await engine.removeImage(c.image.id)
-  })
   const node = await findNode(repo, c.image.tree, 'image.tar')
   if (!node) throw new HolyshipError('REPO_DAMAGED', `snapshot ${opts.snapshotId.slice(0, 12)}: image ${c.image.id} has no image.tar`)
   const progress = opts.progress ?? silentProgress
@@ -312,24 +313,30 @@ async function firstEntryIn(engine: Engine, containerId: string, dir: string, in
 /**
  * The directory of the new, empty volume `name` on this host, when the restore may write it
  * directly (much faster than the API's tar stream: the restore's workers write the files):
- * root on the engine's own host (directAccess), a local volume without driver options (one
- * with options, an NFS mount say, is only mounted while a container uses it). Undefined: the
- * API fills it. With writer `direct`, a volume it cannot write is a usage error.
+ * root on the engine's own host, proven by the state directory of `containerId`, the
+ * container just created to hold the volume (directAccess), the volume's Mountpoint in the
+ * engine's root, a local volume without driver options (one with options, an NFS mount say,
+ * is only mounted while a container uses it). Undefined: the API fills it. With writer `direct`,
+ * a volume it cannot write is a usage error.
  */
-async function volumeDir(opts: RestoreOptions, name: string): Promise<string | undefined> {
+async function volumeDir(opts: RestoreOptions, name: string, containerId: string): Promise<string | undefined> {
   const want = opts.writer ?? 'auto'
   if (want === 'api') return undefined
-  const v = await opts.engine.inspectVolume(name)
-  const options = (v.Options as Record<string, string> | null) ?? {}
   const {directAccess} = await import('./snapshot.js')
-  const local = v.Driver === 'local' && Object.keys(options).length === 0
-  const ok = local && v.Mountpoint !== undefined && (await directAccess(opts.engine, {mountpoint: v.Mountpoint}))
-  // made by this restore a moment ago: empty, or something else is going on
-  if (ok && (await fsp.readdir(v.Mountpoint)).length === 0) return v.Mountpoint
-  if (want === 'direct') {
+  let ok = await directAccess(opts.engine, {containerId})
+  let mountpoint: string | undefined
+  if (ok) {
+    const info = await opts.engine.info()
+    const v = await opts.engine.inspectVolume(name)
+    const options = (v.Options as Record<string, string> | null) ?? {}
+    ok = v.Driver === 'local' && Object.keys(options).length === 0 && typeof v.Mountpoint === 'string' && v.Mountpoint.startsWith(`${info.DockerRootDir}/`)
+    // made by this restore a moment ago: empty, or something else is going on
+    if (ok && (await fsp.readdir(v.Mountpoint)).length === 0) mountpoint = v.Mountpoint
+  }
+  if (mountpoint === undefined && want === 'direct') {
     throw new HolyshipError('USAGE', `--writer direct needs root on the engine's own host and a local volume without options; volume ${name} on ${opts.engine.host} is not writable here`)
   }
-  return undefined
+  return mountpoint
 }
 
 /** Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left out, paths in the volume */
@@ -347,7 +354,7 @@ async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, 
 async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[], volume?: string): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
-  const dir = volume === undefined ? undefined : await volumeDir(opts, volume)
+  const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
   if (dir !== undefined) {
     const left = await fillVolumeDir(opts, m, dir, skipped !== undefined)
     if (left) skipped!.push(...underBase(destination, left))
@@ -389,7 +396,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   }
   await preflightVolumes(opts, mounts, names)
 
-  await ensureImage(opts, c, created)
+  await ensureImage(opts, c)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -472,18 +479,11 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
   const {createHelperContainer} = await import('./snapshot.js')
   for (let i = 0; i < mounts.length; i++) {
-    const dir = await volumeDir(opts, names[i])
-    if (dir !== undefined) {
-      ;(opts.progress ?? silentProgress).phase(`volume ${mounts[i].source}`, mounts[i].stats.bytes)
-      const left = await fillVolumeDir(opts, mounts[i], dir, skipped !== undefined)
-      if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:/${e.path}`, reason: e.reason})))
-      bytes += mounts[i].stats.bytes
-      continue
-    }
     const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     try {
-      await fillMount(opts, helper, mounts[i], '/holyship-volume', left)
+      // written straight into the volume's directory where it can be (volumeDir), else through the helper
+      await fillMount(opts, helper, mounts[i], '/holyship-volume', left, names[i])
     } finally {
       // with its anonymous volumes: the helper's image may declare VOLUMEs (any image will do)
       await opts.engine.docker

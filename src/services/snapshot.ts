@@ -76,15 +76,17 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
 }
 
 /**
- * Can this process read the engine's files directly? Only as root, over a local socket, when
- * the engine's own directories are here: the container's state directory (named by its
- * random 256-bit id) proves it is the same host; for a standalone volume, its Mountpoint
- * under the engine's root.
+ * Can this process read (or write) the engine's files directly? Only as root, over a local
+ * socket, without user namespace remapping, when the engine's own directories are here: the
+ * container's state directory (named by its random 256-bit id) proves it is the same host;
+ * for a standalone volume, its Mountpoint under the engine's root.
  */
 export async function directAccess(engine: Engine, probe: {containerId?: string; mountpoint?: string}): Promise<boolean> {
   if (!engine.isLocalSocket || process.getuid?.() !== 0) return false
   try {
     const info = await engine.info()
+    // with user namespace remapping the files on disk have shifted owners: the API shifts them back, a direct read or write would not
+    if ((info.SecurityOptions ?? []).some((o) => o.includes('name=userns'))) return false
     const root = info.DockerRootDir
     if (probe.containerId) {
       return (await fsp.stat(`${root}/containers/${probe.containerId}`)).isDirectory()
