@@ -35,9 +35,9 @@ import {promisify} from 'node:util'
 import {retainReads} from '../backend/local.js'
 import {HolyshipError, isHolyshipError} from '../errors.js'
 import {BlobPool, POOL_MIN_BLOB} from '../repo/blob-pool.js'
-import {TreeNode} from '../repo/format.js'
+import {TreeNode, dataKey} from '../repo/format.js'
 import {isZero} from '../repo/pack.js'
-import {Repository} from '../repo/repository.js'
+import {Repository, asUnreadable} from '../repo/repository.js'
 import {bytesOfName, fsPath, hasEscapes} from './names.js'
 import {TarHeader, TarWriter} from './tarwriter.js'
 import {UnsafeTreeError, loadCheckedTree, walksBefore} from './tree-check.js'
@@ -70,10 +70,8 @@ async function damageNamed<T>(repo: Repository, id: string, read: () => Promise<
   try {
     return await read()
   } catch (e) {
-    if (isHolyshipError(e) || (e as NodeJS.ErrnoException)?.code !== undefined || !(e instanceof Error)) throw e
     const loc = repo.blobLocation(id)
-    const where = loc ? `pack data/${loc.pack.slice(0, 2)}/${loc.pack}` : 'the repository'
-    throw new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} in ${where} cannot be read: ${e.message}`, {cause: e})
+    throw asUnreadable(e, id, loc ? `pack ${dataKey(loc.pack)}` : 'the repository')
   }
 }
 
@@ -760,7 +758,7 @@ class DirRestore {
       await make(abs)
       return
     }
-    const at = path.join(this.root, `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    const at = this.tmpName(this.root)
     await make(at)
     try {
       await fsp.rename(at, fsPath(abs))
@@ -768,6 +766,11 @@ class DirRestore {
       rmSync(at, {force: true})
       throw e
     }
+  }
+
+  /** a new temporary name in directory `dir` */
+  private tmpName(dir: string): string {
+    return path.join(dir, `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
   }
 
   /** the sizes of file `n`'s chunks, from the index: REPO_DAMAGED when one is missing or they do not add up to its size */
@@ -808,7 +811,7 @@ class DirRestore {
   private async writeInWorker(pool: BlobPool, abs: string, n: TreeNode): Promise<string> {
     const {total} = await this.chunkSizes(n)
     const owner: [number, number] | undefined = asRoot() ? [n.uid, n.gid] : undefined
-    await this.repo.writeFile(pool, {path: abs, size: total, mode: n.mode & 0o7777, owner, mtime: n.mtime[0] + n.mtime[1] / 1e9}, n.content ?? [])
+    await this.repo.writeFile(pool, {path: abs, size: total, mode: n.mode & 0o7777, owner, mtime: seconds(n)}, n.content ?? [])
     this.opts.onBytes?.(total)
     return abs
   }
@@ -822,7 +825,7 @@ class DirRestore {
   private async writeTemp(abs: string, n: TreeNode, direct = false): Promise<string> {
     const ids = n.content ?? []
     const {sizes, total} = await this.chunkSizes(n)
-    const tmp = direct ? abs : path.join(path.dirname(abs), `${this.tmpPrefix}${(this.tmpSeq++).toString(36)}`)
+    const tmp = direct ? abs : this.tmpName(path.dirname(abs))
     // the file is created while its first chunks are read
     let fd: number | undefined
     const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
@@ -857,8 +860,7 @@ class DirRestore {
       if (asRoot()) fchownSync(f, n.uid, n.gid)
       fchmodSync(f, n.mode & 0o7777)
       await setXattrs(tmp, n)
-      const t = n.mtime[0] + n.mtime[1] / 1e9
-      futimesSync(f, t, t)
+      futimesSync(f, seconds(n), seconds(n))
     } catch (e) {
       await opening.catch(() => undefined)
       // only what this restore created goes
@@ -1039,9 +1041,13 @@ function asRoot(): boolean {
   return (root ??= process.getuid?.() === 0)
 }
 
+/** an entry's mtime as Node's time calls take it: seconds, a double (to the microsecond) */
+function seconds(n: TreeNode): number {
+  return n.mtime[0] + n.mtime[1] / 1e9
+}
+
 function setTimes(abs: string, n: TreeNode): void {
-  const t = n.mtime[0] + n.mtime[1] / 1e9
-  lutimesSync(fsPath(abs), t, t)
+  lutimesSync(fsPath(abs), seconds(n), seconds(n))
 }
 
 async function setXattrs(abs: string, n: TreeNode): Promise<void> {

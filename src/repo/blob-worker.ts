@@ -165,6 +165,14 @@ const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeB
 
 const CREATE = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
 
+/** decode and check a stored blob, and write it at `pos` of `fd` unless it is all zeros; true when it was (nothing written: a hole) */
+function writeBlob(stored: Buffer, b: {id: string; raw: number; where: string}, fd: number, pos: number): boolean {
+  const plain = decodeBlob(stored, b.id, b.raw, b.where, key, true)
+  if (isZero(plain)) return true
+  for (let done = 0; done < plain.length; ) done += writeSync(fd, plain, done, plain.length - done, pos + done)
+  return false
+}
+
 /** FileJob's work (see there) */
 function writeFile(job: FileJob): void {
   const name = fsPath(job.path)
@@ -175,11 +183,7 @@ function writeFile(job: FileJob): void {
     let end = 0
     for (at = 0; at < job.blobs.length; at++) {
       const b = job.blobs[at]
-      const plain = decodeBlob(readRange(b, b.where), b.id, b.raw, b.where, key, true)
-      if (!isZero(plain)) {
-        for (let done = 0; done < plain.length; ) done += writeSync(fd, plain, done, plain.length - done, pos + done)
-        end = pos + plain.length
-      }
+      if (!writeBlob(readRange(b, b.where), b, fd, pos)) end = pos + b.raw
       pos += b.raw
     }
     at = -1
@@ -239,10 +243,7 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
       return {reply: {seq: req.seq, plain: out, ...(back.length ? {data: req.data} : {})}, transfer: [out.buffer as ArrayBuffer, ...back]}
     }
     case 'write': {
-      const stored = req.data ? view(req.data) : readRange(req.from!, req.where)
-      const plain = decodeBlob(stored, req.id, req.raw, req.where, key, true)
-      const zero = isZero(plain)
-      if (!zero) for (let done = 0; done < plain.length; ) done += writeSync(req.fd, plain, done, plain.length - done, req.pos + done)
+      const zero = writeBlob(req.data ? view(req.data) : readRange(req.from!, req.where), req, req.fd, req.pos)
       return req.data ? {reply: {seq: req.seq, zero, data: req.data}, transfer: [req.data.buffer as ArrayBuffer]} : {reply: {seq: req.seq, zero}, transfer: []}
     }
   }

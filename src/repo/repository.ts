@@ -8,7 +8,7 @@ import {randomBytes} from 'node:crypto'
 import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Backend, isNotFound} from '../backend/backend.js'
-import {HolyshipError} from '../errors.js'
+import {HolyshipError, isHolyshipError} from '../errors.js'
 import {Chunker, DEFAULT_CHUNKER, cutAll} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {
@@ -731,12 +731,8 @@ export class Repository {
       await pool.file({...file, blobs})
     } catch (e) {
       const at = (e as {blob?: number}).blob
-      if (at !== undefined && !(e instanceof CorruptBlobError) && (e as NodeJS.ErrnoException).code === undefined && e instanceof Error) {
-        // a short read: the pack is shorter than the index says
-        const b = blobs[at]
-        throw new HolyshipError('REPO_DAMAGED', `blob ${b.id.slice(0, 16)} in pack ${b.where} cannot be read: ${e.message}`, {cause: e})
-      }
-      throw asDamage(e)
+      // a short read (the pack is shorter than the index says) names the blob it failed on
+      throw at === undefined ? asDamage(e) : asUnreadable(asDamage(e), blobs[at].id, `pack ${blobs[at].where}`)
     } finally {
       for (const f of open.values()) void f.then((h) => h.release(), () => undefined)
     }
@@ -855,6 +851,16 @@ async function packRead<T>(where: string, id: string, read: () => Promise<T>): P
     if (isNotFound(e)) throw new HolyshipError('REPO_DAMAGED', `pack ${where} is missing (it holds blob ${id.slice(0, 16)})`)
     throw e
   }
+}
+
+/**
+ * A read of blob `id` (in `where`: "pack data/…") that came back short or garbled (an Error
+ * without an errno code: the local backend's or a worker's "short read") as REPO_DAMAGED
+ * naming both; errno errors (EIO, EACCES, ENOSPC...), HolyshipErrors and the rest as they are.
+ */
+export function asUnreadable(e: unknown, id: string, where: string): unknown {
+  if (isHolyshipError(e) || (e as NodeJS.ErrnoException)?.code !== undefined || !(e instanceof Error)) return e
+  return new HolyshipError('REPO_DAMAGED', `blob ${id.slice(0, 16)} in ${where} cannot be read: ${e.message}`, {cause: e})
 }
 
 /** a blob found damaged (CorruptBlobError) as REPO_DAMAGED; any other error as it is */

@@ -14,12 +14,11 @@ import {RepoLock} from '../repo/lock.js'
 import {PruneResult, pruneRepository} from '../repo/prune.js'
 import {Repository} from '../repo/repository.js'
 import {KeepPolicy, applyRetention, formatKeep, keepsSomething} from '../schedule/retention.js'
-import {readRemoteConfig} from '../transfer/common.js'
 import {openRemote} from '../transfer/remotes.js'
 import {Context} from './context.js'
 import {withLockedContext} from './locking.js'
 import {prune} from './prune.js'
-import {refreshRemoteSnapshots} from './remote.js'
+import {refreshRemoteSnapshots, requireRemoteConfig} from './remote.js'
 import {syncCatalogue} from './sync.js'
 
 export interface ForgetSelection {
@@ -173,9 +172,7 @@ async function forgetRemote(opts: ForgetOptions): Promise<ForgetResult> {
     const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
     try {
       // nothing (not even a lock) is written where there is no holyship repository
-      if (!(await readRemoteConfig(remote))) {
-        throw new HolyshipError('REMOTE_NOT_FOUND', `no holyship repository at ${remote.location} (${remote.endpointName})`, {hint: 'check the remote name, bucket, prefix and endpoint'})
-      }
+      await requireRemoteConfig(remote)
       const lock = await RepoLock.acquire(remote.backend, {exclusive: false, purpose: 'forget', waitMs: opts.lockWaitMs, onWait: opts.onWait})
       try {
         await refreshRemoteSnapshots({remote: opts.to!, catalogue: opts.catalogue, progress: opts.progress}, remote, cat)

@@ -119,12 +119,7 @@ async function pullWith(
   const t0 = Date.now()
   const parallel = opts.parallel ?? 4
   const progress = opts.progress ?? silentProgress
-  const rc = await readRemoteConfig(remote)
-  if (!rc) {
-    throw new HolyshipError('REMOTE_NOT_FOUND', `no holyship repository at ${remote.location} (${remote.endpointName})`, {
-      hint: 'push to it first, or check the bucket, prefix and endpoint',
-    })
-  }
+  const rc = await requireRemoteConfig(remote)
   // an encrypted remote's index files and manifests need its key: the passphrase opens one of
   // its key files (nothing is written anywhere before that)
   let key: MasterKey | undefined
@@ -219,6 +214,17 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
   repo.treeCache = cat
   await syncCatalogue(cat, repo)
   return {repo, created}
+}
+
+/** the remote's repository config: REMOTE_NOT_FOUND when no holyship repository is there */
+export async function requireRemoteConfig(remote: RemoteHandle): Promise<NonNullable<Awaited<ReturnType<typeof readRemoteConfig>>>> {
+  const rc = await readRemoteConfig(remote)
+  if (!rc) {
+    throw new HolyshipError('REMOTE_NOT_FOUND', `no holyship repository at ${remote.location} (${remote.endpointName})`, {
+      hint: 'push to it first, or check the bucket, prefix and endpoint',
+    })
+  }
+  return rc
 }
 
 /**
