@@ -17,6 +17,7 @@ import debugFactory from 'debug'
 import {NodeType, Tree, TreeNode} from '../repo/format.js'
 import {fsPath, hasEscapes, linkTarget, listNames, nameFromBytes} from './names.js'
 import {Archiver, SourceEntry} from './archiver.js'
+import {contentMemory} from '../repo/memory.js'
 
 const debug = debugFactory('holyship:fs-source')
 
@@ -487,7 +488,7 @@ async function* readFile(fd: number, expected: number): AsyncGenerator<Buffer> {
   })
   const readAt = (at: number): {buf: Buffer; full: boolean} | Promise<{buf: Buffer; full: boolean}> => {
     const want = Math.min(MAX, Math.max(expected - at, 0) + 1)
-    const buf = Buffer.allocUnsafeSlow(want)
+    const buf = contentMemory.alloc(want)
     if (want <= SYNC_READ) return piece(buf, readSync(fd, buf, 0, want, at), want)
     return new Promise((resolve, reject) => read(fd, buf, 0, want, at, (err, n) => (err ? reject(err) : resolve(piece(buf, n, want)))))
   }

@@ -1,15 +1,16 @@
 /**
- * A pool of blob workers (blob-worker.ts): hashing, compressing (with its decode-and-compare
- * check) and decoding blobs on every core while the main thread reads, chunks, deduplicates
+ * A pool of blob workers (blob-worker.ts): compressing (with its decode-and-compare check)
+ * and decoding blobs on every core while the main thread reads, chunks, hashes, deduplicates
  * and writes packs.
  *
- * Buffers cross the thread boundary by transfer, not copy: a file's content (or a piece of a
- * big one) goes to a worker to be cut and hashed and stays there; the main thread answers
- * which chunks are new, and the worker compresses those and sends their stored form. Nothing
- * writes to the content in between, so the ids a worker computed still name the bytes it
- * later compresses. (SharedArrayBuffers were tried first:
- * their memory lives until every thread's garbage collector lets go, and a worker's seldom
- * runs; RSS went to 650 MB.)
+ * Buffers cross the thread boundary by transfer, not copy: the memory of new chunks (a file's
+ * content, or a piece of a big one) goes to a worker with the chunks' places and ids, and comes
+ * back with their stored forms. Nothing writes to the memory in between, so the ids the main
+ * thread computed still name the bytes the worker compresses. How far behind each worker is
+ * it writes to a shared counter as it goes, so the main thread sees it at once (replies wait
+ * in its event loop) and compresses chunks itself when the workers have enough to do.
+ * (SharedArrayBuffers for the data were tried first: their memory lives until every
+ * thread's garbage collector lets go, and a worker's seldom runs; RSS went to 650 MB.)
  *
  * Workers are referenced only while they have work, so an idle pool never keeps the process
  * alive, and a worker that dies fails every request it had (and the pool, from then on) with
@@ -21,7 +22,7 @@ import debugFactory from 'debug'
 import {ChunkerParams} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {CorruptBlobError} from './pack.js'
-import type {BlobReply, BlobRequest, BlobWorkerData, FileJob} from './blob-worker.js'
+import type {BlobReply, BlobRequest, BlobWorkerData, CompressItem, FileJob} from './blob-worker.js'
 
 const debug = debugFactory('holyship:workers')
 
@@ -33,11 +34,12 @@ export type PoolUse = 'store' | 'restore'
 
 /**
  * Workers to start: HOLYSHIP_WORKERS (a number; `auto` = one per core the process may use, at
- * most 4). Without it, a snapshot ('store') runs everything on the main thread: on two cores
- * two workers save ~13% of a first snapshot's time but add ~90 MiB of resident memory (README,
- * Performance). A restore gets two workers when the process may use two cores or more: the
- * main thread walks the trees and creates the files while they decode, check and write the
- * data (on two cores, one worker made a restore of the bench's data 10% faster, two 20%).
+ * most 4). Without it, where the process may use two cores or more: one for a snapshot
+ * ('store'), which compresses there while the main thread reads, hashes and packs (README,
+ * Performance; a second worker on two cores was slower: three threads for two cores), and two
+ * for a restore, whose main thread walks the trees and creates
+ * the files while they decode, check and write the data (on two cores, one worker made a
+ * restore of the bench's data 10% faster, two 20%). One core: none.
  */
 export function poolSize(env: NodeJS.ProcessEnv = process.env, use: PoolUse = 'store'): number {
   const v = env.HOLYSHIP_WORKERS
@@ -46,7 +48,8 @@ export function poolSize(env: NodeJS.ProcessEnv = process.env, use: PoolUse = 's
     const n = Number(v)
     if (Number.isInteger(n) && n >= 0 && n <= 64) return n
   }
-  return use === 'restore' && os.availableParallelism() >= 2 ? 2 : 0
+  if (os.availableParallelism() < 2) return 0
+  return use === 'restore' ? 2 : 1
 }
 
 /** a request without its sequence number (which call() assigns) */
@@ -56,18 +59,25 @@ interface Pending {
   resolve: (r: BlobReply) => void
   reject: (e: Error) => void
   slot: Slot
+  /** bytes this request asks the worker to compress */
+  bytes: number
 }
 
 interface Slot {
   worker: Worker
   busy: number
+  /** bytes of compress requests this worker has not answered yet */
+  bytes: number
+  /** bytes sent to compress, and (written by the worker as it goes) compressed, both modulo 2^32 */
+  sent: number
+  done: Int32Array
 }
 
-/** names data a worker holds after chunk() until keep() */
-export interface ChunkToken {
-  readonly slot: WorkerRef
-  readonly seq: number
-}
+/**
+ * bytes a worker has yet to compress, as of now: read from the counter it advances, not from
+ * its replies, which wait in this thread's event loop until it next polls
+ */
+const backlog = (s: Slot): number => (s.sent - Atomics.load(s.done, 0)) >>> 0
 
 /** which worker a result came from (for recycle()) */
 export type WorkerRef = unknown
@@ -97,10 +107,11 @@ export class BlobPool {
 
   constructor(readonly size: number, key?: MasterKey) {
     if (size < 1) throw new Error(`a blob pool needs at least one worker, not ${size}`)
-    const workerData: BlobWorkerData = {key: key ? new Uint8Array(key.toBytes()) : null}
+    const material = key ? new Uint8Array(key.toBytes()) : null
     for (let i = 0; i < size; i++) {
-      const worker = startWorker(workerData)
-      const slot: Slot = {worker, busy: 0}
+      const done = new Int32Array(new SharedArrayBuffer(4))
+      const worker = startWorker({key: material, done})
+      const slot: Slot = {worker, busy: 0, bytes: 0, sent: 0, done}
       worker.unref()
       worker.on('message', (r: BlobReply) => this.settle(r))
       worker.on('error', (e) => this.fail(slot, e))
@@ -118,7 +129,7 @@ export class BlobPool {
   }
 
   /**
-   * Hand results (stored blobs from keep()) back to the worker they came from
+   * Hand results (stored blobs from compress()) back to the worker they came from
    * once they are copied: it reuses their memory for its next results. They are unusable after.
    */
   recycle(from: WorkerRef, buffers: Buffer[]): void {
@@ -166,33 +177,30 @@ export class BlobPool {
     }
   }
 
-  /**
-   * Cut a whole file's content (`data`, handed over: transferred) into chunks and hash them in
-   * a worker, which keeps the data for keep(): call it exactly once with the returned token.
-   */
-  async chunk(data: Buffer, chunker: ChunkerParams): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
-    const slot = this.leastBusy()
-    const {reply, seq} = await this.callOn(slot, {op: 'chunk', data: transferable(data), chunker}, [data.buffer as ArrayBuffer])
-    return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
+  /** bytes handed to compress() that the workers have not compressed yet: how far behind they are */
+  get queued(): number {
+    let n = 0
+    for (const s of this.slots) n += backlog(s)
+    return n
   }
 
   /**
-   * Hash chunks already cut (pieces of a big file, cut on the main thread so that its chunks
-   * go to every worker, not all to one): `cuts` are [offset, length] in `data`'s memory, which
-   * is handed over whole (transferred). The worker keeps the chunks for keep(), as chunk() does.
+   * The stored form of chunks (CompressItem: a memory, offset, length and the id the caller
+   * computed from those bytes), compressed when it pays and checked by decoding, in the worker
+   * with the fewest bytes queued; null for a chunk stored as it is, unsealed (its stored form
+   * is ENC_PLAIN and its bytes). `memories` are handed over (transferred) whole: every view of
+   * them is unusable from now on. They come back in `memories` of the result, with the worker
+   * to recycle() the stored forms to once they are copied.
    */
-  async hash(data: Uint8Array, cuts: [number, number][]): Promise<{chunks: {id: string; offset: number; length: number}[]; token: ChunkToken}> {
-    const slot = this.leastBusy()
-    if (data.buffer instanceof SharedArrayBuffer) throw new Error('blob pool data must own its memory (owned() it first)')
-    const whole = new Uint8Array(data.buffer, 0, data.buffer.byteLength)
-    const {reply, seq} = await this.callOn(slot, {op: 'hash', data: whole, cuts}, [whole.buffer as ArrayBuffer])
-    return {chunks: (reply as {chunks: {id: string; offset: number; length: number}[]}).chunks, token: {slot, seq}}
-  }
-
-  /** The stored form of the `wanted` chunks (indexes) of a chunk() or hash() call; the worker then lets go of them. */
-  async keep(token: ChunkToken, wanted: number[], level: number): Promise<Buffer[]> {
-    const {reply} = await this.callOn(token.slot as Slot, {op: 'keep', token: token.seq, wanted, level}, [])
-    return (reply as {kept: Uint8Array[]}).kept.map(asBuffer)
+  async compress(memories: ArrayBuffer[], items: CompressItem[], level: number): Promise<{stored: (Buffer | null)[]; memories: ArrayBuffer[]; from: WorkerRef}> {
+    let slot = this.slots[0]
+    for (const s of this.slots) if (backlog(s) < backlog(slot)) slot = s
+    const bytes = items.reduce((n, it) => n + it[2], 0)
+    slot.sent = (slot.sent + bytes) | 0
+    const data = memories.map((m) => new Uint8Array(m))
+    const {reply} = await this.callOn(slot, {op: 'compress', data, items, level}, memories, bytes)
+    const r = reply as {kept: (Uint8Array | null)[]; data: Uint8Array[]}
+    return {stored: r.kept.map((k) => (k ? asBuffer(k) : null)), memories: r.data.map((d) => d.buffer as ArrayBuffer), from: slot}
   }
 
   /**
@@ -216,12 +224,13 @@ export class BlobPool {
     return slot
   }
 
-  private callOn(slot: Slot, req: RequestBody, transfer: ArrayBuffer[]): Promise<{reply: BlobReply; seq: number}> {
+  private callOn(slot: Slot, req: RequestBody, transfer: ArrayBuffer[], bytes = 0): Promise<{reply: BlobReply; seq: number}> {
     if (this.broken) return Promise.reject(this.broken)
     if (this.closed) return Promise.reject(new Error('the blob pool was closed'))
     const seq = ++this.seq
     return new Promise<BlobReply>((resolve, reject) => {
-      this.pending.set(seq, {resolve, reject, slot})
+      this.pending.set(seq, {resolve, reject, slot, bytes})
+      slot.bytes += bytes
       if (slot.busy++ === 0) slot.worker.ref()
       try {
         debug('-> %d %s slot %d busy %d', seq, req.op, this.slots.indexOf(slot), slot.busy)
@@ -243,6 +252,7 @@ export class BlobPool {
     const p = this.pending.get(r.seq)
     if (!p) return
     this.pending.delete(r.seq)
+    p.slot.bytes -= p.bytes
     if (--p.slot.busy === 0) p.slot.worker.unref()
     p.resolve(r)
   }
@@ -257,6 +267,7 @@ export class BlobPool {
       p.reject(this.broken)
     }
     slot.busy = 0
+    slot.bytes = 0
     slot.worker.unref()
   }
 
@@ -267,6 +278,7 @@ export class BlobPool {
     }
     for (const s of this.slots) {
       s.busy = 0
+      s.bytes = 0
       s.worker.unref()
     }
   }

@@ -11,32 +11,29 @@
  *                                                   plaintext never crosses to the main thread;
  *                                                   the stored bytes come with the request or
  *                                                   are read here from an open pack file)
- *   chunk     data, chunker   -> [{id, offset, length}]   (a whole file read in one piece: cut
- *                                                   and hashed (SHA-256, or HMAC-SHA256 with
- *                                                   the MAC key) here; the data stays here)
- *   hash      data, cuts      -> [{id, offset, length}]   (chunks the main thread cut out of
- *                                                   a piece of a big file: hashed here, kept
- *                                                   here like `chunk`'s)
- *   keep      token, wanted   -> stored bytes of the wanted chunks of a `chunk` or `hash`
- *                                                   request (the main thread dropped the ones it
- *                                                   has): zstd when it pays, decoded back and
- *                                                   compared first; sealed with a key
+ *   compress  memories, items -> stored forms    (chunks the main thread cut and hashed, each
+ *                                                   a range of one of the memories it handed
+ *                                                   over: zstd when it pays, decoded back and
+ *                                                   compared first; sealed with a key. An
+ *                                                   unsealed blob stored as it is comes back as
+ *                                                   null: its bytes are the chunk's, in the
+ *                                                   memory that goes back with the reply.
+ *                                                   Progress goes to a shared counter as it
+ *                                                   goes, which the pool reads to balance)
  */
 import {closeSync, fchmodSync, fchownSync, constants as fsc, ftruncateSync, futimesSync, openSync, readSync, unlinkSync, writeSync} from 'node:fs'
 import {parentPort, workerData} from 'node:worker_threads'
 import {fsPath} from '../archive/names.js'
 import {MasterKey} from './crypto.js'
 import {ownedCopy} from './blob-pool.js'
-import {Chunker, ChunkerParams, cutAll} from './chunker.js'
-import {CorruptBlobError, blobIdOf, decodeBlob, encodeBlobOfId, isZero} from './pack.js'
+import {MemoryPool} from './memory.js'
+import {CorruptBlobError, ENC_PLAIN, compressBlobOfId, decodeBlob, isZero, storedForm} from './pack.js'
 
 export type BlobRequest =
   | {seq: number; op: 'decode'; data: Uint8Array; id: string; raw: number; where: string}
   | {seq: number; op: 'write'; data?: Uint8Array; from?: {fd: number; offset: number; length: number}; id: string; raw: number; where: string; fd: number; pos: number}
   | ({seq: number; op: 'file'} & FileJob)
-  | {seq: number; op: 'chunk'; data: Uint8Array; chunker: ChunkerParams}
-  | {seq: number; op: 'hash'; data: Uint8Array; cuts: [number, number][]}
-  | {seq: number; op: 'keep'; token: number; wanted: number[]; level: number}
+  | {seq: number; op: 'compress'; data: Uint8Array[]; items: CompressItem[]; level: number}
   | {seq: number; op: 'recycle'; data: Uint8Array[]}
 
 /**
@@ -46,10 +43,15 @@ export type BlobRequest =
 export type BlobReply =
   | {seq: number; plain: Uint8Array; data?: Uint8Array}
   | {seq: number; zero: boolean; data?: Uint8Array}
-  | {seq: number; chunks: {id: string; offset: number; length: number}[]}
-  | {seq: number; kept: Uint8Array[]; data: Uint8Array[]}
+  | {seq: number; kept: (Uint8Array | null)[]; data: Uint8Array[]}
   | {seq: number; written: true}
   | {seq: number; error: string; corrupt?: {why: string}; errno?: {code?: string; errno?: number; syscall?: string}; blob?: number}
+
+/**
+ * A chunk for `compress`: where it is (which of the request's memories, at which offset, how
+ * long) and its id, computed by the main thread from these very bytes.
+ */
+export type CompressItem = [memory: number, offset: number, length: number, id: string]
 
 /** one blob of a FileJob: where it is stored (a range of an open pack file) and what it must decode to */
 export interface FileJobBlob {
@@ -81,6 +83,8 @@ export interface FileJob {
 export interface BlobWorkerData {
   /** the repository's master key material (encrypted repositories), else null */
   key: Uint8Array | null
+  /** (shared) bytes compressed for `compress` requests so far, modulo 2^32: the pool reads it to see how far behind this worker is */
+  done: Int32Array
 }
 
 const data = workerData as BlobWorkerData
@@ -89,55 +93,12 @@ const key = data.key ? MasterKey.fromBytes(Buffer.from(data.key)) : undefined
 const view = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength)
 
 /**
- * Buffers this worker allocates for its results (stored blobs, chunks made of several pieces)
- * come from buffers the main thread hands back once it has copied them (`recycle`), so the
- * same few circulate instead of new ones piling up in this thread's malloc arena until the
- * main thread's garbage collector frees them (which made RSS grow by ~60 MB per worker).
+ * Memory for this worker's results (stored blobs): buffers the main thread hands back once it
+ * has copied them (`recycle`), so the same few circulate instead of new ones piling up in this
+ * thread's malloc arena until the main thread's garbage collector frees them (which made RSS
+ * grow by ~60 MB per worker).
  */
-const free: ArrayBuffer[] = []
-let freeBytes = 0
-const FREE_MAX = 8 * 1024 * 1024
-/** buffers allocated here, not yet sent away (keep() puts them back on the free list itself) */
-const mine = new WeakSet<ArrayBuffer>()
-
-function alloc(n: number): Buffer {
-  let best = -1
-  for (let i = 0; i < free.length; i++) if (free[i].byteLength >= n && (best < 0 || free[i].byteLength < free[best].byteLength)) best = i
-  let ab: ArrayBuffer
-  if (best >= 0) {
-    ab = free[best]
-    free.splice(best, 1)
-    freeBytes -= ab.byteLength
-  } else {
-    // powers of two from 64 KiB, so a recycled buffer fits many later needs
-    let size = 64 * 1024
-    while (size < n) size *= 2
-    ab = new ArrayBuffer(size)
-  }
-  mine.add(ab)
-  return Buffer.from(ab, 0, n)
-}
-
-function recycle(ab: ArrayBuffer): void {
-  if (ab.byteLength < 64 * 1024 || freeBytes + ab.byteLength > FREE_MAX) return
-  free.push(ab)
-  freeBytes += ab.byteLength
-}
-
-/** chunks of `chunk` and `hash` requests waiting for their `keep`, by the request's seq */
-const held = new Map<number, {chunks: Buffer[]; ids: string[]}>()
-
-/** hash the chunks cut from one request and keep them for its `keep` */
-function cutAndHold(seq: number, chunks: Buffer[]): BlobReply {
-  let offset = 0
-  const out = chunks.map((c) => {
-    const r = {id: blobIdOf(c, key), offset, length: c.length}
-    offset += c.length
-    return r
-  })
-  held.set(seq, {chunks, ids: out.map((c) => c.id)})
-  return {seq, chunks: out}
-}
+const memory = new MemoryPool(8 * 1024 * 1024)
 
 /** what readRange reads into, grown to the biggest range so far */
 let readScratch = Buffer.alloc(0)
@@ -160,8 +121,6 @@ function readRange({fd, offset, length}: {fd: number; offset: number; length: nu
   }
   return readScratch.subarray(0, length)
 }
-
-const stored = (plain: Buffer, id: string, level: number): Uint8Array => encodeBlobOfId(plain, id, level, key, alloc)
 
 const CREATE = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW
 
@@ -210,29 +169,31 @@ function writeFile(job: FileJob): void {
 }
 
 function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; transfer: ArrayBuffer[]} {
-  if (req.op === 'keep') {
-    const h = held.get(req.token)
-    if (!h) throw new Error(`no chunked data under token ${req.token}`)
-    held.delete(req.token)
-    const kept = req.wanted.map((i) => stored(h.chunks[i], h.ids[i], req.level))
-    // the buffers the chunks live in: this worker's own go back on its free list; the main
-    // thread's (a file's content) go back to it (see BlobReply). The session's unfinished
-    // chunk was copied out of them (Chunker.ownPending).
-    const buffers = [...new Set(h.chunks.map((c) => c.buffer as ArrayBuffer))]
-    const theirs = buffers.filter((b) => !mine.has(b))
-    for (const b of buffers) if (mine.has(b)) recycle(b)
-    return {reply: {seq: req.seq, kept, data: theirs.map((b) => new Uint8Array(b))}, transfer: [...kept.map((k) => k.buffer as ArrayBuffer), ...theirs]}
-  }
-  if (req.op === 'hash') {
-    const all = view(req.data)
-    return {reply: cutAndHold(req.seq, req.cuts.map(([at, n]) => all.subarray(at, at + n))), transfer: []}
+  if (req.op === 'compress') {
+    let left = req.items.reduce((n, it) => n + it[2], 0)
+    try {
+      const kept = req.items.map(([m, at, n, id]) => {
+        const mem = req.data[m]
+        // a detached or short memory would compress too few bytes under the chunk's id
+        if (mem === undefined || at < 0 || at + n > mem.byteLength) throw new Error(`chunk ${id} (${n} bytes at ${at}) is not in the memory it was sent with`)
+        const c = compressBlobOfId(Buffer.from(mem.buffer, mem.byteOffset + at, n), id, req.level)
+        Atomics.add(data.done, 0, n)
+        left -= n
+        // stored as it is, unsealed: the main thread takes the bytes from the memory it gets back
+        return c.enc === ENC_PLAIN && !key ? null : storedForm(c, key, (size) => memory.alloc(size))
+      })
+      const back = req.data.map((d) => d.buffer as ArrayBuffer)
+      const results = kept.filter((k): k is Uint8Array => k !== null).map((k) => k.buffer as ArrayBuffer)
+      return {reply: {seq: req.seq, kept, data: req.data}, transfer: [...results, ...back]}
+    } finally {
+      // a failed request is off this worker's backlog too
+      if (left > 0) Atomics.add(data.done, 0, left)
+    }
   }
   switch (req.op) {
     case 'file':
       writeFile(req)
       return {reply: {seq: req.seq, written: true}, transfer: []}
-    case 'chunk':
-      return {reply: cutAndHold(req.seq, cutAll(new Chunker(req.chunker, alloc), view(req.data))), transfer: []}
     case 'decode': {
       const plain = decodeBlob(view(req.data), req.id, req.raw, req.where, key)
       // decodeBlob returns a fresh buffer for a zstd frame, a view of the input for a plain blob
@@ -252,7 +213,7 @@ function handle(req: Exclude<BlobRequest, {op: 'recycle'}>): {reply: BlobReply; 
 parentPort!.on('message', (req: BlobRequest) => {
   if (req.op === 'recycle') {
     // no reply: the main thread is done with these
-    for (const d of req.data) recycle(d.buffer as ArrayBuffer)
+    for (const d of req.data) memory.adopt(d.buffer as ArrayBuffer)
     return
   }
   let r: {reply: BlobReply; transfer: ArrayBuffer[]}

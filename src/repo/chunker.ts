@@ -59,10 +59,17 @@ export class Chunker {
   private pendingLen = 0
   private hash = 0
 
-  /** `alloc`: where buffers for chunks made of several pieces come from (a blob worker recycles them) */
+  /** the buffer ownPending() copied the unfinished chunk's start into, while it is part of it */
+  private own?: Buffer
+
+  /**
+   * `alloc`: where buffers for chunks made of several pieces come from; `release`: where one
+   * that ownPending() made goes once it is copied into a chunk (both: a recycling pool)
+   */
   constructor(
     readonly params: ChunkerParams,
     private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafeSlow,
+    private readonly release: (b: Buffer) => void = () => {},
   ) {
     if (!(params.min > 0 && params.min <= params.avg && params.avg <= params.max)) {
       throw new Error(`invalid chunker parameters ${JSON.stringify(params)}`)
@@ -99,11 +106,19 @@ export class Chunker {
    * to the main thread instead of leaving them to its own garbage collector).
    */
   ownPending(): void {
-    if (this.pendingLen === 0) return
+    if (this.pendingLen === 0 || (this.pending.length === 1 && this.pending[0] === this.own)) return
     const own = this.alloc(this.pendingLen)
     let at = 0
     for (const p of this.pending) at += p.copy(own, at)
+    this.drop()
     this.pending = [own]
+    this.own = own
+  }
+
+  /** let go of ownPending()'s copy: its bytes were copied on */
+  private drop(): void {
+    if (this.own) this.release(this.own)
+    this.own = undefined
   }
 
   /** End of stream: the last (possibly short) chunk, if any bytes remain. */
@@ -117,11 +132,15 @@ export class Chunker {
     // made of several gets a buffer of its own, never a slice of Node's shared pool (a blob
     // worker transfers it to the main thread)
     let chunk: Buffer
-    if (this.pending.length === 1) chunk = this.pending[0]
-    else {
+    if (this.pending.length === 1) {
+      // ownPending()'s copy, if it is that, is the chunk's now: the caller's to let go of
+      chunk = this.pending[0]
+      this.own = undefined
+    } else {
       chunk = this.alloc(this.pendingLen)
       let at = 0
       for (const p of this.pending) at += p.copy(chunk, at)
+      this.drop()
     }
     this.pending = []
     this.pendingLen = 0

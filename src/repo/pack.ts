@@ -78,7 +78,8 @@ export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: M
   return storedForm(compressBlobOfId(plain, id, level), key, alloc)
 }
 
-function storedForm({enc, payload}: {enc: number; payload: Buffer}, key: MasterKey | undefined, alloc: (n: number) => Uint8Array): Uint8Array {
+/** a blob's stored form from compressBlob's result: encoding byte | payload, sealed with a key, in memory from `alloc` */
+export function storedForm({enc, payload}: {enc: number; payload: Buffer}, key: MasterKey | undefined, alloc: (n: number) => Uint8Array): Uint8Array {
   const e = key ? enc | ENC_ENCRYPTED : enc
   const body = key ? key.seal(e, 'blob', payload) : payload
   const out = alloc(1 + body.length)

@@ -27,10 +27,11 @@ import {
   snapshotKey,
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
-import {CorruptBlobError, CorruptObjectError, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
-import {BlobPool, ChunkToken, POOL_MIN_BLOB, PoolUse, owned, ownedCopy, sharedPool} from './blob-pool.js'
-import type {FileJob, FileJobBlob} from './blob-worker.js'
+import {CorruptBlobError, CorruptObjectError, ENC_PLAIN, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
+import {BlobPool, POOL_MIN_BLOB, PoolUse, WorkerRef, sharedPool} from './blob-pool.js'
+import type {CompressItem, FileJob, FileJobBlob} from './blob-worker.js'
 import {collectGarbage} from './gc.js'
+import {contentMemory} from './memory.js'
 import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
 const debug = debugFactory('holyship:repo')
@@ -121,6 +122,8 @@ export class Repository {
   /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
   private unindexedBlobs = 0
+  /** saveChunks' OFFLOAD_BYTES (a test sets it to force one side or the other) */
+  offloadBytes = OFFLOAD_BYTES
   /** optional observer for progress reporting */
   onPackWritten?: (bytes: number) => void
   /** optional cache of tree blobs */
@@ -379,102 +382,178 @@ export class Repository {
   }
 
   /**
-   * Save a whole file's content that came in one piece: cut it into chunks and save them. With
-   * a pool, a worker cuts and hashes, the main thread only decides which chunks are new, and
-   * the worker compresses just those: the main thread never touches the bytes. `giveAway` as
-   * in saveBlob. Returns each chunk's result, in order.
+   * Save a whole file's content that came in one piece: cut it into chunks and save them
+   * (saveChunks). `giveAway`: nobody touches `data` again, so its memory may be handed to a
+   * blob worker instead of copied, and back to contentMemory once stored. Returns each
+   * chunk's result, in order.
    */
   async saveContent(data: Buffer, giveAway = false): Promise<SaveResult[]> {
-    const pool = data.length >= POOL_MIN_BLOB ? this.workers() : undefined
-    if (!pool) {
-      const out: SaveResult[] = []
-      for (const c of cutAll(new Chunker(this.config.chunker), data)) out.push(await this.saveBlob('data', c))
-      return out
-    }
-    const generation = this.generation
-    const place = this.takePlace()
-    try {
-      const {chunks, token} = await pool.chunk(giveAway ? owned(data) : ownedCopy(data), this.config.chunker)
-      return await this.keepNew(pool, chunks, token, generation, place)
-    } finally {
-      place.leave()
+    return await this.saveChunks(cutAll(new Chunker(this.config.chunker, chunkMemory, releaseMemory), data), giveAway ? undefined : data.buffer)
+  }
+
+  /**
+   * A writer for one file whose content comes in several pieces, cut as one stream (the
+   * unfinished chunk carried to the next piece). Call it for every piece in order, `last` on
+   * the final one; each call returns the results of the chunks that piece completed.
+   * `giveAway` as in saveContent, the same for every piece.
+   */
+  contentWriter(): (piece: Buffer, giveAway: boolean, last: boolean) => Promise<SaveResult[]> {
+    const chunker = new Chunker(this.config.chunker, chunkMemory, releaseMemory)
+    return async (piece, giveAway, last) => {
+      const chunks = last ? cutAll(chunker, piece) : chunker.push(piece)
+      // the unfinished chunk's start is copied out of `piece`, whose memory moves on
+      if (!last && giveAway) chunker.ownPending()
+      return await this.saveChunks(chunks, giveAway ? undefined : piece.buffer)
     }
   }
 
   /**
-   * A writer for one file whose content comes in several pieces: the main thread cuts them
-   * (carrying the unfinished chunk to the next piece), and each piece's chunks go to the least
-   * busy worker to be hashed (and the new ones compressed), so one big file keeps every worker
-   * busy. Call it for every piece in order, `last` on the final one; each call returns the
-   * results of the chunks that piece completed. Undefined without a worker pool.
+   * Save chunks of file content: each is hashed here and looked up, and the new ones are
+   * compressed (checked by decoding) and packed, in the order the saves began. Compression,
+   * the bulk of the work, goes to a blob worker unless the workers are already OFFLOAD_BYTES
+   * past what this save brings: then this thread compresses it, so both threads work and
+   * neither waits for the other.
+   *
+   * The chunks are views of memory that is this save's (given away, or the chunker's) except
+   * `callerMemory`, which stays the caller's: untouched, copied from. This save's memory goes
+   * to a worker without a copy (which detaches every view of it, so chunks in one memory go
+   * to one place) and back to contentMemory once nothing reads it.
    */
-  contentWriter(): ((piece: Buffer, giveAway: boolean, last: boolean) => Promise<SaveResult[]>) | undefined {
-    const pool = this.workers()
-    if (!pool) return undefined
-    const chunker = new Chunker(this.config.chunker)
-    return async (piece, giveAway, last) => {
-      const data = giveAway ? owned(piece) : ownedCopy(piece)
-      const chunks = last ? cutAll(chunker, data) : chunker.push(data)
-      // the unfinished chunk's start is copied out of `data`, which goes to a worker
-      if (!last) chunker.ownPending()
-      // chunks in one memory go together (a chunk spanning two pieces has memory of its own);
-      // each group takes its place in line now, in order
-      const groups: {chunks: Buffer[]; place: Place}[] = []
-      for (const c of chunks) {
-        const g = groups.at(-1)
-        if (g && g.chunks[0].buffer === c.buffer) g.chunks.push(c)
-        else groups.push({chunks: [c], place: this.takePlace()})
-      }
-      const generation = this.generation
-      const results = await Promise.all(
-        groups.map(async ({chunks: g, place}) => {
-          try {
-            const {chunks: hashed, token} = await pool.hash(g[0], g.map((c) => [c.byteOffset, c.length]))
-            return await this.keepNew(pool, hashed, token, generation, place)
-          } finally {
-            place.leave()
-          }
-        }),
-      )
-      return results.flat()
-    }
-  }
-
-  /** of chunks a worker cut and hashed, have it compress the ones the repository lacks, and pack them */
-  private async keepNew(pool: BlobPool, chunks: {id: string; length: number}[], token: ChunkToken, generation: number, place: Place): Promise<SaveResult[]> {
+  private async saveChunks(chunks: Buffer[], callerMemory?: ArrayBufferLike): Promise<SaveResult[]> {
     const results: SaveResult[] = []
-    const wanted: number[] = []
-    for (let i = 0; i < chunks.length; i++) {
-      const {id} = chunks[i]
+    const fresh: {i: number; id: string; plain: Buffer; length: number}[] = []
+    for (const plain of chunks) {
+      const id = blobIdOf(plain, this.masterKey)
       // marked at once, so an equal chunk in this or another file is not compressed twice
       if (!this.hasBlob(id)) {
         this.compressing.add(id)
-        wanted.push(i)
+        fresh.push({i: results.length, id, plain, length: plain.length})
       }
       results.push({id, added: 0})
     }
-    const job = (async (): Promise<void> => {
-      try {
-        const kept = await pool.keep(token, wanted, this.config.compression.level)
-        // the content came back with the reply (blob-worker.ts): garbage now, collected in time
-        collectGarbage(chunks.reduce((n, c) => n + c.length, 0))
-        try {
-          if (generation !== this.generation) return
-          const added = await this.addToPack(
-            place,
-            wanted.map((i, k) => () => {
-              const {id, length} = chunks[i]
-              this.pending.add(id, 'data', kept[k], length)
-              this.pendingIds.set(id, {type: 'data', raw: length})
-              return kept[k].length
+    const ours = (m: ArrayBufferLike): boolean => m !== callerMemory && m instanceof ArrayBuffer
+    const freshMemory = new Set(fresh.map((f) => f.plain.buffer))
+    for (const c of chunks) if (!freshMemory.has(c.buffer) && ours(c.buffer)) contentMemory.release(c.buffer)
+    if (fresh.length === 0) return results
+    const generation = this.generation
+    const place = this.takePlace()
+    const level = this.config.compression.level
+    // started for the first chunk worth a round trip (a snapshot of tiny files never starts one)
+    const pool = fresh.some((f) => f.length >= POOL_MIN_BLOB) ? this.workers() : undefined
+    // each new chunk's stored form: whole (from a worker), or its encoding and payload (to be
+    // sealed into the pack with a key); a payload may be the chunk's own bytes
+    const out: ({stored: Buffer} | {enc: number; payload: Buffer})[] = new Array(fresh.length)
+    const offloaded: Promise<void>[] = []
+    /** what to give back once the blobs are in the pack: contentMemory's, what came back from a worker, each worker's stored forms */
+    const release: ArrayBufferLike[] = []
+    const adopt: ArrayBuffer[] = []
+    const theirs: {from: WorkerRef; stored: Buffer[]}[] = []
+    try {
+      // what the workers have yet to compress, with what this save gives them
+      let backlog = pool ? pool.queued : 0
+      for (const group of byMemory(fresh)) {
+        const first = fresh[group[0]].plain
+        const toWorker: number[] = []
+        const here: number[] = []
+        for (const k of group) {
+          const n = fresh[k].length
+          // a worker gets the chunk unless what it has already keeps it busy while this thread compresses the chunk
+          if (pool && n >= POOL_MIN_BLOB && backlog < n + this.offloadBytes) {
+            toWorker.push(k)
+            backlog += n
+          } else here.push(k)
+        }
+        // the chunks compressed here: their own bytes, or a copy when their memory goes to a worker
+        const plains = new Map<number, Buffer>()
+        if (pool && toWorker.length > 0) {
+          for (const k of here) {
+            const copy = chunkMemory(fresh[k].length)
+            fresh[k].plain.copy(copy)
+            plains.set(k, copy)
+            release.push(copy.buffer)
+          }
+          let memory: ArrayBuffer
+          let at: number[]
+          if (ours(first.buffer)) {
+            memory = first.buffer as ArrayBuffer
+            at = toWorker.map((k) => fresh[k].plain.byteOffset)
+          } else {
+            const copy = chunkMemory(toWorker.reduce((n, k) => n + fresh[k].length, 0))
+            at = []
+            let o = 0
+            for (const k of toWorker) {
+              at.push(o)
+              o += fresh[k].plain.copy(copy, o)
+            }
+            memory = copy.buffer as ArrayBuffer
+          }
+          const items: CompressItem[] = toWorker.map((k, j) => [0, at[j], fresh[k].length, fresh[k].id])
+          const pooled = contentMemory.disown(memory)
+          offloaded.push(
+            pool.compress([memory], items, level).then((r) => {
+              const back = r.memories[0]
+              for (const [j, k] of toWorker.entries()) {
+                const s = r.stored[j]
+                out[k] = s ? {stored: s} : {enc: ENC_PLAIN, payload: Buffer.from(back, at[j], fresh[k].length)}
+              }
+              theirs.push({from: r.from, stored: r.stored.filter((x): x is Buffer => x !== null)})
+              if (pooled) adopt.push(back)
             }),
           )
-          for (const [k, i] of wanted.entries()) results[i].added = added[k]
-        } finally {
-          pool.recycle(token.slot, kept)
+        } else if (ours(first.buffer)) release.push(first.buffer)
+        for (const k of here) {
+          const f = fresh[k]
+          const plain = plains.get(k) ?? f.plain
+          // a view of memory handed to a worker is empty: never store it under the chunk's id
+          if (plain.length !== f.length) throw new Error(`chunk ${f.id} lost its memory before it was compressed`)
+          const {enc, payload} = compressBlobOfId(plain, f.id, level)
+          if (payload === plain) out[k] = {enc, payload}
+          else {
+            // zstd's scratch buffer: copied out before the next compression
+            const copy = chunkMemory(payload.length)
+            payload.copy(copy)
+            release.push(copy.buffer)
+            out[k] = {enc, payload: copy}
+          }
         }
+      }
+    } catch (e) {
+      // nothing of this save reaches the pack; what was offloaded is awaited below
+      place.leave()
+      for (const f of fresh) this.compressing.delete(f.id)
+      await Promise.allSettled(offloaded)
+      this.failure ??= e
+      throw e
+    }
+    const job = (async (): Promise<void> => {
+      try {
+        await Promise.all(offloaded)
+        if (generation !== this.generation) return
+        const added = await this.addToPack(
+          place,
+          fresh.map((f, k) => () => {
+            const o = out[k]
+            let n: number
+            if ('stored' in o) {
+              this.pending.add(f.id, 'data', o.stored, f.length)
+              n = o.stored.length
+            } else if (this.masterKey) n = this.pending.addSealed(f.id, 'data', o.enc, o.payload, f.length, this.masterKey)
+            else {
+              this.pending.addParts(f.id, 'data', o.enc, o.payload, f.length)
+              n = o.payload.length + 1
+            }
+            this.pendingIds.set(f.id, {type: 'data', raw: f.length})
+            return n
+          }),
+        )
+        for (const [k, f] of fresh.entries()) results[f.i].added = added[k]
       } finally {
-        for (const i of wanted) this.compressing.delete(chunks[i].id)
+        place.leave()
+        for (const f of fresh) this.compressing.delete(f.id)
+        // copied into the pack (or abandoned): the memory goes back where it came from
+        for (const m of release) contentMemory.release(m)
+        for (const m of adopt) contentMemory.adopt(m)
+        if (pool) for (const t of theirs) pool.recycle(t.from, t.stored)
       }
     })()
     await this.track(job)
@@ -609,7 +688,6 @@ export class Repository {
     this.unindexedBlobs += blobs.length
     debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, data.length)
     this.onPackWritten?.(data.length)
-    collectGarbage(data.length)
     // keep index files bounded (packs of tiny files hold tens of thousands of blobs each), so a
     // long snapshot's progress survives in pieces and the pending lists stay small in memory
     if (this.unindexed.length >= 64 || this.unindexedBlobs >= INDEX_FILE_BLOBS) await this.writeIndex()
@@ -801,6 +879,28 @@ export class Repository {
     for (const id of ids) out.push({id, manifest: await this.loadSnapshot(id)})
     return out
   }
+}
+
+/**
+ * How much more than a chunk the blob workers may have left to compress before the main
+ * thread compresses that chunk itself (saveChunks): enough that they do not run dry while it
+ * does (measured on two cores: 0.5 to 2 MiB are alike, and all work better than never or always)
+ */
+const OFFLOAD_BYTES = 1024 * 1024
+
+/** memory for chunks and stored forms of file content (see memory.ts) */
+const chunkMemory = (n: number): Buffer => contentMemory.alloc(n)
+const releaseMemory = (b: Buffer): void => contentMemory.release(b.buffer)
+
+/** indexes of `chunks` grouped by the memory they are views of, in order of first appearance */
+function byMemory(chunks: {plain: Buffer}[]): number[][] {
+  const groups = new Map<ArrayBufferLike, number[]>()
+  for (const [k, c] of chunks.entries()) {
+    const g = groups.get(c.plain.buffer)
+    if (g) g.push(k)
+    else groups.set(c.plain.buffer, [k])
+  }
+  return [...groups.values()]
 }
 
 export const hostName = (): string => os.hostname()

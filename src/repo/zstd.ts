@@ -5,6 +5,7 @@
  * the next call: copy them (into a pack) before compressing again.
  */
 import {createRequire} from 'node:module'
+import {DEFAULT_CHUNKER} from './chunker.js'
 
 interface CCtx {
   setParameter(param: number, value: number): void
@@ -38,12 +39,21 @@ function cctx(level: number): CCtx {
   return c
 }
 
+/**
+ * the new size of a scratch buffer that must hold `need` bytes: doubled (so a thread whose
+ * blobs grow does not reallocate at each), but not past `usual`, the most a chunk of the
+ * default chunker needs, unless `need` is more: each scratch buffer stays resident
+ */
+function grown(need: number, had: number, usual: number): number {
+  return Math.max(need, Math.min(Math.max(had * 2, 64 * 1024), usual))
+}
+
 /** Compress; the result is a view of a scratch buffer, valid until the next compressChunk(). */
 export function compressChunk(plain: Buffer, level: number): Buffer {
   const bound = binding.compressBound(plain.length)
   // grown to what the biggest chunk so far needed (a thread that only ever compresses small
   // blobs and trees keeps a small one)
-  if (cScratch.length < bound) cScratch = Buffer.allocUnsafeSlow(Math.max(bound, cScratch.length * 2, 64 * 1024))
+  if (cScratch.length < bound) cScratch = Buffer.allocUnsafeSlow(grown(bound, cScratch.length, binding.compressBound(DEFAULT_CHUNKER.max)))
   const n = cctx(level).compress2(cScratch, plain)
   return cScratch.subarray(0, n)
 }
@@ -56,7 +66,7 @@ export function decompressChunk(z: Buffer, expectedLength: number, scratch = fal
   dctx ??= new binding.DCtx()
   let out: Buffer
   if (scratch) {
-    if (dScratch.length < expectedLength) dScratch = Buffer.allocUnsafeSlow(Math.max(expectedLength, dScratch.length * 2, 64 * 1024))
+    if (dScratch.length < expectedLength) dScratch = Buffer.allocUnsafeSlow(grown(expectedLength, dScratch.length, DEFAULT_CHUNKER.max))
     out = dScratch
   } else out = Buffer.allocUnsafe(expectedLength)
   // a frame that decodes to more than expected fails here (the output buffer is too small)

@@ -61,28 +61,31 @@ describe('blob pool', {timeout: 60_000}, () => {
     await keyed.close()
   })
 
-  it('poolSize: HOLYSHIP_WORKERS sets it, auto is one per core up to 4, the default is none', () => {
+  it('poolSize: HOLYSHIP_WORKERS sets it, auto is one per core up to 4, the default one where there are two cores', () => {
     expect(poolSize({HOLYSHIP_WORKERS: '0'})).toBe(0)
     expect(poolSize({HOLYSHIP_WORKERS: '3'})).toBe(3)
     expect(poolSize({HOLYSHIP_WORKERS: 'auto'})).toBe(Math.min(4, os.availableParallelism()))
-    expect(poolSize({HOLYSHIP_WORKERS: 'lots'})).toBe(0)
-    expect(poolSize({})).toBe(0)
+    const byDefault = os.availableParallelism() >= 2 ? 1 : 0
+    expect(poolSize({HOLYSHIP_WORKERS: 'lots'})).toBe(byDefault)
+    expect(poolSize({})).toBe(byDefault)
     // a restore has two workers where there are two cores to use, unless told otherwise
     expect(poolSize({}, 'restore')).toBe(os.availableParallelism() >= 2 ? 2 : 0)
     expect(poolSize({HOLYSHIP_WORKERS: '0'}, 'restore')).toBe(0)
     expect(poolSize({HOLYSHIP_WORKERS: '1'}, 'restore')).toBe(1)
   })
 
-  /** cut, hash and compress `plain` as one chunk in a pool's worker */
-  const asOneChunk = async (p: BlobPool, plain: Buffer): Promise<{id: string; stored: Buffer}> => {
-    const whole = {min: 4 * MiB, avg: 4 * MiB, max: 4 * MiB, seed: '01'.repeat(16)}
-    const {chunks, token} = await p.chunk(owned(Buffer.from(plain)), whole)
-    expect(chunks).toHaveLength(1)
-    const [stored] = await p.keep(token, [0], 3)
-    return {id: chunks[0].id, stored}
+  /** `plain` as one chunk compressed in a pool's worker: its stored form (a blob kept as it is: encoding byte and its bytes) */
+  const asOneChunk = async (p: BlobPool, plain: Buffer, k?: MasterKey): Promise<{id: string; stored: Buffer}> => {
+    const id = k ? k.blobId(plain) : sha256(plain)
+    const memory = owned(Buffer.from(plain)).buffer as ArrayBuffer
+    const r = await p.compress([memory], [[0, 0, plain.length, id]], 3)
+    expect(r.stored).toHaveLength(1)
+    // the memory comes back whole, its bytes untouched
+    expect(Buffer.from(r.memories[0]).equals(plain)).toBe(true)
+    return {id, stored: r.stored[0] ?? Buffer.concat([Buffer.from([0]), plain])}
   }
 
-  it('hashes, compresses and decodes exactly as the main thread does', async () => {
+  it('compresses and decodes exactly as the main thread does', async () => {
     for (const plain of [text(3 * MiB), randomBytes(700_000), Buffer.alloc(MiB)]) {
       const id = sha256(plain)
       const c = await asOneChunk(pool, plain)
@@ -95,28 +98,7 @@ describe('blob pool', {timeout: 60_000}, () => {
     }
   })
 
-  it('chunks a whole buffer like the Chunker, then compresses only the chunks asked for', async () => {
-    const params = {min: 64 * 1024, avg: 256 * 1024, max: MiB, seed: 'ab'.repeat(16)}
-    const data = Buffer.concat([text(2 * MiB, 1), randomBytes(MiB)])
-    const expected = new Chunker(params).push(Buffer.from(data))
-    const tail = new Chunker(params)
-    tail.push(Buffer.from(data))
-    const cuts = [...expected, ...[tail.finish()].filter((b): b is Buffer => b !== undefined)]
-    const {chunks, token} = await pool.chunk(Buffer.from(data), params)
-    expect(chunks.map((c) => c.id)).toEqual(cuts.map((c) => sha256(c)))
-    expect(chunks.reduce((n, c) => n + c.length, 0)).toBe(data.length)
-    const wanted = [0, chunks.length - 1]
-    const kept = await pool.keep(token, wanted, 3)
-    expect(kept).toHaveLength(2)
-    for (const [k, i] of wanted.entries()) {
-      const c = chunks[i]
-      expect(decodeBlob(kept[k], c.id, c.length, 'test').equals(data.subarray(c.offset, c.offset + c.length))).toBe(true)
-    }
-    // a token is good for one keep only
-    await expect(pool.keep(token, [0], 3)).rejects.toThrow(/no chunked data/)
-  })
-
-  it('hash() takes chunks cut elsewhere in one memory, hashes and keeps them like chunk()', async () => {
+  it('compress(): the chunks asked for, out of one memory, checked by decoding; plain ones come back as null; the backlog drains', async () => {
     const data = Buffer.concat([text(300_000, 4), randomBytes(200_000), Buffer.alloc(100_000)])
     const mem = owned(Buffer.from(data))
     const cuts: [number, number][] = [
@@ -124,12 +106,22 @@ describe('blob pool', {timeout: 60_000}, () => {
       [300_000, 200_000],
       [500_000, 100_000],
     ]
-    const {chunks, token} = await pool.hash(mem, cuts)
-    expect(chunks.map((c) => c.id)).toEqual(cuts.map(([at, n]) => sha256(data.subarray(at, at + n))))
-    expect(chunks.map((c) => c.length)).toEqual(cuts.map(([, n]) => n))
-    const kept = await pool.keep(token, [0, 2], 3)
-    expect(decodeBlob(kept[0], chunks[0].id, 299_000, 'test').equals(data.subarray(1000, 300_000))).toBe(true)
-    expect(decodeBlob(kept[1], chunks[2].id, 100_000, 'test').equals(data.subarray(500_000, 600_000))).toBe(true)
+    const ids = cuts.map(([at, n]) => sha256(data.subarray(at, at + n)))
+    const job = pool.compress([mem.buffer as ArrayBuffer], cuts.map(([at, n], i) => [0, at, n, ids[i]]), 3)
+    // handed over: this thread's view of it is empty now
+    expect(mem.length).toBe(0)
+    expect(pool.queued).toBeLessThanOrEqual(600_000)
+    const r = await job
+    expect(pool.queued).toBe(0)
+    expect(decodeBlob(r.stored[0]!, ids[0], 299_000, 'test').equals(data.subarray(1000, 300_000))).toBe(true)
+    // random bytes do not compress: stored as they are, from the memory that came back
+    expect(r.stored[1]).toBeNull()
+    expect(Buffer.from(r.memories[0], 300_000, 200_000).equals(data.subarray(300_000, 500_000))).toBe(true)
+    expect(decodeBlob(r.stored[2]!, ids[2], 100_000, 'test').equals(Buffer.alloc(100_000))).toBe(true)
+    // a chunk outside the memory it came with is refused, not compressed short
+    const small = owned(Buffer.from(text(70_000)))
+    await expect(pool.compress([small.buffer as ArrayBuffer], [[0, 10, 70_000, sha256(Buffer.alloc(1))]], 3)).rejects.toThrow(/not in the memory/)
+    expect(pool.queued).toBe(0)
   })
 
   it('a file written in pieces is cut as if it came whole, across piece boundaries', async () => {
@@ -144,12 +136,11 @@ describe('blob pool', {timeout: 60_000}, () => {
       const tail = whole.finish()
       if (tail) expected.push(tail)
       const writer = await withEnv('HOLYSHIP_WORKERS', '2', async () => repo.contentWriter())
-      expect(writer).toBeDefined()
       const pieces = [0, 100_000, 1_500_000, 1_500_001, 4_000_000, 6_500_000, 9_000_000, data.length]
       const calls = []
       for (let i = 0; i + 1 < pieces.length; i++) {
         // not given away: the writer copies, the caller's buffer stays whole
-        calls.push(writer!(data.subarray(pieces[i], pieces[i + 1]), false, i + 2 === pieces.length))
+        calls.push(writer(data.subarray(pieces[i], pieces[i + 1]), false, i + 2 === pieces.length))
       }
       const got = (await Promise.all(calls)).flat()
       expect(got.map((c) => c.id)).toEqual(expected.map((c) => sha256(c)))
@@ -164,7 +155,7 @@ describe('blob pool', {timeout: 60_000}, () => {
 
   it('in an encrypted repository: HMAC ids and sealed blobs that only the key opens', async () => {
     const plain = text(MiB)
-    const c = await asOneChunk(keyed, plain)
+    const c = await asOneChunk(keyed, plain, key)
     expect(c.id).toBe(key.blobId(plain))
     expect(c.id).not.toBe(sha256(plain))
     expect(c.stored[0] & 0x80).toBe(0x80)
@@ -293,13 +284,13 @@ describe('blob pool', {timeout: 60_000}, () => {
 
   it('a worker that dies fails what it had and the pool after it, instead of hanging', async () => {
     const p = new BlobPool(1)
-    const params = {min: 64 * 1024, avg: 256 * 1024, max: MiB, seed: 'ab'.repeat(16)}
-    const inFlight = p.chunk(owned(Buffer.from(text(4 * MiB))), params)
+    const compress = (plain: Buffer): Promise<unknown> => p.compress([owned(Buffer.from(plain)).buffer as ArrayBuffer], [[0, 0, plain.length, sha256(plain)]], 3)
+    const inFlight = compress(text(4 * MiB))
     // terminate the worker behind the pool's back (a crash)
     await (p as unknown as {slots: {worker: {terminate(): Promise<number>}}[]}).slots[0].worker.terminate()
     await expect(inFlight).rejects.toThrow(/blob worker/)
     expect(p.failed).toBe(true)
-    await expect(p.chunk(owned(Buffer.from('x'.repeat(100_000))), params)).rejects.toThrow(/blob worker/)
+    await expect(compress(Buffer.from('x'.repeat(100_000)))).rejects.toThrow(/blob worker/)
     await p.close()
   })
 })
@@ -353,7 +344,7 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     const seed = 'cd'.repeat(16)
     const repos: Repository[] = []
     const trees: string[] = []
-    for (const workers of ['2', '0']) {
+    for (const workers of ['2', '0', '1']) {
       const dir = path.join(work, `repo-${workers}`)
       await fsp.mkdir(dir)
       const repo = await withEnv('HOLYSHIP_WORKERS', workers, async () => {
@@ -467,6 +458,39 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     for (const id of ids) await reopened.loadBlob(id)
     return true
   }
+
+  it('chunks of one memory split between a worker and this thread: each stored once, each reading back as its bytes, the caller\'s memory untouched', async () => {
+    for (const given of [true, false]) {
+      const dir = path.join(work, `repo-split-${given}`)
+      await fsp.mkdir(dir)
+      process.env.HOLYSHIP_WORKERS = '1'
+      const repo = await Repository.init(new LocalBackend(dir), {packSize: MiB})
+      // sizes going down: the first goes to the worker, which then has more than each next one
+      // (offloadBytes 0), so those are compressed here, from copies, before the memory is sent
+      repo.offloadBytes = 0
+      const parts = [text(400_000, 21), randomBytes(300_000), text(200_000, 22), Buffer.alloc(100_000), text(20_000, 23), Buffer.from(text(400_000, 21))]
+      const memory = owned(Buffer.concat(parts))
+      const original = Buffer.from(memory)
+      const views: Buffer[] = []
+      let at = 0
+      for (const p of parts) {
+        views.push(memory.subarray(at, at + p.length))
+        at += p.length
+      }
+      const saveChunks = (repo as unknown as {saveChunks(c: Buffer[], caller?: ArrayBufferLike): Promise<{id: string; added: number}[]>}).saveChunks.bind(repo)
+      const results = await saveChunks(views, given ? undefined : memory.buffer)
+      await repo.flush()
+      expect(results.map((r) => r.id)).toEqual(parts.map((p) => sha256(p)))
+      // the repeat of the first chunk is not stored again
+      expect(results[5].added).toBe(0)
+      expect(results.slice(0, 5).every((r) => r.added > 0)).toBe(true)
+      for (const [i, p] of parts.entries()) expect((await repo.loadBlob(results[i].id)).equals(p)).toBe(true)
+      // given away, the memory went to the worker; kept, it is the caller's as it was
+      if (given) expect(memory.length).toBe(0)
+      else expect(memory.equals(original)).toBe(true)
+      expect(await allBlobsReadBack(dir, repo)).toBe(true)
+    }
+  })
 
   it('a file given as one stream piece that is not fresh is copied, not taken', async () => {
     const dir = path.join(work, 'repo-copy')
