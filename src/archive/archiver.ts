@@ -48,8 +48,8 @@ interface DirBuild {
 /**
  * Chunk bytes handed to the repository and not saved yet, at most (a chunk bigger than this
  * still goes, alone): enough to keep the main thread and a blob worker both busy; bounded so
- * memory does not grow with the data. (8 MiB made a first snapshot of the bench's data ~8%
- * faster on two cores, and its peak RSS ~25 MiB higher: at the edge of the 256 MB target.)
+ * memory does not grow with the data. (On two cores, 8 MiB made a first snapshot of the
+ * bench's data ~7% faster, and its peak RSS up to 253 MiB: too near the 256 MB target.)
  */
 export const IN_FLIGHT_BYTES = 6 * 1024 * 1024
 

@@ -181,7 +181,8 @@ export class Chunker {
    * Roll the gear hash (from this.hash) over data[i, limit): the index just after the first
    * byte where its masked bits are all zero, or -1; this.hash is the hash after the last byte
    * rolled. The same cut points as one byte at a time, but most of the bytes are read four at a
-   * time, as little-endian 32-bit words of the buffer's memory (about twice as fast in V8).
+   * time, as little-endian 32-bit words of the buffer's memory (about twice as fast in V8), and
+   * runs of zeros are skipped once the hash has settled on them.
    */
   private roll(data: Buffer, i: number, limit: number, mask: number): number {
     const gear = this.gear
@@ -206,8 +207,13 @@ export class Chunker {
     }
     if (words > 0) {
       const w = new Uint32Array(data.buffer, base + i, words)
+      // over zeros the hash settles at -gear[0] (h = 2h + gear[0]) within 32 bytes: once there,
+      // and when that value is no cut, a run of zero words changes nothing and cuts nowhere
+      const settled = -gear[0] | 0
+      const skipZeros = (settled & mask) !== 0
       for (let k = 0; k < words; k++) {
         const x = w[k]
+        if (x === 0 && h === settled && skipZeros) continue
         h = ((h << 1) + gear[x & 255]) | 0
         if ((h & mask) === 0) {
           this.hash = h

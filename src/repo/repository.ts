@@ -27,11 +27,11 @@ import {
   snapshotKey,
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
-import {CorruptBlobError, CorruptObjectError, ENC_PLAIN, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, openJson, sealJson, sha256} from './pack.js'
+import {CorruptBlobError, CorruptObjectError, ENC_PLAIN, PackBuilder, blobIdOf, compressBlob, compressBlobOfId, decodeBlob, isZero, openJson, sealJson, sha256} from './pack.js'
 import {BlobPool, POOL_MIN_BLOB, PoolUse, WorkerRef, sharedPool} from './blob-pool.js'
 import type {CompressItem, FileJob, FileJobBlob} from './blob-worker.js'
 import {collectGarbage} from './gc.js'
-import {contentMemory} from './memory.js'
+import {POOLED_MIN, contentMemory} from './memory.js'
 import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
 const debug = debugFactory('holyship:repo')
@@ -122,6 +122,8 @@ export class Repository {
   /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
   private unindexedBlobs = 0
+  /** ids of chunks of zeros by length (chunkId) */
+  private readonly zeroIds = new Map<number, string>()
   /** saveChunks' OFFLOAD_BYTES (a test sets it to force one side or the other) */
   offloadBytes = OFFLOAD_BYTES
   /** optional observer for progress reporting */
@@ -410,20 +412,21 @@ export class Repository {
   /**
    * Save chunks of file content: each is hashed here and looked up, and the new ones are
    * compressed (checked by decoding) and packed, in the order the saves began. Compression,
-   * the bulk of the work, goes to a blob worker unless the workers are already OFFLOAD_BYTES
-   * past what this save brings: then this thread compresses it, so both threads work and
-   * neither waits for the other.
+   * the bulk of the work, goes to a blob worker unless the workers have more than the chunk
+   * plus offloadBytes left to do: then this thread compresses that chunk, so both threads work
+   * and neither waits for the other.
    *
    * The chunks are views of memory that is this save's (given away, or the chunker's) except
    * `callerMemory`, which stays the caller's: untouched, copied from. This save's memory goes
-   * to a worker without a copy (which detaches every view of it, so chunks in one memory go
-   * to one place) and back to contentMemory once nothing reads it.
+   * to a worker without a copy, which detaches every view of it: the chunks of that memory
+   * compressed here are copied out first. Memory goes back to contentMemory as soon as nothing
+   * reads it: once compressed, or once packed when a blob is stored from it as it is.
    */
   private async saveChunks(chunks: Buffer[], callerMemory?: ArrayBufferLike): Promise<SaveResult[]> {
     const results: SaveResult[] = []
     const fresh: {i: number; id: string; plain: Buffer; length: number}[] = []
     for (const plain of chunks) {
-      const id = blobIdOf(plain, this.masterKey)
+      const id = this.chunkId(plain)
       // marked at once, so an equal chunk in this or another file is not compressed twice
       if (!this.hasBlob(id)) {
         this.compressing.add(id)
@@ -431,7 +434,8 @@ export class Repository {
       }
       results.push({id, added: 0})
     }
-    const ours = (m: ArrayBufferLike): boolean => m !== callerMemory && m instanceof ArrayBuffer
+    // given away: any memory of the chunks; else only what the chunker made (from contentMemory)
+    const ours = (m: ArrayBufferLike): boolean => (callerMemory === undefined ? m instanceof ArrayBuffer : m !== callerMemory && contentMemory.owns(m))
     const freshMemory = new Set(fresh.map((f) => f.plain.buffer))
     for (const c of chunks) if (!freshMemory.has(c.buffer) && ours(c.buffer)) contentMemory.release(c.buffer)
     if (fresh.length === 0) return results
@@ -470,7 +474,6 @@ export class Repository {
             const copy = chunkMemory(fresh[k].length)
             fresh[k].plain.copy(copy)
             plains.set(k, copy)
-            release.push(copy.buffer)
           }
           let memory: ArrayBuffer
           let at: number[]
@@ -497,24 +500,36 @@ export class Repository {
                 out[k] = s ? {stored: s} : {enc: ENC_PLAIN, payload: Buffer.from(back, at[j], fresh[k].length)}
               }
               theirs.push({from: r.from, stored: r.stored.filter((x): x is Buffer => x !== null)})
-              if (pooled) adopt.push(back)
+              // memory that holds no blob stored as it is circulates again at once, not once packed
+              if (pooled && r.stored.every((x) => x !== null)) contentMemory.adopt(back)
+              else if (pooled) adopt.push(back)
             }),
           )
-        } else if (ours(first.buffer)) release.push(first.buffer)
+        }
+        // whether the memory holds a blob stored as it is (then it is let go of once packed)
+        let holds = false
         for (const k of here) {
           const f = fresh[k]
           const plain = plains.get(k) ?? f.plain
           // a view of memory handed to a worker is empty: never store it under the chunk's id
           if (plain.length !== f.length) throw new Error(`chunk ${f.id} lost its memory before it was compressed`)
           const {enc, payload} = compressBlobOfId(plain, f.id, level)
-          if (payload === plain) out[k] = {enc, payload}
-          else {
+          if (payload === plain) {
+            out[k] = {enc, payload}
+            if (plains.has(k)) release.push(plain.buffer)
+            else holds = true
+          } else {
             // zstd's scratch buffer: copied out before the next compression
             const copy = chunkMemory(payload.length)
             payload.copy(copy)
             release.push(copy.buffer)
             out[k] = {enc, payload: copy}
+            if (plains.has(k)) contentMemory.release(plain.buffer)
           }
+        }
+        if (toWorker.length === 0 && ours(first.buffer)) {
+          if (holds) release.push(first.buffer)
+          else contentMemory.release(first.buffer)
         }
       }
     } catch (e) {
@@ -558,6 +573,20 @@ export class Repository {
     })()
     await this.track(job)
     return results
+  }
+
+  /**
+   * A chunk's id: blobIdOf, but hashed once per length for chunks of zeros (a sparse or
+   * preallocated file's are all alike and the size of the chunker's maximum)
+   */
+  private chunkId(plain: Buffer): string {
+    if (plain.length < POOLED_MIN || !isZero(plain)) return blobIdOf(plain, this.masterKey)
+    let id = this.zeroIds.get(plain.length)
+    if (id === undefined) {
+      id = blobIdOf(plain, this.masterKey)
+      this.zeroIds.set(plain.length, id)
+    }
+    return id
   }
 
   private workers(use: PoolUse = 'store'): BlobPool | undefined {
