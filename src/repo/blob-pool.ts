@@ -19,7 +19,6 @@
 import * as os from 'node:os'
 import {Worker} from 'node:worker_threads'
 import debugFactory from 'debug'
-import {ChunkerParams} from './chunker.js'
 import {MasterKey} from './crypto.js'
 import {CorruptBlobError} from './pack.js'
 import type {BlobReply, BlobRequest, BlobWorkerData, CompressItem, FileJob} from './blob-worker.js'
@@ -59,15 +58,11 @@ interface Pending {
   resolve: (r: BlobReply) => void
   reject: (e: Error) => void
   slot: Slot
-  /** bytes this request asks the worker to compress */
-  bytes: number
 }
 
 interface Slot {
   worker: Worker
   busy: number
-  /** bytes of compress requests this worker has not answered yet */
-  bytes: number
   /** bytes sent to compress, and (written by the worker as it goes) compressed, both modulo 2^32 */
   sent: number
   done: Int32Array
@@ -111,7 +106,7 @@ export class BlobPool {
     for (let i = 0; i < size; i++) {
       const done = new Int32Array(new SharedArrayBuffer(4))
       const worker = startWorker({key: material, done})
-      const slot: Slot = {worker, busy: 0, bytes: 0, sent: 0, done}
+      const slot: Slot = {worker, busy: 0, sent: 0, done}
       worker.unref()
       worker.on('message', (r: BlobReply) => this.settle(r))
       worker.on('error', (e) => this.fail(slot, e))
@@ -196,7 +191,6 @@ export class BlobPool {
     let slot = this.slots[0]
     for (const s of this.slots) if (backlog(s) < backlog(slot)) slot = s
     const bytes = items.reduce((n, it) => n + it[2], 0)
-    slot.sent = (slot.sent + bytes) | 0
     const data = memories.map((m) => new Uint8Array(m))
     const {reply} = await this.callOn(slot, {op: 'compress', data, items, level}, memories, bytes)
     const r = reply as {kept: (Uint8Array | null)[]; data: Uint8Array[]}
@@ -229,12 +223,13 @@ export class BlobPool {
     if (this.closed) return Promise.reject(new Error('the blob pool was closed'))
     const seq = ++this.seq
     return new Promise<BlobReply>((resolve, reject) => {
-      this.pending.set(seq, {resolve, reject, slot, bytes})
-      slot.bytes += bytes
+      this.pending.set(seq, {resolve, reject, slot})
       if (slot.busy++ === 0) slot.worker.ref()
       try {
         debug('-> %d %s slot %d busy %d', seq, req.op, this.slots.indexOf(slot), slot.busy)
         slot.worker.postMessage({...req, seq} as BlobRequest, transfer)
+        // on the backlog once the worker has it (a message that was not sent never will be)
+        slot.sent = (slot.sent + bytes) | 0
       } catch (e) {
         // not sent (a buffer that cannot be transferred): nothing will answer this request
         this.settle({seq, error: (e as Error).message})
@@ -252,7 +247,6 @@ export class BlobPool {
     const p = this.pending.get(r.seq)
     if (!p) return
     this.pending.delete(r.seq)
-    p.slot.bytes -= p.bytes
     if (--p.slot.busy === 0) p.slot.worker.unref()
     p.resolve(r)
   }
@@ -267,7 +261,6 @@ export class BlobPool {
       p.reject(this.broken)
     }
     slot.busy = 0
-    slot.bytes = 0
     slot.worker.unref()
   }
 
@@ -278,7 +271,6 @@ export class BlobPool {
     }
     for (const s of this.slots) {
       s.busy = 0
-      s.bytes = 0
       s.worker.unref()
     }
   }

@@ -102,8 +102,8 @@ export class Chunker {
 
   /**
    * Copy the start of the unfinished chunk (views of buffers pushed so far) into a buffer of
-   * the chunker's own, so the caller may hand those buffers on (a blob worker sends them back
-   * to the main thread instead of leaving them to its own garbage collector).
+   * the chunker's own, so the caller may hand those buffers on (to a blob worker, or back to
+   * the memory pool they came from).
    */
   ownPending(): void {
     if (this.pendingLen === 0 || (this.pending.length === 1 && this.pending[0] === this.own)) return
@@ -129,8 +129,8 @@ export class Chunker {
 
   private take(): Buffer {
     // a chunk inside one input buffer is a view of it (the caller hands us fresh buffers); one
-    // made of several gets a buffer of its own, never a slice of Node's shared pool (a blob
-    // worker transfers it to the main thread)
+    // made of several gets a buffer of its own from `alloc`, never a slice of Node's shared
+    // pool (its memory may be transferred to a blob worker)
     let chunk: Buffer
     if (this.pending.length === 1) {
       // ownPending()'s copy, if it is that, is the chunk's now: the caller's to let go of

@@ -8,8 +8,9 @@
  * same few buffers circulate instead.
  *
  * Only memory this pool handed out, and not handed back yet, is taken back: release() of any
- * other buffer (a caller's own, one released already) does nothing, so a mistaken release
- * cannot put memory that someone still reads into circulation.
+ * other buffer (a caller's own, one released already) does nothing. adopt() cannot check
+ * (the memory comes back from another thread as a new object): its caller adopts each memory
+ * that came back once, after the last read of it.
  */
 
 import {collectGarbage} from './gc.js'
@@ -37,11 +38,9 @@ export class MemoryPool {
    * classes were tried: fewer requests found a fit, and more memory became garbage)
    */
   alloc(n: number): Buffer {
-    if (n < POOLED_MIN) {
-      // garbage soon, and only a collection frees it: counted towards the next one
-      collectGarbage(n)
-      return Buffer.allocUnsafeSlow(n)
-    }
+    // (a small buffer dies young: V8's scavenges free it, and counting it towards full
+    // collections cost a million-file snapshot 5 s of CPU)
+    if (n < POOLED_MIN) return Buffer.allocUnsafeSlow(n)
     let size = POOLED_MIN
     while (size < n) size *= 2
     let ab = this.free.get(size)?.pop()

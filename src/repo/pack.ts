@@ -70,14 +70,6 @@ export function encodeBlob(plain: Buffer, id: string, level: number, key?: Maste
   return storedForm(compressBlob(plain, id, level, key), key, (n) => Buffer.allocUnsafe(n)) as Buffer
 }
 
-/**
- * encodeBlob for a blob whose id was computed from `plain` itself (compressBlobOfId's check),
- * into memory from `alloc` (a blob worker's own, which it transfers to the main thread).
- */
-export function encodeBlobOfId(plain: Buffer, id: string, level: number, key?: MasterKey, alloc = (n: number): Uint8Array => new Uint8Array(n)): Uint8Array {
-  return storedForm(compressBlobOfId(plain, id, level), key, alloc)
-}
-
 /** a blob's stored form from compressBlob's result: encoding byte | payload, sealed with a key, in memory from `alloc` */
 export function storedForm({enc, payload}: {enc: number; payload: Buffer}, key: MasterKey | undefined, alloc: (n: number) => Uint8Array): Uint8Array {
   const e = key ? enc | ENC_ENCRYPTED : enc

@@ -115,7 +115,7 @@ export class Repository {
   /** bumped by discardPending(): saves that finish later belong to an abandoned snapshot */
   private generation = 0
   /**
-   * worker pools by use: storing (hashing, compressing, decoding big blobs) and restoring
+   * worker pools by use: storing (compressing, decoding big blobs) and restoring
    * (absent: not looked up yet, null: none)
    */
   private readonly pools: Partial<Record<PoolUse, BlobPool | null>> = {}
@@ -357,30 +357,42 @@ export class Repository {
     const id = given ?? this.blobId(plain)
     if (this.hasBlob(id)) return {id, added: 0}
     this.compressing.add(id)
+    return {id, added: await this.storeNew(type, plain, id, given === undefined)}
+  }
+
+  /**
+   * Pack a blob the repository lacks (its id already marked `compressing`, which this clears):
+   * compressed when its turn in line comes, from zstd's scratch buffer straight into the pack.
+   * `ofBytes`: the id was computed here from these very bytes (memory nobody writes to), so
+   * the decoded frame is compared with them instead of hashed again. Returns the bytes added.
+   */
+  private async storeNew(type: BlobType, plain: Buffer, id: string, ofBytes: boolean): Promise<number> {
     const place = this.takePlace()
     try {
+      const level = this.config.compression.level
       const [added] = await this.addToPack(place, [
         () => {
-          // compressBlob's result may be a view of zstd's scratch buffer: into the pack at once
-          // an id computed here from these very bytes (the archiver's chunks are fresh memory
-          // nobody writes to): the decoded frame is compared with them instead of hashed again
-          const level = this.config.compression.level
-          const {enc, payload} = given === undefined ? compressBlobOfId(plain, id, level) : compressBlob(plain, id, level, this.masterKey)
-          let n: number
-          if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, plain.length, this.masterKey)
-          else {
-            this.pending.addParts(id, type, enc, payload, plain.length)
-            n = payload.length + 1
-          }
-          this.pendingIds.set(id, {type, raw: plain.length})
-          return n
+          const {enc, payload} = ofBytes ? compressBlobOfId(plain, id, level) : compressBlob(plain, id, level, this.masterKey)
+          return this.packParts(id, type, enc, payload, plain.length)
         },
       ])
-      return {id, added}
+      return added
     } finally {
       this.compressing.delete(id)
       place.leave()
     }
+  }
+
+  /** put a blob into the pending pack as its encoding and payload (sealed with a key); returns its stored length */
+  private packParts(id: string, type: BlobType, enc: number, payload: Buffer, raw: number): number {
+    let n: number
+    if (this.masterKey) n = this.pending.addSealed(id, type, enc, payload, raw, this.masterKey)
+    else {
+      this.pending.addParts(id, type, enc, payload, raw)
+      n = payload.length + 1
+    }
+    this.pendingIds.set(id, {type, raw})
+    return n
   }
 
   /**
@@ -405,6 +417,8 @@ export class Repository {
       const chunks = last ? cutAll(chunker, piece) : chunker.push(piece)
       // the unfinished chunk's start is copied out of `piece`, whose memory moves on
       if (!last && giveAway) chunker.ownPending()
+      // all of it copied on (into a chunk across pieces, or the unfinished one): free again
+      if (giveAway && !chunks.some((c) => c.buffer === piece.buffer)) contentMemory.release(piece.buffer)
       return await this.saveChunks(chunks, giveAway ? undefined : piece.buffer)
     }
   }
@@ -440,10 +454,28 @@ export class Repository {
     for (const c of chunks) if (!freshMemory.has(c.buffer) && ours(c.buffer)) contentMemory.release(c.buffer)
     if (fresh.length === 0) return results
     const generation = this.generation
-    const place = this.takePlace()
     const level = this.config.compression.level
-    // started for the first chunk worth a round trip (a snapshot of tiny files never starts one)
-    const pool = fresh.some((f) => f.length >= POOL_MIN_BLOB) ? this.workers() : undefined
+    let pool: BlobPool | undefined
+    try {
+      // started for the first chunk worth a round trip (a snapshot of tiny files never starts one)
+      pool = fresh.some((f) => f.length >= POOL_MIN_BLOB) ? this.workers() : undefined
+    } catch (e) {
+      for (const f of fresh) this.compressing.delete(f.id)
+      this.failure ??= e
+      throw e
+    }
+    if (!pool) {
+      // no worker to share the work with: each chunk compressed when its turn comes (storeNew),
+      // with no copy and no bookkeeping a chunk (a snapshot of a million tiny files is this)
+      try {
+        const added = await Promise.all(fresh.map((f) => this.storeNew('data', f.plain, f.id, true)))
+        for (const [k, f] of fresh.entries()) results[f.i].added = added[k]
+      } finally {
+        for (const m of freshMemory) if (ours(m)) contentMemory.release(m)
+      }
+      return results
+    }
+    const place = this.takePlace()
     // each new chunk's stored form: whole (from a worker), or its encoding and payload (to be
     // sealed into the pack with a key); a payload may be the chunk's own bytes
     const out: ({stored: Buffer} | {enc: number; payload: Buffer})[] = new Array(fresh.length)
@@ -454,7 +486,7 @@ export class Repository {
     const theirs: {from: WorkerRef; stored: Buffer[]}[] = []
     try {
       // what the workers have yet to compress, with what this save gives them
-      let backlog = pool ? pool.queued : 0
+      let backlog = pool.queued
       for (const group of byMemory(fresh)) {
         const first = fresh[group[0]].plain
         const toWorker: number[] = []
@@ -462,18 +494,21 @@ export class Repository {
         for (const k of group) {
           const n = fresh[k].length
           // a worker gets the chunk unless what it has already keeps it busy while this thread compresses the chunk
-          if (pool && n >= POOL_MIN_BLOB && backlog < n + this.offloadBytes) {
+          if (n >= POOL_MIN_BLOB && backlog < n + this.offloadBytes) {
             toWorker.push(k)
             backlog += n
           } else here.push(k)
         }
         // the chunks compressed here: their own bytes, or a copy when their memory goes to a worker
         const plains = new Map<number, Buffer>()
-        if (pool && toWorker.length > 0) {
-          for (const k of here) {
-            const copy = chunkMemory(fresh[k].length)
-            fresh[k].plain.copy(copy)
-            plains.set(k, copy)
+        if (toWorker.length > 0) {
+          // (memory of the caller's is not sent: the worker's chunks are copied instead)
+          if (ours(first.buffer)) {
+            for (const k of here) {
+              const copy = chunkMemory(fresh[k].length)
+              fresh[k].plain.copy(copy)
+              plains.set(k, copy)
+            }
           }
           let memory: ArrayBuffer
           let at: number[]
@@ -548,17 +583,10 @@ export class Repository {
           place,
           fresh.map((f, k) => () => {
             const o = out[k]
-            let n: number
-            if ('stored' in o) {
-              this.pending.add(f.id, 'data', o.stored, f.length)
-              n = o.stored.length
-            } else if (this.masterKey) n = this.pending.addSealed(f.id, 'data', o.enc, o.payload, f.length, this.masterKey)
-            else {
-              this.pending.addParts(f.id, 'data', o.enc, o.payload, f.length)
-              n = o.payload.length + 1
-            }
+            if (!('stored' in o)) return this.packParts(f.id, 'data', o.enc, o.payload, f.length)
+            this.pending.add(f.id, 'data', o.stored, f.length)
             this.pendingIds.set(f.id, {type: 'data', raw: f.length})
-            return n
+            return o.stored.length
           }),
         )
         for (const [k, f] of fresh.entries()) results[f.i].added = added[k]
@@ -568,7 +596,7 @@ export class Repository {
         // copied into the pack (or abandoned): the memory goes back where it came from
         for (const m of release) contentMemory.release(m)
         for (const m of adopt) contentMemory.adopt(m)
-        if (pool) for (const t of theirs) pool.recycle(t.from, t.stored)
+        for (const t of theirs) pool.recycle(t.from, t.stored)
       }
     })()
     await this.track(job)

@@ -17,6 +17,7 @@ import {LocalBackend} from '../../src/backend/local.js'
 import {BlobPool, owned, poolSize} from '../../src/repo/blob-pool.js'
 import {Chunker} from '../../src/repo/chunker.js'
 import {MasterKey} from '../../src/repo/crypto.js'
+import {FAST_TEST_SCRYPT} from '../../src/repo/keys.js'
 import {decodeBlob, encodeBlob, sha256} from '../../src/repo/pack.js'
 import {Repository} from '../../src/repo/repository.js'
 
@@ -459,36 +460,68 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
     return true
   }
 
-  it('chunks of one memory split between a worker and this thread: each stored once, each reading back as its bytes, the caller\'s memory untouched', async () => {
-    for (const given of [true, false]) {
-      const dir = path.join(work, `repo-split-${given}`)
-      await fsp.mkdir(dir)
-      process.env.HOLYSHIP_WORKERS = '1'
-      const repo = await Repository.init(new LocalBackend(dir), {packSize: MiB})
-      // sizes going down: the first goes to the worker, which then has more than each next one
-      // (offloadBytes 0), so those are compressed here, from copies, before the memory is sent
-      repo.offloadBytes = 0
-      const parts = [text(400_000, 21), randomBytes(300_000), text(200_000, 22), Buffer.alloc(100_000), text(20_000, 23), Buffer.from(text(400_000, 21))]
-      const memory = owned(Buffer.concat(parts))
-      const original = Buffer.from(memory)
-      const views: Buffer[] = []
-      let at = 0
-      for (const p of parts) {
-        views.push(memory.subarray(at, at + p.length))
-        at += p.length
+  it('chunks of one memory split between a worker and this thread: each stored once, each reading back as its bytes, the caller\'s memory untouched; plain and encrypted', async () => {
+    // sizes going down: the first goes to the worker, which then has more than each next one
+    // (offloadBytes 0), so those are compressed here (from copies, when the memory is sent)
+    const layouts = {
+      text: [text(400_000, 21), randomBytes(300_000), text(200_000, 22), Buffer.alloc(100_000), text(20_000, 23)],
+      // incompressible first: the worker hands it back as null, packed from the memory that came back
+      random: [randomBytes(500_000), text(300_000, 24), randomBytes(200_000), text(90_000, 25)],
+    }
+    for (const encrypt of [false, true]) {
+      for (const [name, layout] of Object.entries(layouts)) {
+        for (const given of [true, false]) {
+          const dir = path.join(work, `repo-split-${encrypt}-${name}-${given}`)
+          await fsp.mkdir(dir)
+          process.env.HOLYSHIP_WORKERS = '1'
+          const repo = await Repository.init(new LocalBackend(dir), encrypt ? {packSize: MiB, encrypt, password: 'pw', kdf: FAST_TEST_SCRYPT} : {packSize: MiB})
+          repo.offloadBytes = 0
+          // and a repeat of the first chunk, which is not stored again
+          const parts = [...layout, Buffer.from(layout[0])]
+          const memory = owned(Buffer.concat(parts))
+          const original = Buffer.from(memory)
+          const views: Buffer[] = []
+          let at = 0
+          for (const p of parts) {
+            views.push(memory.subarray(at, at + p.length))
+            at += p.length
+          }
+          const saveChunks = (repo as unknown as {saveChunks(c: Buffer[], caller?: ArrayBufferLike): Promise<{id: string; added: number}[]>}).saveChunks.bind(repo)
+          const results = await saveChunks(views, given ? undefined : memory.buffer)
+          await repo.flush()
+          const where = `${name}, ${encrypt ? 'encrypted' : 'plain'}, ${given ? 'given' : 'kept'}`
+          expect(results.map((r) => r.id), where).toEqual(parts.map((p) => (repo.masterKey ? repo.masterKey.blobId(p) : sha256(p))))
+          expect(results.at(-1)!.added, where).toBe(0)
+          expect(results.slice(0, -1).every((r) => r.added > 0), where).toBe(true)
+          for (const [i, p] of parts.entries()) expect((await repo.loadBlob(results[i].id)).equals(p), where).toBe(true)
+          // given away, the memory went to the worker; kept, it is the caller's as it was
+          if (given) expect(memory.length, where).toBe(0)
+          else expect(memory.equals(original), where).toBe(true)
+          if (!encrypt) expect(await allBlobsReadBack(dir, repo)).toBe(true)
+        }
       }
-      const saveChunks = (repo as unknown as {saveChunks(c: Buffer[], caller?: ArrayBufferLike): Promise<{id: string; added: number}[]>}).saveChunks.bind(repo)
-      const results = await saveChunks(views, given ? undefined : memory.buffer)
+    }
+  })
+
+  it('chunks of zeros: hashed once per length, stored once, in plain and encrypted repositories', async () => {
+    for (const encrypt of [false, true]) {
+      const dir = path.join(work, `repo-zeros-${encrypt}`)
+      await fsp.mkdir(dir)
+      const repo = await Repository.init(new LocalBackend(dir), encrypt ? {packSize: MiB, encrypt, password: 'pw', kdf: FAST_TEST_SCRYPT} : {packSize: MiB})
+      const zeros = Buffer.alloc(300_000)
+      const idOf = (b: Buffer): string => (repo.masterKey ? repo.masterKey.blobId(b) : sha256(b))
+      const a = await repo.saveContent(Buffer.alloc(300_000), true)
+      const b = await repo.saveContent(Buffer.alloc(300_000), true)
+      // one byte off zero: not taken for zeros
+      const almost = Buffer.alloc(300_000)
+      almost[299_999] = 1
+      const c = await repo.saveContent(Buffer.from(almost), true)
       await repo.flush()
-      expect(results.map((r) => r.id)).toEqual(parts.map((p) => sha256(p)))
-      // the repeat of the first chunk is not stored again
-      expect(results[5].added).toBe(0)
-      expect(results.slice(0, 5).every((r) => r.added > 0)).toBe(true)
-      for (const [i, p] of parts.entries()) expect((await repo.loadBlob(results[i].id)).equals(p)).toBe(true)
-      // given away, the memory went to the worker; kept, it is the caller's as it was
-      if (given) expect(memory.length).toBe(0)
-      else expect(memory.equals(original)).toBe(true)
-      expect(await allBlobsReadBack(dir, repo)).toBe(true)
+      expect(a.map((r) => r.id)).toEqual([idOf(zeros)])
+      expect(b).toEqual([{id: idOf(zeros), added: 0}])
+      expect(c.map((r) => r.id)).toEqual([idOf(almost)])
+      expect((await repo.loadBlob(idOf(zeros))).equals(zeros)).toBe(true)
+      expect((await repo.loadBlob(idOf(almost))).equals(almost)).toBe(true)
     }
   })
 
