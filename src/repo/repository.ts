@@ -122,10 +122,13 @@ export class Repository {
   /** packs written since the last index file, and how many blobs they hold */
   private unindexed: IndexFile['packs'] = []
   private unindexedBlobs = 0
+  /** bytes of new chunks of POOL_MIN_BLOB or more so far (saveChunks starts the worker after POOL_START_BYTES) */
+  private bigNew = 0
   /** ids of chunks of zeros by length (chunkId) */
   private readonly zeroIds = new Map<number, string>()
-  /** saveChunks' OFFLOAD_BYTES (a test sets it to force one side or the other) */
+  /** saveChunks' OFFLOAD_BYTES and POOL_START_BYTES (tests set them to force one side or the other) */
   offloadBytes = OFFLOAD_BYTES
+  poolStartBytes = POOL_START_BYTES
   /** optional observer for progress reporting */
   onPackWritten?: (bytes: number) => void
   /** optional cache of tree blobs */
@@ -457,8 +460,12 @@ export class Repository {
     const level = this.config.compression.level
     let pool: BlobPool | undefined
     try {
-      // started for the first chunk worth a round trip (a snapshot of tiny files never starts one)
-      pool = fresh.some((f) => f.length >= POOL_MIN_BLOB) ? this.workers() : undefined
+      // started once this repository has had POOL_START_BYTES of new chunks worth a round trip:
+      // a worker's ~40 MiB are not worth a small image beside a million tiny files
+      let big = 0
+      for (const f of fresh) if (f.length >= POOL_MIN_BLOB) big += f.length
+      this.bigNew += big
+      pool = big > 0 && (this.pools.store !== undefined || this.bigNew >= this.poolStartBytes) ? this.workers() : undefined
     } catch (e) {
       for (const f of fresh) this.compressing.delete(f.id)
       this.failure ??= e
@@ -745,6 +752,11 @@ export class Repository {
     this.unindexedBlobs += blobs.length
     debug('pack %s: %d blobs, %d bytes', id.slice(0, 12), blobs.length, data.length)
     this.onPackWritten?.(data.length)
+    // a pack of many small blobs is as many saves' promises, closures and tree entries, most of
+    // them promoted to V8's old generation by now: collected every 16 MiB of such packs (a
+    // million tiny files peaked ~14 MiB higher without; big blobs' memory is recycled instead,
+    // and their few saves leave little behind)
+    if (blobs.length >= MANY_BLOBS) collectGarbage(data.length)
     // keep index files bounded (packs of tiny files hold tens of thousands of blobs each), so a
     // long snapshot's progress survives in pieces and the pending lists stay small in memory
     if (this.unindexed.length >= 64 || this.unindexedBlobs >= INDEX_FILE_BLOBS) await this.writeIndex()
@@ -944,6 +956,16 @@ export class Repository {
  * does (measured on two cores: 0.5 to 2 MiB are alike, and all work better than never or always)
  */
 const OFFLOAD_BYTES = 1024 * 1024
+
+/**
+ * New chunk bytes (of chunks worth a round trip) a repository compresses on its own before it
+ * starts a blob worker (saveChunks): a scale run of a million tiny files beside a 2 MB image
+ * peaked at 257-261 MiB with the worker started for the image, 243 MiB without
+ */
+export const POOL_START_BYTES = 8 * 1024 * 1024
+
+/** blobs in a pack from which its write counts towards a full garbage collection (writePack) */
+const MANY_BLOBS = 256
 
 /** memory for chunks and stored forms of file content (see memory.ts) */
 const chunkMemory = (n: number): Buffer => contentMemory.alloc(n)

@@ -19,7 +19,7 @@ import {Chunker} from '../../src/repo/chunker.js'
 import {MasterKey} from '../../src/repo/crypto.js'
 import {FAST_TEST_SCRYPT} from '../../src/repo/keys.js'
 import {decodeBlob, encodeBlob, sha256} from '../../src/repo/pack.js'
-import {Repository} from '../../src/repo/repository.js'
+import {POOL_START_BYTES, Repository} from '../../src/repo/repository.js'
 
 const MiB = 1024 * 1024
 const T0: [number, number] = [1_700_000_000, 0]
@@ -476,6 +476,7 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
           process.env.HOLYSHIP_WORKERS = '1'
           const repo = await Repository.init(new LocalBackend(dir), encrypt ? {packSize: MiB, encrypt, password: 'pw', kdf: FAST_TEST_SCRYPT} : {packSize: MiB})
           repo.offloadBytes = 0
+          repo.poolStartBytes = 0
           // and a repeat of the first chunk, which is not stored again
           const parts = [...layout, Buffer.from(layout[0])]
           const memory = owned(Buffer.concat(parts))
@@ -501,6 +502,25 @@ describe('pipelined snapshots', {timeout: 120_000}, () => {
         }
       }
     }
+  })
+
+  it('the worker starts only after POOL_START_BYTES of new chunks worth a round trip, never for tiny ones', async () => {
+    const dir = path.join(work, 'repo-start')
+    await fsp.mkdir(dir)
+    process.env.HOLYSHIP_WORKERS = '1'
+    const repo = await Repository.init(new LocalBackend(dir), {packSize: MiB})
+    const started = (): boolean => (repo as unknown as {pools: {store?: unknown}}).pools.store !== undefined
+    // many tiny files: never
+    for (let i = 0; i < 200; i++) await repo.saveContent(Buffer.from(`tiny ${i}\n`.repeat(100)), true)
+    expect(started()).toBe(false)
+    // a small image's worth: still compressed here
+    await repo.saveContent(text(POOL_START_BYTES / 2, 31), true)
+    expect(started()).toBe(false)
+    // past the threshold: the worker takes over
+    await repo.saveContent(text(POOL_START_BYTES, 32), true)
+    expect(started()).toBe(true)
+    await repo.flush()
+    expect(await allBlobsReadBack(dir, repo)).toBe(true)
   })
 
   it('chunks of zeros: hashed once per length, stored once, in plain and encrypted repositories', async () => {
