@@ -35,7 +35,7 @@ export type PoolUse = 'store' | 'restore'
  * Workers to start: HOLYSHIP_WORKERS (a number; `auto` = one per core the process may use, at
  * most 4). Without it, where the process may use two cores or more: one for a snapshot
  * ('store'), which compresses there while the main thread reads, hashes and packs (README,
- * Performance; a second worker on two cores was slower: three threads for two cores), and two
+ * Performance; a second worker on two cores was not faster: three threads for two cores), and two
  * for a restore, whose main thread walks the trees and creates
  * the files while they decode, check and write the data (on two cores, one worker made a
  * restore of the bench's data 10% faster, two 20%). One core: none.
