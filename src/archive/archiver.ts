@@ -173,11 +173,12 @@ export class Archiver {
     const it = content[Symbol.asyncIterator]()
     const first = await it.next()
     if (first.done) return {content: ids, size}
-    const second = await it.next()
     // results of the pieces handed over, in order; `ids` is filled from them once all are in
     const parts: SaveResult[][] = []
     const pieces: Promise<void>[] = []
-    const hand = async (piece: Buffer, save: (b: Buffer) => Promise<SaveResult[]>): Promise<void> => {
+    // the pieces are cut as one stream, in order (most files come in one)
+    const writer = this.repo.contentWriter()
+    const hand = async (piece: Buffer, last: boolean): Promise<void> => {
       const n = piece.length
       size += n
       this.stats.bytes += n
@@ -186,7 +187,7 @@ export class Archiver {
       await this.reserve(n)
       const k = parts.push([]) - 1
       pieces.push(
-        save(piece)
+        writer(piece, fresh, last)
           .then(
             (rs) => {
               parts[k] = rs
@@ -208,22 +209,13 @@ export class Archiver {
           }
         }
       })
-    if (second.done) {
-      // the whole file in one piece (most files)
-      await hand(first.value, (b) => this.repo.saveContent(b, fresh))
-      return {content: ids, size, saved: collected()}
-    }
-    // a bigger file: its pieces are cut as one stream, in order
-    const writer = this.repo.contentWriter()
+    // a piece is handed over once the next is known to exist (the last one ends the stream)
     let current = first.value
-    let next: IteratorResult<Buffer> = second
-    while (!next.done) {
-      const piece = current
-      await hand(piece, (b) => writer(b, fresh, false))
+    for (let next = await it.next(); !next.done; next = await it.next()) {
+      await hand(current, false)
       current = next.value
-      next = await it.next()
     }
-    await hand(current, (b) => writer(b, fresh, true))
+    await hand(current, true)
     return {content: ids, size, saved: collected()}
   }
 

@@ -399,13 +399,12 @@ export class Repository {
   }
 
   /**
-   * Save a whole file's content that came in one piece: cut it into chunks and save them
-   * (saveChunks). `giveAway`: nobody touches `data` again, so its memory may be handed to a
+   * Save a whole file's content that came in one piece: a contentWriter's only, last piece. `giveAway`: nobody touches `data` again, so its memory may be handed to a
    * blob worker instead of copied, and back to contentMemory once stored. Returns each
    * chunk's result, in order.
    */
   async saveContent(data: Buffer, giveAway = false): Promise<SaveResult[]> {
-    return await this.saveChunks(cutAll(new Chunker(this.config.chunker, chunkMemory, releaseMemory), data), giveAway ? undefined : data.buffer)
+    return await this.contentWriter()(data, giveAway, true)
   }
 
   /**
@@ -456,8 +455,6 @@ export class Repository {
     const freshMemory = new Set(fresh.map((f) => f.plain.buffer))
     for (const c of chunks) if (!freshMemory.has(c.buffer) && ours(c.buffer)) contentMemory.release(c.buffer)
     if (fresh.length === 0) return results
-    const generation = this.generation
-    const level = this.config.compression.level
     let pool: BlobPool | undefined
     try {
       // started once this repository has had POOL_START_BYTES of new chunks worth a round trip:
@@ -482,6 +479,8 @@ export class Repository {
       }
       return results
     }
+    const generation = this.generation
+    const level = this.config.compression.level
     const place = this.takePlace()
     // each new chunk's stored form: whole (from a worker), or its encoding and payload (to be
     // sealed into the pack with a key); a payload may be the chunk's own bytes
@@ -509,8 +508,9 @@ export class Repository {
         // the chunks compressed here: their own bytes, or a copy when their memory goes to a worker
         const plains = new Map<number, Buffer>()
         if (toWorker.length > 0) {
-          // (memory of the caller's is not sent: the worker's chunks are copied instead)
-          if (ours(first.buffer)) {
+          // memory of the caller's is not sent: the worker's chunks are copied instead
+          const send = ours(first.buffer)
+          if (send) {
             for (const k of here) {
               const copy = chunkMemory(fresh[k].length)
               fresh[k].plain.copy(copy)
@@ -519,7 +519,7 @@ export class Repository {
           }
           let memory: ArrayBuffer
           let at: number[]
-          if (ours(first.buffer)) {
+          if (send) {
             memory = first.buffer as ArrayBuffer
             at = toWorker.map((k) => fresh[k].plain.byteOffset)
           } else {

@@ -80,6 +80,7 @@ function checkRules(opts: Decision): void {
 
 /** Decide and (unless dryRun) remove, in an open context; the caller holds a lock. */
 export async function forgetInContext(ctx: Context, opts: Decision): Promise<ForgetResult> {
+  checkRules(opts)
   return forgetIn({id: ctx.repo.id, backend: ctx.repo.backend, catalogue: ctx.catalogue}, opts)
 }
 
@@ -88,7 +89,6 @@ export async function forgetInContext(ctx: Context, opts: Decision): Promise<For
  * manifests of what the rules do not keep from `where.backend`, and their rows.
  */
 async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalogue}, opts: Decision): Promise<ForgetResult> {
-  checkRules(opts)
   const {catalogue} = where
   let rows: SnapshotRow[] = catalogue.listSnapshots(where.id, {container: opts.container, tag: opts.tag})
   if (opts.container !== undefined) rows = rows.filter((r) => r.kind === 'container')

@@ -241,7 +241,7 @@ export async function listRemoteSnapshots(opts: TransferOptions & SnapshotFilter
   return withRemote(opts, async (remote) => {
     const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
     try {
-      await pullWith({...opts, snapshots: []}, remote, cat)
+      await refreshRemoteSnapshots(opts, remote, cat)
       return cat.listSnapshots(remote.namespace, {container: opts.container, volume: opts.volume, tag: opts.tag})
     } finally {
       cat.close()

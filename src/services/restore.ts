@@ -447,8 +447,8 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   await checkBinds(opts, id, mounts)
   let bytes = 0
-  for (const m of mounts) {
-    await fillMount(opts, id, m, m.destination, skipped, m.type === 'volume' ? names[mounts.indexOf(m)] : undefined)
+  for (const [i, m] of mounts.entries()) {
+    await fillMount(opts, id, m, m.destination, skipped, m.type === 'volume' ? names[i] : undefined)
     bytes += m.stats.bytes
   }
   let started = false
