@@ -70,31 +70,47 @@ function cleanPath(p: string): string {
     .join('/')
 }
 
-/** Feed every entry of a tar stream to the archiver. */
-export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<void> {
+/** `path` without its first component (getArchive names entries after the requested path) */
+function stripFirst(path: string): string {
+  const i = path.indexOf('/')
+  return i < 0 ? '' : path.slice(i + 1)
+}
+
+type TarEntry = AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
+
+/**
+ * The entries of a tar stream, each with its cleaned path (the first component dropped with
+ * `strip`). The stream's error ends the iteration with it; the stream and the parser are
+ * destroyed when the caller stops, early or not.
+ */
+async function* tarEntries(stream: Readable, strip: boolean): AsyncGenerator<{entry: TarEntry; path: string}> {
   const extract = tar.extract()
   stream.on('error', (e) => extract.destroy(e))
   stream.pipe(extract)
   try {
     for await (const e of extract) {
-      const entry = e as unknown as AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
+      const entry = e as unknown as TarEntry
+      const path = cleanPath(entry.header.name)
+      yield {entry, path: strip ? stripFirst(path) : path}
+    }
+  } finally {
+    stream.destroy()
+    extract.destroy()
+  }
+}
+
+/** Feed every entry of a tar stream to the archiver. */
+export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<void> {
+  try {
+    for await (const {entry, path} of tarEntries(stream, opts.stripFirst === true)) {
       const name = entry.header.name
-      let path = cleanPath(name)
-      if (opts.stripFirst) {
-        const i = path.indexOf('/')
-        path = i < 0 ? '' : path.slice(i + 1)
-      }
       if (path !== '') {
         const why = badRelPath(path)
         if (why) throw unsafeEntry('path', name, why)
       }
       const se = tarHeaderToEntry(entry.header, path)
       if (se && se.type === 'hardlink') {
-        let t = cleanPath(se.target ?? '')
-        if (opts.stripFirst) {
-          const i = t.indexOf('/')
-          t = i < 0 ? '' : t.slice(i + 1)
-        }
+        const t = opts.stripFirst ? stripFirst(cleanPath(se.target ?? '')) : cleanPath(se.target ?? '')
         const why = badRelPath(t)
         if (why) throw unsafeEntry('hard link target', se.target ?? '', why)
         se.target = t
@@ -129,7 +145,26 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
     if (isHolyshipError(e) || classify(e)) throw e
     // a stream cut short (the engine went away) or not a tar at all
     throw new HolyshipError('DOCKER_FAILED', `reading the engine's tar stream failed: ${(e as Error).message}`, {cause: e})
-  } finally {
-    extract.destroy()
   }
+}
+
+/**
+ * The first entry of getArchive's stream of a directory that is not one of the paths `inner`
+ * (relative to the directory) nor below one, by its path relative to the directory (only the
+ * headers are read, up to that entry); '' when the archive's root is not a directory;
+ * undefined when there is no such entry.
+ */
+export async function firstEntryOutside(stream: Readable, inner: string[]): Promise<string | undefined> {
+  let first = true
+  for await (const {entry, path} of tarEntries(stream, true)) {
+    entry.resume()
+    // the archive's first entry is the directory itself, under its base name
+    if (first) {
+      if (entry.header.type !== 'directory') return ''
+      first = false
+      continue
+    }
+    if (path !== '' && !inner.some((i) => path === i || path.startsWith(`${i}/`) || i.startsWith(`${path}/`))) return path
+  }
+  return undefined
 }

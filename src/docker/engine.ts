@@ -186,10 +186,13 @@ export class Engine {
     return this.call(`export ${id.slice(0, 12)}`, () => this.stream(`/containers/${c}/export`, async () => (await this.docker.getContainer(id).export()) as unknown as Readable))
   }
 
-  async getArchive(id: string, path: string): Promise<Readable> {
+  /** a tar stream of `path` in the container; a path it does not have is notFound() when given, else DOCKER_FAILED */
+  async getArchive(id: string, path: string, notFound?: () => HolyshipError): Promise<Readable> {
     const c = encodeURIComponent(id)
-    return this.call(`get archive ${id.slice(0, 12)}:${path}`, () =>
-      this.stream(`/containers/${c}/archive?${new URLSearchParams({path})}`, async () => (await this.docker.getContainer(id).getArchive({path})) as unknown as Readable),
+    return this.call(
+      `get archive ${id.slice(0, 12)}:${path}`,
+      () => this.stream(`/containers/${c}/archive?${new URLSearchParams({path})}`, async () => (await this.docker.getContainer(id).getArchive({path})) as unknown as Readable),
+      notFound,
     )
   }
 

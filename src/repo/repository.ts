@@ -31,7 +31,7 @@ import {CorruptBlobError, CorruptObjectError, ENC_PLAIN, PackBuilder, blobIdOf, 
 import {BlobPool, POOL_MIN_BLOB, PoolUse, WorkerRef, sharedPool} from './blob-pool.js'
 import type {CompressItem, FileJob, FileJobBlob} from './blob-worker.js'
 import {collectGarbage} from './gc.js'
-import {POOLED_MIN, contentMemory} from './memory.js'
+import {contentMemory} from './memory.js'
 import {BlobIndex, type BlobLocation, isObjectId, validBlob} from './blob-index.js'
 
 const debug = debugFactory('holyship:repo')
@@ -615,7 +615,7 @@ export class Repository {
    * preallocated file's are all alike and the size of the chunker's maximum)
    */
   private chunkId(plain: Buffer): string {
-    if (plain.length < POOLED_MIN || !isZero(plain)) return blobIdOf(plain, this.masterKey)
+    if (plain.length < ZERO_IDS_MIN || !isZero(plain)) return blobIdOf(plain, this.masterKey)
     let id = this.zeroIds.get(plain.length)
     if (id === undefined) {
       id = blobIdOf(plain, this.masterKey)
@@ -949,6 +949,12 @@ export class Repository {
     return out
   }
 }
+
+/**
+ * chunks of at least this size are looked at for zeros (chunkId), whose ids are kept by
+ * length: a sparse or preallocated file's; smaller ones are cheap to hash and seldom all zeros
+ */
+const ZERO_IDS_MIN = 64 * 1024
 
 /**
  * How much more than a chunk the blob workers may have left to compress before the main

@@ -9,9 +9,9 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
-import * as tar from 'tar-stream'
 import {SkippedEntry, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
+import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
@@ -42,7 +42,7 @@ export interface RestoreOptions {
    * host (root on that host, a local volume without options), `api` through the Docker API
    * (any engine), `auto` (the default) direct where it can
    */
-  writer?: 'auto' | 'api' | 'direct'
+  writer?: Access
 }
 
 export interface RestoreResult {
@@ -277,36 +277,21 @@ async function checkBinds(opts: RestoreOptions, containerId: string, mounts: Mou
  * undefined when there is none or `dir` is missing.
  */
 async function firstEntryIn(engine: Engine, containerId: string, dir: string, inner: string[]): Promise<string | undefined> {
+  const what = `get archive ${containerId.slice(0, 12)}:${dir}`
+  const missing = new HolyshipError('PATH_NOT_FOUND', `${dir} is not in container ${containerId.slice(0, 12)}`)
+  const {firstEntryOutside} = await import('../archive/tar-source.js')
   let stream: Readable
   try {
-    stream = await engine.getArchive(containerId, dir)
+    stream = await engine.getArchive(containerId, dir, () => missing)
   } catch (e) {
-    if ((e as {cause?: {statusCode?: number}}).cause?.statusCode === 404) return undefined
+    if (e === missing) return undefined
     throw e
   }
-  const extract = tar.extract()
-  stream.on('error', (e) => extract.destroy(e))
-  stream.pipe(extract)
-  let first = true
   try {
-    for await (const entry of extract) {
-      const h = (entry as unknown as {header: tar.Header}).header
-      ;(entry as unknown as Readable).resume()
-      // the archive's first entry is the directory itself, under its base name
-      if (first) {
-        if (h.type !== 'directory') return dir
-        first = false
-        continue
-      }
-      const rel = h.name.split('/').filter((c) => c !== '' && c !== '.').slice(1).join('/')
-      if (rel !== '' && !inner.some((i) => rel === i || rel.startsWith(`${i}/`) || i.startsWith(`${rel}/`))) return rel
-    }
-    return undefined
+    const held = await firstEntryOutside(stream, inner)
+    return held === '' ? dir : held
   } catch (e) {
-    throw engine.mapError(`get archive ${containerId.slice(0, 12)}:${dir}`, e)
-  } finally {
-    stream.destroy()
-    extract.destroy()
+    throw engine.mapError(what, e)
   }
 }
 
@@ -320,23 +305,18 @@ async function firstEntryIn(engine: Engine, containerId: string, dir: string, in
  * a volume it cannot write is a usage error.
  */
 async function volumeDir(opts: RestoreOptions, name: string, containerId: string): Promise<string | undefined> {
-  const want = opts.writer ?? 'auto'
-  if (want === 'api') return undefined
-  const {directAccess} = await import('./snapshot.js')
-  let ok = await directAccess(opts.engine, {containerId})
   let mountpoint: string | undefined
-  if (ok) {
+  const usable = async (): Promise<boolean> => {
     const info = await opts.engine.info()
     const v = await opts.engine.inspectVolume(name)
     const options = (v.Options as Record<string, string> | null) ?? {}
-    ok = v.Driver === 'local' && Object.keys(options).length === 0 && typeof v.Mountpoint === 'string' && v.Mountpoint.startsWith(`${info.DockerRootDir}/`)
+    const local = v.Driver === 'local' && Object.keys(options).length === 0 && typeof v.Mountpoint === 'string' && v.Mountpoint.startsWith(`${info.DockerRootDir}/`)
     // made by this restore a moment ago: empty, or something else is going on
-    if (ok && (await fsp.readdir(v.Mountpoint)).length === 0) mountpoint = v.Mountpoint
+    if (local && (await fsp.readdir(v.Mountpoint)).length === 0) mountpoint = v.Mountpoint
+    return mountpoint !== undefined
   }
-  if (mountpoint === undefined && want === 'direct') {
-    throw new HolyshipError('USAGE', `--writer direct needs root on the engine's own host and a local volume without options; volume ${name} on ${opts.engine.host} is not writable here`)
-  }
-  return mountpoint
+  const refusal = `--writer direct needs root on the engine's own host and a local volume without options; volume ${name} on ${opts.engine.host} is not writable here`
+  return (await goDirect(opts.engine, opts.writer ?? 'auto', {containerId}, refusal, usable)) ? mountpoint : undefined
 }
 
 /** Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left out, paths in the volume */

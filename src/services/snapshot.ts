@@ -3,12 +3,12 @@
  * mount) or standalone volumes, into the repository. Nothing is recorded unless everything
  * is durable; the container is always put back into the state it was in.
  */
-import {promises as fsp} from 'node:fs'
 import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Archiver} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
 import {Catalogue} from '../catalogue/catalogue.js'
+import {Access, Probe, goDirect} from '../docker/direct.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
@@ -19,7 +19,7 @@ import {Consistency, StateGuard} from './state-guard.js'
 
 const debug = debugFactory('holyship:snapshot')
 
-export type ReaderChoice = 'auto' | 'api' | 'direct'
+export type ReaderChoice = Access
 
 export interface SnapshotOptions {
   repo: Repository
@@ -75,39 +75,9 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
   return results
 }
 
-/**
- * Can this process read (or write) the engine's files directly? Only as root, over a local
- * socket, without user namespace remapping, when the engine's own directories are here: the
- * container's state directory (named by its random 256-bit id) proves it is the same host;
- * for a standalone volume, its Mountpoint under the engine's root.
- */
-export async function directAccess(engine: Engine, probe: {containerId?: string; mountpoint?: string}): Promise<boolean> {
-  if (!engine.isLocalSocket || process.getuid?.() !== 0) return false
-  try {
-    const info = await engine.info()
-    // with user namespace remapping the files on disk have shifted owners: the API shifts them back, a direct read or write would not
-    if ((info.SecurityOptions ?? []).some((o) => o.includes('name=userns'))) return false
-    const root = info.DockerRootDir
-    if (probe.containerId) {
-      return (await fsp.stat(`${root}/containers/${probe.containerId}`)).isDirectory()
-    }
-    if (probe.mountpoint) {
-      return probe.mountpoint.startsWith(`${root}/`) && (await fsp.stat(probe.mountpoint)).isDirectory()
-    }
-    return false
-  } catch {
-    return false
-  }
-}
-
-async function chooseReader(opts: SnapshotOptions, probe: {containerId?: string; mountpoint?: string}): Promise<'api' | 'direct'> {
-  const want = opts.reader ?? 'auto'
-  if (want === 'api') return 'api'
-  const ok = await directAccess(opts.engine, probe)
-  if (want === 'direct' && !ok) {
-    throw new HolyshipError('USAGE', `--reader direct needs root on the engine's own host; ${opts.engine.host} is not readable here`)
-  }
-  return ok ? 'direct' : 'api'
+async function chooseReader(opts: SnapshotOptions, probe: Probe): Promise<'api' | 'direct'> {
+  const direct = await goDirect(opts.engine, opts.reader ?? 'auto', probe, `--reader direct needs root on the engine's own host; ${opts.engine.host} is not readable here`)
+  return direct ? 'direct' : 'api'
 }
 
 function emptyStats(): ArchiveStats {

@@ -18,7 +18,7 @@ import {PassThrough, Readable, Writable} from 'node:stream'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {restoreToDir, walkTree, writeTreeAsTar} from '../../src/archive/restorer.js'
-import {archiveTar} from '../../src/archive/tar-source.js'
+import {archiveTar, firstEntryOutside} from '../../src/archive/tar-source.js'
 import {END_OF_ARCHIVE, TarHeader, TarWriter, encodeHeader, padding} from '../../src/archive/tarwriter.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {Engine} from '../../src/docker/engine.js'
@@ -313,6 +313,22 @@ describe('crafted tar streams from the engine', () => {
     const bytes = rawTar([[h(Buffer.from('base/caf\xe9', 'latin1')), Buffer.from('x')], [h('changed'), Buffer.from('y')]])
     const {paths} = await archive(bytes, {filter: (p: string) => p === 'changed'})
     expect(paths).toEqual(['changed:file'])
+  })
+
+  it("a bind mount's first entry outside its inner mountpoints (restore's emptiness check)", async () => {
+    const d = (name: string): [TarHeader] => [h(name, {type: 'dir', mode: 0o755})]
+    const first = (bytes: Buffer, inner: string[] = []): Promise<string | undefined> => firstEntryOutside(Readable.from([bytes]), inner)
+    // getArchive names entries after the directory asked for
+    expect(await first(rawTar([d('app/')]))).toBeUndefined()
+    expect(await first(rawTar([d('app/'), [h('app/x'), Buffer.from('x')]]))).toBe('x')
+    // the mountpoints of mounts inside the bind, and the directories leading to them, are not content
+    const mounts = rawTar([d('app/'), d('app/node_modules/'), d('app/var/'), d('app/var/lib/'), d('app/var/lib/db/'), [h('app/var/lib/db/f'), Buffer.from('f')]])
+    expect(await first(mounts, ['node_modules', 'var/lib/db'])).toBeUndefined()
+    expect(await first(mounts, ['node_modules'])).toBe('var')
+    // a file where the directory was expected
+    expect(await first(rawTar([[h('app'), Buffer.from('x')]]))).toBe('')
+    // a broken stream is an error, not "empty"
+    await expect(first(randomBytes(4096))).rejects.toThrow()
   })
 
   it('with stripFirst, a hard link out of the first component is refused', async () => {
