@@ -150,9 +150,10 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
 
 /**
  * The first entry of getArchive's stream of a directory that is not one of the paths `inner`
- * (relative to the directory) nor below one, by its path relative to the directory (only the
- * headers are read, up to that entry); '' when the archive's root is not a directory;
- * undefined when there is no such entry.
+ * (relative to the directory) nor below one, by its path relative to the directory; '' when
+ * the archive's root is not a directory; undefined when there is no such entry. The stream is
+ * read up to that entry (what comes before it, an inner mount's files too, read and dropped)
+ * and closed then.
  */
 export async function firstEntryOutside(stream: Readable, inner: string[]): Promise<string | undefined> {
   let first = true

@@ -186,7 +186,7 @@ export class Engine {
     return this.call(`export ${id.slice(0, 12)}`, () => this.stream(`/containers/${c}/export`, async () => (await this.docker.getContainer(id).export()) as unknown as Readable))
   }
 
-  /** a tar stream of `path` in the container; a path it does not have is notFound() when given, else DOCKER_FAILED */
+  /** a tar stream of `path` in the container; a path it does not have is notFound() when given (else DOCKER_FAILED, like any other refusal) */
   async getArchive(id: string, path: string, notFound?: () => HolyshipError): Promise<Readable> {
     const c = encodeURIComponent(id)
     return this.call(

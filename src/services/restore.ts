@@ -252,8 +252,9 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
  * is even the original container's. One that holds anything is refused unless --force, before
  * a byte is written (its files would be written over, and a failed restore could not give
  * them back). Looked at through the created container (the host may be remote): the archive
- * of the mount's destination is read up to its second entry. A directory the engine does not
- * have yet is empty.
+ * of the mount's destination is read up to its first entry that is not a mountpoint of a mount
+ * inside it (a volume's is empty: this restore made it and fills it later; an inner bind's
+ * content is read and skipped). A directory the engine does not have yet is empty.
  */
 async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[]): Promise<void> {
   if (opts.force) return

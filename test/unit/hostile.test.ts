@@ -325,10 +325,22 @@ describe('crafted tar streams from the engine', () => {
     const mounts = rawTar([d('app/'), d('app/node_modules/'), d('app/var/'), d('app/var/lib/'), d('app/var/lib/db/'), [h('app/var/lib/db/f'), Buffer.from('f')]])
     expect(await first(mounts, ['node_modules', 'var/lib/db'])).toBeUndefined()
     expect(await first(mounts, ['node_modules'])).toBe('var')
+    // a name that only begins like a mountpoint is content; so is a file beside one, on the way to it
+    expect(await first(rawTar([d('app/'), d('app/node_modules2/')]), ['node_modules'])).toBe('node_modules2')
+    expect(await first(rawTar([d('app/'), d('app/var/'), [h('app/var/x'), Buffer.from('x')], d('app/var/lib/db/')]), ['var/lib/db'])).toBe('var/x')
+    // names as tar writes them (`./`, a leading `/`): the same paths
+    expect(await first(rawTar([d('./app/'), d('./app/node_modules/'), [h('/app/y'), Buffer.from('y')]]), ['node_modules'])).toBe('y')
     // a file where the directory was expected
     expect(await first(rawTar([[h('app'), Buffer.from('x')]]))).toBe('')
+    // an empty archive (no root entry) holds nothing
+    expect(await first(rawTar([]))).toBeUndefined()
     // a broken stream is an error, not "empty"
     await expect(first(randomBytes(4096))).rejects.toThrow()
+    // the stream is closed once the answer is known, though it has not ended
+    const open = new PassThrough()
+    open.write(rawTar([d('app/'), [h('app/z'), Buffer.from('z')]], {end: false}))
+    expect(await firstEntryOutside(open, [])).toBe('z')
+    expect(open.destroyed).toBe(true)
   })
 
   it('with stripFirst, a hard link out of the first component is refused', async () => {
