@@ -3,6 +3,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {transferFlags} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {LandResult, land} from '../src/services/remote.js'
+import {describeRestore, xattrsWarning} from '../src/services/restore.js'
 
 export default class Land extends BaseCommand<typeof Land> {
   static override description = 'Pull a snapshot from an S3 remote and restore it (creates the local repository on a new host)'
@@ -37,9 +38,9 @@ export default class Land extends BaseCommand<typeof Land> {
     })
     const p = r.pull
     this.say(`pulled snapshot ${p.snapshots[0].slice(0, 12)} from ${p.remote}: ${p.packsReceived} packs (${formatBytes(p.bytesReceived)}) received, ${p.packsSkipped} already here`)
-    if (r.restore.container) this.say(`restored container ${r.restore.container.name} (${r.restore.container.id.slice(0, 12)})${r.restore.container.started ? ', started' : ''}`)
-    for (const v of r.restore.volumes) this.say(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
-    for (const b of r.restore.binds) this.say(`restored bind mount ${b.source} at ${b.destination}`)
+    for (const line of describeRestore(r.restore)) this.say(line)
+    const w = xattrsWarning(r.restore.xattrsNotSet)
+    if (w) this.warn(w)
     return r
   }
 }

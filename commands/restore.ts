@@ -4,7 +4,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {HolyshipError} from '../src/errors.js'
 import {formatBytes} from '../src/progress.js'
 import {resolveSnapshot} from '../src/services/inspect.js'
-import {restore, restorePath, RestorePathResult, RestoreResult} from '../src/services/restore.js'
+import {describeRestore, restore, restorePath, RestorePathResult, RestoreResult, xattrsWarning} from '../src/services/restore.js'
 import {withContext} from '../src/services/run.js'
 
 export default class Restore extends BaseCommand<typeof Restore> {
@@ -36,6 +36,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
       if (f.path) {
         const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})
         this.say(`restored ${f.path} (${r.files} files, ${formatBytes(r.bytes)}) from the ${r.source} into ${r.target}`)
+        this.warnXattrs(r)
         return r
       }
       const r = await restore({
@@ -51,13 +52,17 @@ export default class Restore extends BaseCommand<typeof Restore> {
         writer: f.writer as 'auto' | 'api' | 'direct',
         progress: this.progress(),
       })
-      if (r.container) this.say(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)
-      for (const v of r.volumes) this.say(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
-      for (const b of r.binds) this.say(`restored bind mount ${b.source} at ${b.destination}`)
+      for (const line of describeRestore(r)) this.say(line)
+      this.warnXattrs(r)
       return r
     })
     this.failOnSkipped(r, f.start && 'container' in r && r.container !== undefined)
     return r
+  }
+
+  private warnXattrs(r: RestoreResult | RestorePathResult): void {
+    const w = xattrsWarning(r.xattrsNotSet)
+    if (w) this.warn(w)
   }
 
   /** --partial: list what was left out (stderr), print the result with --json, then exit REPO_DAMAGED */

@@ -51,6 +51,22 @@ export interface SkippedEntry {
   reason: string
 }
 
+/** An extended attribute a restore could not set; everything else of the entry was restored. */
+export interface XattrNotSet {
+  /** where the entry was written, on this host */
+  path: string
+  name: string
+  reason: string
+}
+
+/** extended attributes a restore could not set: how many, and the first MAX_XATTRS_LISTED of them */
+export interface XattrsNotSet {
+  total: number
+  first: XattrNotSet[]
+}
+
+export const MAX_XATTRS_LISTED = 1000
+
 /** Damaged data (a blob or tree that cannot be read back intact), as opposed to a hostile tree or an I/O error. */
 export function isDamage(e: unknown): e is HolyshipError {
   return isHolyshipError(e) && e.code === 'REPO_DAMAGED' && !(e instanceof UnsafeTreeError)
@@ -410,7 +426,7 @@ export async function restoreToDir(
   rel: string,
   target: string,
   opts: RestoreToDirOptions = {},
-): Promise<{files: number; bytes: number; skipped: SkippedEntry[]}> {
+): Promise<RestoredDir> {
   const node = await findNode(repo, treeId, rel)
   if (!node) throw new HolyshipError('PATH_NOT_FOUND', `no path ${JSON.stringify('/' + rel)} in the snapshot`)
   const whole = rel.split('/').every((p) => p === '' || p === '.')
@@ -427,6 +443,14 @@ export async function restoreToDir(
   } finally {
     endReads()
   }
+}
+
+/** what restoreToDir wrote: files and bytes, what --partial left out, the extended attributes it could not set (none: absent) */
+export interface RestoredDir {
+  files: number
+  bytes: number
+  skipped: SkippedEntry[]
+  xattrsNotSet?: XattrsNotSet
 }
 
 /**
@@ -494,6 +518,7 @@ class DirRestore {
   private readonly skippedPaths = new Set<string>()
   /** what --partial left out, with its place in the walk (jobs finish in any order) */
   private readonly skips: {seq: number; entry: SkippedEntry}[] = []
+  private readonly xattrsNotSet: XattrsNotSet = {total: 0, first: []}
   private readonly jobs = new Jobs(RESTORE_PARALLEL)
   private readonly blobs: BlobFetcher
   private readonly partial: boolean
@@ -517,7 +542,7 @@ class DirRestore {
     this.blobs = new BlobFetcher(repo, RESTORE_BUFFER)
   }
 
-  async restore(rel: string, node: TreeNode): Promise<{files: number; bytes: number; skipped: SkippedEntry[]}> {
+  async restore(rel: string, node: TreeNode): Promise<RestoredDir> {
     const relClean = rel.split('/').filter((p) => p !== '' && p !== '.').join('/')
     const baseName = relClean === '' ? '' : path.posix.basename(relClean)
     try {
@@ -533,7 +558,7 @@ class DirRestore {
       // permission does not stop its own entries, and no default ACL of the snapshot's is
       // inherited by entries that recorded their own metadata
       for (const {abs, node: n} of this.dirsToFinish.reverse()) {
-        await finishDir(abs, n)
+        await finishDir(abs, n, this.xattrFailed(abs))
         if (this.madeDirs.has(abs)) this.finishedMade.push(abs)
       }
     } catch (e) {
@@ -558,7 +583,14 @@ class DirRestore {
     }
     const skipped = this.opts.skipped ?? []
     skipped.push(...this.skips.sort((a, b) => a.seq - b.seq).map((s) => s.entry))
-    return {...this.stats, skipped}
+    return {...this.stats, skipped, ...(this.xattrsNotSet.total > 0 ? {xattrsNotSet: this.xattrsNotSet} : {})}
+  }
+
+  /** a setXattrs report for the entry written at `abs`: the attributes it could not set are listed, the restore goes on */
+  private xattrFailed(abs: string): XattrReport {
+    return (name, reason) => {
+      if (this.xattrsNotSet.total++ < MAX_XATTRS_LISTED) this.xattrsNotSet.first.push({path: abs, name, reason})
+    }
   }
 
   /**
@@ -745,7 +777,7 @@ class DirRestore {
     } finally {
       if (tmp) rmSync(fsPath(tmp), {force: true})
     }
-    await applyMeta(abs, n)
+    await applyMeta(abs, n, this.xattrFailed(abs))
   }
 
   /**
@@ -859,7 +891,7 @@ class DirRestore {
       if (end < total) ftruncateSync(f, total)
       if (asRoot()) fchownSync(f, n.uid, n.gid)
       fchmodSync(f, n.mode & 0o7777)
-      await setXattrs(tmp, n)
+      await setXattrs(tmp, n, this.xattrFailed(abs))
       futimesSync(f, seconds(n), seconds(n))
     } catch (e) {
       await opening.catch(() => undefined)
@@ -1050,24 +1082,37 @@ function setTimes(abs: string, n: TreeNode): void {
   lutimesSync(fsPath(abs), seconds(n), seconds(n))
 }
 
-async function setXattrs(abs: string, n: TreeNode): Promise<void> {
+async function setXattrs(abs: string, n: TreeNode, report: XattrReport): Promise<void> {
   if (!n.xattrs) return
   if (hasEscapes(abs)) {
     // a name that is not UTF-8 cannot be an argument: setfattr reads it from a dump
     // (getfattr's format: the name's unusual bytes as \ooo octal) on its standard input
     const name = [...bytesOfName(abs)].map((b) => (b < 0x21 || b > 0x7e || b === 0x5c ? `\\${b.toString(8).padStart(3, '0')}` : String.fromCharCode(b))).join('')
     const dump = `# file: ${name}\n${Object.entries(n.xattrs).map(([k, v]) => `${k}=0s${v}\n`).join('')}\n`
-    await new Promise<void>((resolve) => {
-      const child = execFile('setfattr', ['-h', '--restore=-'], () => resolve())
+    const why = await new Promise<string | undefined>((resolve) => {
+      const child = execFile('setfattr', ['-h', '--restore=-'], (e, _stdout, stderr) => resolve(e ? setfattrFailure(e, stderr) : undefined))
       // a setfattr that exits before reading it all (or is missing) must not crash the restore
       child.stdin?.on('error', () => undefined)
       child.stdin?.end(dump)
     })
+    // one run for all of them: which ones it managed is not known
+    if (why !== undefined) for (const k of Object.keys(n.xattrs)) report(k, why)
     return
   }
   for (const [k, v] of Object.entries(n.xattrs)) {
-    await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch(() => undefined)
+    await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch((e: unknown) => report(k, setfattrFailure(e, (e as {stderr?: string}).stderr)))
   }
+}
+
+/** what setXattrs tells of an attribute it could not set (its name, and why) */
+type XattrReport = (name: string, reason: string) => void
+
+/** why a setfattr run failed, in a few words: its own last message (`setfattr: PATH: Operation not supported`) without the path */
+function setfattrFailure(e: unknown, stderr?: string | Buffer): string {
+  if ((e as NodeJS.ErrnoException).code === 'ENOENT') return 'setfattr is not installed (Debian: apt-get install attr)'
+  const line = String(stderr ?? '').trim().split('\n').pop() ?? ''
+  const i = line.lastIndexOf(': ')
+  return (i >= 0 ? line.slice(i + 2) : line) || (e as Error).message
 }
 
 /**
@@ -1075,7 +1120,7 @@ async function setXattrs(abs: string, n: TreeNode): Promise<void> {
  * a descriptor opened without following a symlink (one swapped in for the directory meanwhile
  * fails the restore, it is never followed); xattrs with setfattr -h, times with lutimes.
  */
-async function finishDir(abs: string, n: TreeNode): Promise<void> {
+async function finishDir(abs: string, n: TreeNode, report: XattrReport): Promise<void> {
   const fd = openSync(fsPath(abs), fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW)
   try {
     if (asRoot()) fchownSync(fd, n.uid, n.gid)
@@ -1083,15 +1128,15 @@ async function finishDir(abs: string, n: TreeNode): Promise<void> {
   } finally {
     closeSync(fd)
   }
-  await setXattrs(abs, n)
+  await setXattrs(abs, n, report)
   setTimes(abs, n)
 }
 
 /** owner, mode, xattrs and times of what is at `abs` (not a directory: see finishDir) */
-async function applyMeta(abs: string, n: TreeNode): Promise<void> {
+async function applyMeta(abs: string, n: TreeNode, report: XattrReport): Promise<void> {
   const p = fsPath(abs)
   if (asRoot()) lchownSync(p, n.uid, n.gid)
   if (n.type !== 'symlink') chmodSync(p, n.mode & 0o7777)
-  await setXattrs(abs, n)
+  await setXattrs(abs, n, report)
   setTimes(abs, n)
 }

@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
-import {SkippedEntry, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
+import {MAX_XATTRS_LISTED, SkippedEntry, XattrsNotSet, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
 import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
@@ -54,6 +54,27 @@ export interface RestoreResult {
   bytes: number
   /** --partial: what could not be restored (paths as the container sees them) */
   skipped?: SkippedEntry[]
+  /** extended attributes the direct writer could not set (paths on the engine's host); absent when none */
+  xattrsNotSet?: XattrsNotSet
+}
+
+/** what a restore of a container or volumes did, a line each (the commands print them) */
+export function describeRestore(r: RestoreResult): string[] {
+  const lines: string[] = []
+  if (r.container) lines.push(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)
+  for (const v of r.volumes) lines.push(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
+  for (const b of r.binds) lines.push(`restored bind mount ${b.source} at ${b.destination}`)
+  return lines
+}
+
+/**
+ * One line on the extended attributes a restore could not set (the files themselves were
+ * restored), naming the first few; undefined when there are none.
+ */
+export function xattrsWarning(x?: XattrsNotSet): string | undefined {
+  if (!x || x.total === 0) return undefined
+  const some = x.first.slice(0, 3).map((a) => `${a.path} (${a.name}: ${a.reason})`)
+  return `${x.total} extended attribute(s) could not be set, the rest was restored: ${some.join(', ')}${x.total > some.length ? ', …' : ''}`
 }
 
 /** Undo list: what this restore created, removed in reverse order on failure. */
@@ -120,6 +141,13 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     } else bad(`unknown mount type ${JSON.stringify((mount as MountRecord).type)}`)
     if (m.kind === 'container' && (badAbsPath(mount.destination) || mount.destination === '/')) bad(`bad mount destination ${JSON.stringify(mount.destination)}`)
   }
+}
+
+/** add what one restoreToDir could not set to what a restore of several mounts could not */
+function addXattrsNotSet(into: XattrsNotSet, from?: XattrsNotSet): void {
+  if (!from) return
+  into.total += from.total
+  into.first.push(...from.first.slice(0, Math.max(0, MAX_XATTRS_LISTED - into.first.length)))
 }
 
 /** paths of a tree restored at `base` (a mount destination, or '' for the filesystem diff), as the container sees them */
@@ -320,11 +348,15 @@ async function volumeDir(opts: RestoreOptions, name: string, containerId: string
   return (await goDirect(opts.engine, opts.writer ?? 'auto', {containerId}, refusal, usable)) ? mountpoint : undefined
 }
 
-/** Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left out, paths in the volume */
-async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean): Promise<SkippedEntry[] | undefined> {
+/**
+ * Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left
+ * out (paths in the volume), and adds the extended attributes it could not set to `xattrs`
+ */
+async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet): Promise<SkippedEntry[] | undefined> {
   const progress = opts.progress ?? silentProgress
   const left: SkippedEntry[] | undefined = partial ? [] : undefined
-  await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
+  const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
+  addXattrsNotSet(xattrs, r.xattrsNotSet)
   return left
 }
 
@@ -332,12 +364,12 @@ async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, 
  * Fill a mounted volume or bind of a created (never started) container: a new volume `volume`
  * straight into its directory where the writer may (volumeDir), else through the API.
  */
-async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, skipped?: SkippedEntry[], volume?: string): Promise<void> {
+async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, xattrs: XattrsNotSet, skipped?: SkippedEntry[], volume?: string): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
   if (dir !== undefined) {
-    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined)
+    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs)
     if (left) skipped!.push(...underBase(destination, left))
     return
   }
@@ -428,8 +460,9 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   await checkBinds(opts, id, mounts)
   let bytes = 0
+  const xattrs: XattrsNotSet = {total: 0, first: []}
   for (const [i, m] of mounts.entries()) {
-    await fillMount(opts, id, m, m.destination, skipped, m.type === 'volume' ? names[i] : undefined)
+    await fillMount(opts, id, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined)
     bytes += m.stats.bytes
   }
   let started = false
@@ -446,6 +479,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     binds: mounts.filter((m) => m.type === 'bind').map((m) => ({source: m.source, destination: m.destination})),
     bytes,
     ...(skipped ? {skipped} : {}),
+    ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {}),
   }
 }
 
@@ -457,6 +491,7 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   await replaceVolumes(opts, mounts, names, created)
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
+  const xattrs: XattrsNotSet = {total: 0, first: []}
   // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
   const {createHelperContainer} = await import('./snapshot.js')
   for (let i = 0; i < mounts.length; i++) {
@@ -464,7 +499,7 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     try {
       // written straight into the volume's directory where it can be (volumeDir), else through the helper
-      await fillMount(opts, helper, mounts[i], '/holyship-volume', left, names[i])
+      await fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, left, names[i])
     } finally {
       // with its anonymous volumes: the helper's image may declare VOLUMEs (any image will do)
       await opts.engine.docker
@@ -476,7 +511,7 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
     if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:${e.path.slice('/holyship-volume'.length)}`, reason: e.reason})))
     bytes += mounts[i].stats.bytes
   }
-  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes, ...(skipped ? {skipped} : {})}
+  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes, ...(skipped ? {skipped} : {}), ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {})}
 }
 
 export interface RestorePathOptions {
@@ -499,6 +534,8 @@ export interface RestorePathResult {
   bytes: number
   /** --partial: what could not be restored (paths as the container sees them) */
   skipped?: SkippedEntry[]
+  /** extended attributes that could not be set (paths on this host); absent when none */
+  xattrsNotSet?: XattrsNotSet
 }
 
 /**
@@ -538,6 +575,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
     const r = await restoreToDir(opts.repo, tree, rel, opts.target, {overwrite: opts.force, root, onBytes: (n) => progress.add(n), skipped: opts.partial ? [] : undefined})
     const out: RestorePathResult = {source, target: path.resolve(opts.target), files: r.files, bytes: r.bytes}
     if (opts.partial) out.skipped = underBase(base, r.skipped)
+    if (r.xattrsNotSet) out.xattrsNotSet = r.xattrsNotSet
     return out
   } finally {
     progress.done()

@@ -17,6 +17,7 @@ import {LocalBackend, retainReads} from '../../src/backend/local.js'
 import {classify} from '../../src/errors.js'
 import {dataKey} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
+import {xattrsWarning} from '../../src/services/restore.js'
 
 const MiB = 1024 * 1024
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex')
@@ -352,5 +353,81 @@ describe('LocalBackend read sessions', () => {
     expect((await b.getRange('data/p0', 100, 10)).equals(Buffer.alloc(10, 7))).toBe(true)
     end()
     expect((await b.getRange('data/p0', 100, 10)).equals(Buffer.alloc(10, 7))).toBe(true)
+  })
+})
+
+describe('restoreToDir and extended attributes it cannot set', () => {
+  let work: string
+  let repo: Repository
+  let tree: string
+  const b64 = (s: string): string => Buffer.from(s).toString('base64')
+  const T: [number, number] = [1_600_000_000, 0]
+  async function* bytes(s: string): AsyncGenerator<Buffer> {
+    yield Buffer.from(s)
+  }
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-rxattr-'))
+    repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+    const a = new Archiver(repo)
+    const meta = {mode: 0o644, uid: 0, gid: 0, mtime: T}
+    await a.add({path: '', type: 'dir', ...meta, mode: 0o755})
+    // a namespace no file system has: setfattr fails with "Operation not supported"
+    await a.add({path: 'd', type: 'dir', ...meta, mode: 0o755, xattrs: {'bogus.dir': b64('x')}})
+    await a.add({path: 'd/ok.txt', type: 'file', ...meta, xattrs: {'user.note': b64('kept')}, content: bytes('ok\n')})
+    await a.add({path: 'd/odd.txt', type: 'file', ...meta, xattrs: {'user.note': b64('kept too'), 'bogus.file': b64('y')}, content: bytes('odd\n')})
+    tree = await a.finish()
+    await repo.flush()
+  })
+
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  it('restores everything else and lists each attribute it could not set, with why', async () => {
+    const target = path.join(work, 'out')
+    const r = await restoreToDir(repo, tree, '', target)
+    expect(await fsp.readFile(path.join(target, 'd/odd.txt'), 'utf8')).toBe('odd\n')
+    const note = (p: string): string => execFileSync('getfattr', ['--only-values', '-n', 'user.note', path.join(target, p)], {encoding: 'utf8'})
+    expect(note('d/ok.txt')).toBe('kept')
+    expect(note('d/odd.txt')).toBe('kept too')
+    expect(r.xattrsNotSet?.total).toBe(2)
+    const listed = (r.xattrsNotSet?.first ?? []).map((x) => [path.relative(target, x.path), x.name]).sort()
+    expect(listed).toEqual([
+      ['d', 'bogus.dir'],
+      ['d/odd.txt', 'bogus.file'],
+    ])
+    for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/not supported/i)
+  })
+
+  it('says so when setfattr is not installed', async () => {
+    const pathVar = process.env.PATH
+    process.env.PATH = path.join(work, 'no-bin')
+    let r
+    try {
+      r = await restoreToDir(repo, tree, '', path.join(work, 'out-nobin'))
+    } finally {
+      process.env.PATH = pathVar
+    }
+    expect(r.xattrsNotSet?.total).toBe(4)
+    for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/setfattr is not installed/)
+  })
+
+  it('the commands warn in one line, naming the first few', () => {
+    const first = [1, 2, 3, 4].map((i) => ({path: `/t/f${i}`, name: 'security.selinux', reason: 'Operation not supported'}))
+    expect(xattrsWarning(undefined)).toBeUndefined()
+    expect(xattrsWarning({total: 1, first: first.slice(0, 1)})).toBe('1 extended attribute(s) could not be set, the rest was restored: /t/f1 (security.selinux: Operation not supported)')
+    const w = xattrsWarning({total: 5000, first})!
+    expect(w).toMatch(/^5000 extended attribute\(s\) could not be set, .*\/t\/f3 \(security\.selinux: Operation not supported\), …$/)
+    expect(w).not.toContain('/t/f4')
+    expect(w.split('\n')).toHaveLength(1)
+  })
+
+  it('a restore with every attribute set reports none', async () => {
+    const a = new Archiver(repo)
+    await a.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T})
+    await a.add({path: 'f', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T, xattrs: {'user.a': b64('1')}, content: bytes('f')})
+    const clean = await a.finish()
+    await repo.flush()
+    const r = await restoreToDir(repo, clean, '', path.join(work, 'out-clean'))
+    expect(r.xattrsNotSet).toBeUndefined()
   })
 })
