@@ -9,7 +9,7 @@ import {HolyshipError} from '../errors.js'
 import {FORMAT_NAME, FORMAT_VERSION, IndexFile, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, snapshotKey} from '../repo/format.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {CorruptBlobError, CorruptObjectError, decodeBlob, openJson, parsePackHeader, sealJson, sha256} from '../repo/pack.js'
-import {checkEncryptionConfig} from '../repo/repository.js'
+import {Repository, checkEncryptionConfig} from '../repo/repository.js'
 import {RemoteHandle} from './remotes.js'
 
 /** most packs one index file names (as Repository does) so a long transfer is durable in pieces */
@@ -152,6 +152,16 @@ export function treeChildren(tree: Tree): {data: string[]; subtrees: string[]} {
     if (node.subtree) subtrees.push(node.subtree)
   }
   return {data, subtrees}
+}
+
+/** treeChildren of the tree `id` of `repo`, read through the catalogue's tree cache (and kept there) */
+export async function cachedTreeChildren(repo: Repository, cat: Catalogue, id: string): Promise<{data: string[]; subtrees: string[]}> {
+  let data = cat.getTree(id)
+  if (!data) {
+    data = await repo.loadBlob(id)
+    cat.putTree(id, data)
+  }
+  return treeChildren(JSON.parse(data.toString('utf8')) as Tree)
 }
 
 /** Parse a manifest whose bytes were checked against its id (decrypted with the key of an encrypted repository). */

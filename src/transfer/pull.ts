@@ -16,10 +16,10 @@ import {isNotFound} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {PackBlob, SnapshotManifest, Tree, dataKey, indexKey, snapshotKey} from '../repo/format.js'
+import {PackBlob, SnapshotManifest, dataKey, indexKey, snapshotKey} from '../repo/format.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {Repository} from '../repo/repository.js'
-import {IndexBatcher, PackCheckError, parseManifest, pool, snapshotRoots, syncRemoteIndex, syncRemoteSnapshots, treeChildren, verifyPack} from './common.js'
+import {IndexBatcher, PackCheckError, parseManifest, pool, snapshotRoots, syncRemoteIndex, syncRemoteSnapshots, cachedTreeChildren, verifyPack} from './common.js'
 import {RemoteHandle} from './remotes.js'
 
 const debug = debugFactory('holyship:pull')
@@ -131,12 +131,7 @@ export async function pullSnapshots(o: PullSnapshotsOptions): Promise<PullTransf
     await fetchPacks(level.filter((t) => !cat.hasTree(t) && !repo.hasBlob(t) && !fetchedBlobs.has(t)).map(packOf))
     const next: string[] = []
     for (const t of level) {
-      let data = cat.getTree(t)
-      if (!data) {
-        data = await repo.loadBlob(t)
-        cat.putTree(t, data)
-      }
-      const {data: chunks, subtrees} = treeChildren(JSON.parse(data.toString('utf8')) as Tree)
+      const {data: chunks, subtrees} = await cachedTreeChildren(repo, cat, t)
       for (const c of chunks) needed.add(c)
       for (const s of subtrees) {
         if (!needed.has(s)) {

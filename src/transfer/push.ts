@@ -18,11 +18,11 @@ import debugFactory from 'debug'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {IndexFile, SnapshotManifest, Tree, dataKey, indexKey, snapshotKey} from '../repo/format.js'
+import {IndexFile, SnapshotManifest, dataKey, indexKey, snapshotKey} from '../repo/format.js'
 import {copyKeyFiles} from '../repo/keys.js'
 import {parsePackHeader, sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
-import {IndexBatcher, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex, treeChildren} from './common.js'
+import {IndexBatcher, cachedTreeChildren, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex} from './common.js'
 import {RemoteHandle} from './remotes.js'
 
 const debug = debugFactory('holyship:push')
@@ -265,12 +265,7 @@ export async function collectBlobs(repo: Repository, cat: Catalogue, roots: stri
     }
   }
   for (let id = queue.pop(); id !== undefined; id = queue.pop()) {
-    let data = cat.getTree(id)
-    if (!data) {
-      data = await repo.loadBlob(id)
-      cat.putTree(id, data)
-    }
-    const {data: chunks, subtrees} = treeChildren(JSON.parse(data.toString('utf8')) as Tree)
+    const {data: chunks, subtrees} = await cachedTreeChildren(repo, cat, id)
     for (const c of chunks) blobs.add(c)
     for (const s of subtrees) {
       if (!blobs.has(s)) {
