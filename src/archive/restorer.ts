@@ -1088,15 +1088,16 @@ async function setXattrs(abs: string, n: TreeNode, report: XattrReport): Promise
     // a name that is not UTF-8 cannot be an argument: setfattr reads it from a dump
     // (getfattr's format: the name's unusual bytes as \ooo octal) on its standard input
     const name = [...bytesOfName(abs)].map((b) => (b < 0x21 || b > 0x7e || b === 0x5c ? `\\${b.toString(8).padStart(3, '0')}` : String.fromCharCode(b))).join('')
-    const dump = `# file: ${name}\n${Object.entries(n.xattrs).map(([k, v]) => `${k}=0s${v}\n`).join('')}\n`
-    const why = await new Promise<string | undefined>((resolve) => {
-      const child = execFile('setfattr', ['-h', '--restore=-'], (e, _stdout, stderr) => resolve(e ? setfattrFailure(e, stderr) : undefined))
-      // a setfattr that exits before reading it all (or is missing) must not crash the restore
-      child.stdin?.on('error', () => undefined)
-      child.stdin?.end(dump)
-    })
-    // one run for all of them: which ones it managed is not known
-    if (why !== undefined) for (const k of Object.keys(n.xattrs)) report(k, why)
+    // one run an attribute: a run's failure (exit 1, a line without the attribute's name) names that one
+    for (const [k, v] of Object.entries(n.xattrs)) {
+      const why = await new Promise<string | undefined>((resolve) => {
+        const child = execFile('setfattr', ['-h', '--restore=-'], (e, _stdout, stderr) => resolve(e ? setfattrFailure(e, stderr) : undefined))
+        // a setfattr that exits before reading it all (or is missing) must not crash the restore
+        child.stdin?.on('error', () => undefined)
+        child.stdin?.end(`# file: ${name}\n${k}=0s${v}\n\n`)
+      })
+      if (why !== undefined) report(k, why)
+    }
     return
   }
   for (const [k, v] of Object.entries(n.xattrs)) {

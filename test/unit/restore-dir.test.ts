@@ -11,6 +11,7 @@ import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
+import {nameFromBytes} from '../../src/archive/names.js'
 import {restoreToDir} from '../../src/archive/restorer.js'
 import {BackendNotFound} from '../../src/backend/backend.js'
 import {LocalBackend, retainReads} from '../../src/backend/local.js'
@@ -361,6 +362,7 @@ describe('restoreToDir and extended attributes it cannot set', () => {
   let repo: Repository
   let tree: string
   const b64 = (s: string): string => Buffer.from(s).toString('base64')
+  const latin1 = nameFromBytes(Buffer.from('caf\xe9', 'latin1'))
   const T: [number, number] = [1_600_000_000, 0]
   async function* bytes(s: string): AsyncGenerator<Buffer> {
     yield Buffer.from(s)
@@ -376,6 +378,8 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     await a.add({path: 'd', type: 'dir', ...meta, mode: 0o755, xattrs: {'bogus.dir': b64('x')}})
     await a.add({path: 'd/ok.txt', type: 'file', ...meta, xattrs: {'user.note': b64('kept')}, content: bytes('ok\n')})
     await a.add({path: 'd/odd.txt', type: 'file', ...meta, xattrs: {'user.note': b64('kept too'), 'bogus.file': b64('y')}, content: bytes('odd\n')})
+    // a name that is not UTF-8 (Latin-1 é): setfattr reads it from a dump, one run an attribute
+    await a.add({path: `d/${latin1}`, type: 'file', ...meta, xattrs: {'user.note': b64('kept three'), 'bogus.latin': b64('z')}, content: bytes('é\n')})
     tree = await a.finish()
     await repo.flush()
   })
@@ -389,10 +393,14 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     const note = (p: string): string => execFileSync('getfattr', ['--only-values', '-n', 'user.note', path.join(target, p)], {encoding: 'utf8'})
     expect(note('d/ok.txt')).toBe('kept')
     expect(note('d/odd.txt')).toBe('kept too')
-    expect(r.xattrsNotSet?.total).toBe(2)
+    // the Latin-1 file's own attribute is set (getfattr prints its name's bytes as they are)
+    const dump = execFileSync('getfattr', ['-d', '--absolute-names', '-R', path.join(target, 'd')], {encoding: 'latin1'})
+    expect(dump).toContain(`# file: ${path.join(target, 'd')}/caf\xe9\nuser.note="kept three"`)
+    expect(r.xattrsNotSet?.total).toBe(3)
     const listed = (r.xattrsNotSet?.first ?? []).map((x) => [path.relative(target, x.path), x.name]).sort()
     expect(listed).toEqual([
       ['d', 'bogus.dir'],
+      [`d/${latin1}`, 'bogus.latin'],
       ['d/odd.txt', 'bogus.file'],
     ])
     for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/not supported/i)
@@ -407,7 +415,7 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     } finally {
       process.env.PATH = pathVar
     }
-    expect(r.xattrsNotSet?.total).toBe(4)
+    expect(r.xattrsNotSet?.total).toBe(6)
     for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/setfattr is not installed/)
   })
 
