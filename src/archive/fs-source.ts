@@ -488,14 +488,13 @@ const SYNC_READ = 1024 * 1024
  * views of it until its chunks are stored.
  */
 async function* readFile(fd: number, expected: number): AsyncGenerator<Buffer> {
-  const MAX = READ_PIECE
   let pos = 0
   const piece = (buf: Buffer, bytesRead: number, want: number): {buf: Buffer; full: boolean} => ({
     buf: bytesRead === want ? buf : buf.subarray(0, bytesRead),
     full: bytesRead === want,
   })
   const readAt = (at: number): {buf: Buffer; full: boolean} | Promise<{buf: Buffer; full: boolean}> => {
-    const want = Math.min(MAX, Math.max(expected - at, 0) + 1)
+    const want = Math.min(READ_PIECE, Math.max(expected - at, 0) + 1)
     const buf = contentMemory.alloc(want)
     if (want <= SYNC_READ) return piece(buf, readSync(fd, buf, 0, want, at), want)
     return new Promise((resolve, reject) => read(fd, buf, 0, want, at, (err, n) => (err ? reject(err) : resolve(piece(buf, n, want)))))

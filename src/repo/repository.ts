@@ -399,9 +399,10 @@ export class Repository {
   }
 
   /**
-   * Save a whole file's content that came in one piece: a contentWriter's only, last piece. `giveAway`: nobody touches `data` again, so its memory may be handed to a
-   * blob worker instead of copied, and back to contentMemory once stored. Returns each
-   * chunk's result, in order.
+   * Save a whole file's content that came in one piece: a contentWriter's only, last piece.
+   * `giveAway`: nobody touches `data` again, so its memory may be handed to a blob worker
+   * instead of copied, and back to contentMemory once stored. Returns each chunk's result, in
+   * order.
    */
   async saveContent(data: Buffer, giveAway = false): Promise<SaveResult[]> {
     return await this.contentWriter()(data, giveAway, true)
