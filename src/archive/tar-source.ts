@@ -2,10 +2,11 @@
  * Read a tar stream (Docker's getArchive or export) into the archiver.
  */
 import {Readable} from 'node:stream'
-import * as tar from 'tar-stream'
 import {HolyshipError, classify, isHolyshipError} from '../errors.js'
 import {NodeType} from '../repo/format.js'
 import {Archiver, SourceEntry, normalise} from './archiver.js'
+import {nameFromBytes} from './names.js'
+import {TarItem, TarRecord, readTar} from './tar-reader.js'
 import {badRelPath} from './tree-check.js'
 
 export interface TarSourceOptions {
@@ -16,40 +17,34 @@ export interface TarSourceOptions {
 }
 
 const TYPES: Record<string, NodeType | undefined> = {
-  file: 'file',
-  'contiguous-file': 'file',
-  directory: 'dir',
-  symlink: 'symlink',
-  link: 'hardlink',
-  'character-device': 'chardev',
-  'block-device': 'blockdev',
-  fifo: 'fifo',
+  '0': 'file',
+  '\0': 'file',
+  '7': 'file',
+  '1': 'hardlink',
+  '2': 'symlink',
+  '3': 'chardev',
+  '4': 'blockdev',
+  '5': 'dir',
+  '6': 'fifo',
 }
 
-export function tarHeaderToEntry(h: tar.Header, path: string): SourceEntry | undefined {
-  const type = TYPES[h.type ?? 'file']
+/** A tar header as an archiver entry (names as names.ts keeps them; xattr values base64 of their bytes); undefined for a type that is not one. */
+export function tarHeaderToEntry(h: TarRecord, path: string): SourceEntry | undefined {
+  const type = TYPES[h.typeflag]
   if (!type) return undefined
-  const pax = (h.pax ?? {}) as Record<string, string>
-  let mtime: [number, number] = [Math.floor((h.mtime?.getTime() ?? 0) / 1000), 0]
-  if (pax.mtime) {
-    const [s, frac = ''] = pax.mtime.split('.')
-    mtime = [Number(s), Number((frac + '000000000').slice(0, 9))]
-  }
   const xattrs: Record<string, string> = {}
-  for (const [k, v] of Object.entries(pax)) {
-    if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice('SCHILY.xattr.'.length)] = Buffer.from(v, 'utf8').toString('base64')
-  }
+  for (const [k, v] of h.pax) if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice('SCHILY.xattr.'.length)] = v.toString('base64')
   return {
     path,
     type,
-    mode: (h.mode ?? 0o644) & 0o7777,
-    uid: h.uid ?? 0,
-    gid: h.gid ?? 0,
-    mtime,
-    size: h.size,
-    target: type === 'symlink' || type === 'hardlink' ? (h.linkname ?? '') : undefined,
-    devMajor: h.devmajor,
-    devMinor: h.devminor,
+    mode: h.mode & 0o7777,
+    uid: h.uid,
+    gid: h.gid,
+    mtime: h.mtime,
+    size: type === 'file' ? h.size : undefined,
+    target: type === 'symlink' || type === 'hardlink' ? nameFromBytes(h.linkname) : undefined,
+    devMajor: type === 'chardev' || type === 'blockdev' ? h.devMajor : undefined,
+    devMinor: type === 'chardev' || type === 'blockdev' ? h.devMinor : undefined,
     xattrs: Object.keys(xattrs).length ? xattrs : undefined,
   }
 }
@@ -76,34 +71,27 @@ function stripFirst(path: string): string {
   return i < 0 ? '' : path.slice(i + 1)
 }
 
-type TarEntry = AsyncIterable<Buffer> & {header: tar.Header; resume(): void}
-
 /**
  * The entries of a tar stream, each with its cleaned path (the first component dropped with
- * `strip`). The stream's error ends the iteration with it; the stream and the parser are
- * destroyed when the caller stops, early or not.
+ * `strip`). The stream's error ends the iteration with it; the stream is destroyed when the
+ * caller stops, early or not.
  */
-async function* tarEntries(stream: Readable, strip: boolean): AsyncGenerator<{entry: TarEntry; path: string}> {
-  const extract = tar.extract()
-  stream.on('error', (e) => extract.destroy(e))
-  stream.pipe(extract)
+async function* tarEntries(stream: Readable, strip: boolean): AsyncGenerator<{entry: TarItem; name: string; path: string}> {
   try {
-    for await (const e of extract) {
-      const entry = e as unknown as TarEntry
-      const path = cleanPath(entry.header.name)
-      yield {entry, path: strip ? stripFirst(path) : path}
+    for await (const entry of readTar(stream)) {
+      const name = nameFromBytes(entry.header.name)
+      const path = cleanPath(name)
+      yield {entry, name, path: strip ? stripFirst(path) : path}
     }
   } finally {
     stream.destroy()
-    extract.destroy()
   }
 }
 
 /** Feed every entry of a tar stream to the archiver. */
 export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<void> {
   try {
-    for await (const {entry, path} of tarEntries(stream, opts.stripFirst === true)) {
-      const name = entry.header.name
+    for await (const {entry, name, path} of tarEntries(stream, opts.stripFirst === true)) {
       if (path !== '') {
         const why = badRelPath(path)
         if (why) throw unsafeEntry('path', name, why)
@@ -116,29 +104,13 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
         se.target = t
       }
       if (se && se.type === 'symlink' && (se.target === '' || se.target?.includes('\0'))) throw unsafeEntry('symlink target', se.target ?? '', 'empty or NUL')
-      if (!se || (opts.filter && !opts.filter(path, se.type))) {
-        entry.resume()
-        continue
-      }
-      // tar-stream decodes names as UTF-8 (pax records always): bytes that are not UTF-8
-      // come out as U+FFFD, a name that does not exist. An entry to record with one is refused,
-      // rather than recorded wrong (what the filter leaves out, the image's own files, is not
-      // looked at). A name that really holds U+FFFD is refused too: the two look the same here.
-      for (const [what, v] of [['path', name], ['link target', entry.header.linkname ?? '']]) {
-        if (v.includes('\ufffd')) {
-          throw new HolyshipError(
-            'DOCKER_FAILED',
-            `the engine's tar stream has a ${what} that is not UTF-8 (${JSON.stringify(v)}), which the api reader cannot keep; snapshot on the engine's host with the direct reader, which keeps any name; nothing was recorded`,
-          )
-        }
-      }
+      // what is not recorded is skipped when the next entry is read
+      if (!se || (opts.filter && !opts.filter(path, se.type))) continue
       if (path === '' && se.type !== 'dir') {
         throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory (a mount of a single file is not supported); nothing was recorded`)
       }
-      if (se.type === 'file') se.content = entry
+      if (se.type === 'file') se.content = entry.body
       await archiver.add(se)
-      // make sure nothing of the entry is left unread (the archiver reads it fully)
-      entry.resume()
     }
   } catch (e) {
     // ours to report as they are: HolyshipErrors, a full disk, permissions (the repository side)
@@ -158,10 +130,9 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
 export async function firstEntryOutside(stream: Readable, inner: string[]): Promise<string | undefined> {
   let first = true
   for await (const {entry, path} of tarEntries(stream, true)) {
-    entry.resume()
     // the archive's first entry is the directory itself, under its base name
     if (first) {
-      if (entry.header.type !== 'directory') return ''
+      if (TYPES[entry.header.typeflag] !== 'dir') return ''
       first = false
       continue
     }

@@ -4,10 +4,13 @@
  * size, content hash, link target, and which paths are hard links of each other.
  */
 import {createHash} from 'node:crypto'
+import type {Readable} from 'node:stream'
 import type Dockerode from 'dockerode'
-import * as tar from 'tar-stream'
+import {nameFromBytes} from '../../src/archive/names.js'
+import {readTar} from '../../src/archive/tar-reader.js'
 
 export interface Listed {
+  /** the tar typeflag: '0' a file, '5' a directory... */
   type: string
   mode: number
   uid: number
@@ -16,27 +19,28 @@ export interface Listed {
   size: number
   sha256?: string
   link?: string
+  /** the xattrs the engine's archive carries (security.capability), `name=hex` sorted */
+  xattrs?: string[]
 }
 
 export async function listPath(docker: Dockerode, containerId: string, path: string): Promise<Map<string, Listed>> {
-  const stream = (await docker.getContainer(containerId).getArchive({path})) as unknown as NodeJS.ReadableStream
+  const stream = (await docker.getContainer(containerId).getArchive({path})) as unknown as Readable
   const out = new Map<string, Listed>()
-  const extract = tar.extract()
-  ;(stream as unknown as {pipe(d: unknown): void}).pipe(extract)
-  for await (const e of extract as unknown as AsyncIterable<AsyncIterable<Buffer> & {header: tar.Header; resume(): void}>) {
-    const h = e.header
+  // the byte-exact reader: names that are not UTF-8 and binary xattr values as they are
+  for await (const {header: h, body} of readTar(stream)) {
     const hash = createHash('sha256')
-    for await (const chunk of e) hash.update(chunk)
-    const name = h.name.replace(/\/$/, '')
-    out.set(name, {
-      type: h.type ?? 'file',
-      mode: (h.mode ?? 0) & 0o7777,
-      uid: h.uid ?? 0,
-      gid: h.gid ?? 0,
-      mtime: Math.floor((h.mtime?.getTime() ?? 0) / 1000),
-      size: h.size ?? 0,
-      sha256: h.type === 'file' ? hash.digest('hex') : undefined,
-      link: h.linkname || undefined,
+    for await (const chunk of body) hash.update(chunk)
+    const xattrs = [...h.pax].filter(([k]) => k.startsWith('SCHILY.xattr.')).map(([k, v]) => `${k.slice('SCHILY.xattr.'.length)}=${v.toString('hex')}`)
+    out.set(nameFromBytes(h.name).replace(/\/$/, ''), {
+      type: h.typeflag === '\0' ? '0' : h.typeflag,
+      mode: h.mode & 0o7777,
+      uid: h.uid,
+      gid: h.gid,
+      mtime: h.mtime[0],
+      size: h.size,
+      sha256: h.typeflag === '0' || h.typeflag === '\0' ? hash.digest('hex') : undefined,
+      link: h.linkname.length ? nameFromBytes(h.linkname) : undefined,
+      xattrs: xattrs.length ? xattrs.sort() : undefined,
     })
   }
   return out

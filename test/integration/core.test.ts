@@ -1,8 +1,9 @@
 /**
  * Round trip on a real engine: a container with a volume, a bind mount, a changed, an added
- * and a deleted file in its filesystem, env, labels, ports and a restart policy is
+ * and a deleted file in its filesystem, file capabilities, env, labels, ports and a restart policy is
  * snapshotted, destroyed, restored and compared path by path; with both readers.
  */
+import {spawnSync} from 'node:child_process'
 import {mkdtempSync, promises as fsp, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -29,6 +30,7 @@ ln /data/hello.txt /data/hardlink.txt
 ln -s hello.txt /data/symlink
 ln -s /nonexistent/target /data/dangling
 echo secret > /data/setuid && chmod 4755 /data/setuid
+echo cap > /data/caps
 echo owned > /data/owned && chown 1234:5678 /data/owned
 chmod 0640 /data/hello.txt
 touch -d '2001-02-03 04:05:06' /data/old
@@ -86,11 +88,21 @@ describe.each(['direct', 'api'] as const)('snapshot and restore of a container (
     const r = await dockerExec(docker, c.id, ['sh', '-c', SETUP])
     expect(r.stderr).toBe('')
     expect(r.exitCode).toBe(0)
+    // file capabilities (binary xattrs that are not UTF-8: cap_setuid is the byte 0x80), set
+    // from the engine's host (busybox has no setfattr), in the volume and in the container's layer
+    const mp = (await docker.getVolume(vol).inspect()).Mountpoint
+    const upper = (await c.inspect()).GraphDriver.Data.UpperDir as string
+    for (const f of [path.join(mp, 'caps'), path.join(upper, 'opt/added/file')]) {
+      expect(spawnSync('setfattr', ['-n', 'security.capability', '-v', '0x0100000280000000000000000000000000000000', f]).status).toBe(0)
+    }
     original = {
       data: await listPath(docker, c.id, '/data'),
       bind: await listPath(docker, c.id, '/bind'),
       fs: new Map([...(await listPath(docker, c.id, '/opt')), ...(await listPath(docker, c.id, '/etc')), ...(await listPath(docker, c.id, '/home'))]),
     }
+    // the engine's archive carries them, so the listings compare them
+    const capability = ['security.capability=0100000280000000000000000000000000000000']
+    expect([(original.data.get('data/caps') as {xattrs?: string[]}).xattrs, (original.fs.get('opt/added/file') as {xattrs?: string[]}).xattrs]).toEqual([capability, capability])
   })
 
   afterAll(async () => {

@@ -293,8 +293,8 @@ describe('crafted tar streams from the engine', () => {
     ['a file as the root', rawTar([[h('./'), Buffer.from('x')]]), /a file as its root entry/],
     ['a stream cut in the middle of a file', rawTar([[h('big'), randomBytes(100_000)]]).subarray(0, 50_000), /tar stream failed/],
     ['a stream that is not a tar', randomBytes(4096), /tar stream failed/],
-    // the bytes of a Latin-1 name in a pax record: tar-stream reads them as U+FFFD
-    ['a name that is not UTF-8', rawTar([[h(Buffer.from('caf\xe9', 'latin1')), Buffer.from('x')]]), /path that is not UTF-8 .*direct reader/],
+    ['a stream that ends between entries, without the end-of-archive block', rawTar([[h('a'), Buffer.from('x')]], {end: false}), /tar stream failed: .*without its end-of-archive block/],
+    ['a header with a bad checksum', Buffer.concat([rawTar([[h('a'), Buffer.from('x')]], {end: false}), Buffer.alloc(511), Buffer.of(1), END_OF_ARCHIVE]), /tar stream failed: .*bad checksum at byte 1024/],
   ]
 
   it.each(refused)('%s: DOCKER_FAILED, one line, nothing recorded as a tree', async (_what, bytes, message) => {
@@ -309,10 +309,29 @@ describe('crafted tar streams from the engine', () => {
     expect((await repo.backend.list('snapshots/')).length).toBe(before)
   })
 
-  it('a name that is not UTF-8 in what the filter leaves out (the image\'s own files) is not looked at', async () => {
-    const bytes = rawTar([[h(Buffer.from('base/caf\xe9', 'latin1')), Buffer.from('x')], [h('changed'), Buffer.from('y')]])
-    const {paths} = await archive(bytes, {filter: (p: string) => p === 'changed'})
-    expect(paths).toEqual(['changed:file'])
+  it('names that are not UTF-8 and binary xattr values are kept byte for byte (as the direct reader keeps them)', async () => {
+    const latin = (x: string): Buffer => Buffer.from(x, 'latin1')
+    // security.capability as Docker puts it into its archives: cap_setuid has the byte 0x80
+    const cap = Buffer.from('0100000280000000000000000000000000000000', 'hex')
+    const bytes = rawTar([
+      [h('dir/', {type: 'dir', mode: 0o755})],
+      [h(latin('dir/caf\xe9'), {xattrs: {'security.capability': cap, 'user.note': latin('\xff\x00\xfe')}}), Buffer.from('x')],
+      [h(latin('dir/lien \xe9'), {type: 'symlink', linkname: latin('caf\xe9')})],
+      [h('dir/dur', {type: 'hardlink', linkname: latin('dir/caf\xe9')})],
+    ])
+    const {root, paths} = await archive(bytes)
+    expect(paths).toEqual(['dir:dir', 'dir/caf\udce9:file', 'dir/dur:hardlink', 'dir/lien \udce9:symlink'])
+    const nodes = new Map<string, TreeNode>()
+    for await (const e of walkTree(repo, root)) nodes.set(e.path, e.node)
+    expect(nodes.get('dir/caf\udce9')!.xattrs).toEqual({'security.capability': cap.toString('base64'), 'user.note': latin('\xff\x00\xfe').toString('base64')})
+    expect(nodes.get('dir/lien \udce9')!.target).toBe('caf\udce9')
+    expect(nodes.get('dir/dur')!.target).toBe('dir/caf\udce9')
+    // and they go back to the file system as the bytes they were
+    const target = path.join(work, 'latin')
+    await restoreToDir(repo, root, '', target)
+    expect((await fsp.readdir(Buffer.from(path.join(target, 'dir')), {encoding: 'buffer'})).map((n) => n.toString('hex')).sort()).toEqual(
+      [latin('caf\xe9'), Buffer.from('dur'), latin('lien \xe9')].map((n) => n.toString('hex')).sort(),
+    )
   })
 
   it("a bind mount's first entry outside its inner mountpoints (restore's emptiness check)", async () => {
