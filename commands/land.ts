@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
-import {transferFlags} from '../src/cli/remote-flags.js'
+import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {LandResult, land} from '../src/services/remote.js'
 import {describeRestore, xattrsWarning} from '../src/services/restore.js'
@@ -22,12 +22,7 @@ export default class Land extends BaseCommand<typeof Land> {
   async run(): Promise<LandResult> {
     const f = this.flags
     const r = await land({
-      repo: f.repo,
-      catalogue: f.catalogue,
-      remote: f.from,
-      endpoint: f.endpoint,
-      region: f.region,
-      parallel: f.parallel,
+      ...transferOptions(f, f.from),
       snapshot: this.args.snapshot,
       name: f.name,
       volumePrefix: f['volume-prefix'],

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
-import {transferFlags} from '../src/cli/remote-flags.js'
+import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {PullResult, pull} from '../src/services/remote.js'
 
@@ -18,12 +18,7 @@ export default class Pull extends BaseCommand<typeof Pull> {
     const {argv} = await this.parse(Pull)
     const f = this.flags
     const r = await pull({
-      repo: f.repo,
-      catalogue: f.catalogue,
-      remote: f.from,
-      endpoint: f.endpoint,
-      region: f.region,
-      parallel: f.parallel,
+      ...transferOptions(f, f.from),
       snapshots: argv as string[],
       progress: this.progress(),
     })

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
-import {transferFlags} from '../src/cli/remote-flags.js'
+import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {PushResult, push} from '../src/services/remote.js'
 
@@ -18,12 +18,7 @@ export default class Push extends BaseCommand<typeof Push> {
     const {argv} = await this.parse(Push)
     const f = this.flags
     const r = await push({
-      repo: f.repo,
-      catalogue: f.catalogue,
-      remote: f.to,
-      endpoint: f.endpoint,
-      region: f.region,
-      parallel: f.parallel,
+      ...transferOptions(f, f.to),
       snapshots: argv as string[],
       progress: this.progress(),
     })

@@ -1,6 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
-import {transferFlags} from '../src/cli/remote-flags.js'
+import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {ShipResult, ship} from '../src/services/remote.js'
 
@@ -29,12 +29,7 @@ export default class Ship extends BaseCommand<typeof Ship> {
     const {argv} = await this.parse(Ship)
     const f = this.flags
     const r = await ship({
-      repo: f.repo,
-      catalogue: f.catalogue,
-      remote: f.to,
-      endpoint: f.endpoint,
-      region: f.region,
-      parallel: f.parallel,
+      ...transferOptions(f, f.to),
       containers: argv as string[],
       volumes: f.volume,
       tags: f.tag,

@@ -18,3 +18,11 @@ export const parallelFlag = Flags.integer({
 })
 
 export const transferFlags = {endpoint: endpointFlag, region: regionFlag, parallel: parallelFlag}
+
+/** what every transfer service (push, pull, ship, land) takes from a command's flags; `remote` is its --to or --from */
+export function transferOptions(
+  f: {repo?: string; catalogue?: string; endpoint?: string; region?: string; parallel: number},
+  remote: string,
+): {repo?: string; catalogue?: string; remote: string; endpoint?: string; region?: string; parallel: number} {
+  return {repo: f.repo, catalogue: f.catalogue, remote, endpoint: f.endpoint, region: f.region, parallel: f.parallel}
+}
