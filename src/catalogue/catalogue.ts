@@ -270,6 +270,16 @@ const toSnapshotRow = (r: SnapshotDbRow): SnapshotRow => ({
   ...(r.parent ? {parent: r.parent} : {}),
 })
 
+/** a catalogue file SQLite cannot read: `catalogue rebuild` moves it aside and makes a new one */
+export class DamagedCatalogueError extends HolyshipError {
+  constructor(file: string, cause: unknown) {
+    super('IO_FAILED', `catalogue ${file} is not a valid SQLite database`, {
+      hint: 'it is only a cache: `holyship catalogue rebuild` moves it aside and rebuilds it from the repository',
+      cause,
+    })
+  }
+}
+
 export class Catalogue implements TreeCache {
   private readonly stmts = new Map<string, Database.Statement>()
   /** trees read or written through this connection: putTree skips its look-up for these */
@@ -297,10 +307,7 @@ export class Catalogue implements TreeCache {
       if (e instanceof HolyshipError) throw e
       const code = (e as {code?: string}).code
       if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') {
-        throw new HolyshipError('IO_FAILED', `catalogue ${file} is not a valid SQLite database`, {
-          hint: 'it is only a cache: delete it and run `holyship catalogue rebuild`',
-          cause: e,
-        })
+        throw new DamagedCatalogueError(file, e)
       }
       if (code === 'SQLITE_CANTOPEN' || code === 'SQLITE_READONLY' || code === 'EACCES' || code === 'EROFS') {
         throw new HolyshipError('IO_FAILED', `cannot open catalogue ${file}: ${(e as Error).message}`, {cause: e})

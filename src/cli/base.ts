@@ -65,6 +65,16 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return this.exit(ExitCode.BUG)
   }
 
+  /**
+   * a warning: one line on stderr, shaped like an error's (oclif's own warn wraps a long
+   * line at the terminal's width and prefixes it with a symbol), with --json too
+   */
+  public override warn(input: string | Error): string | Error {
+    const text = typeof input === 'string' ? input : input.message
+    process.stderr.write(`holyship: warning: ${text.replace(/\s*\n\s*/g, ' ')}\n`)
+    return input
+  }
+
   /** a command is over: stop the blob workers it may have started, so nothing keeps the process alive */
   protected override async finally(err: Error | undefined): Promise<unknown> {
     const {closeSharedPools} = await import('../repo/blob-pool.js')

@@ -1,7 +1,7 @@
 import {promises as fsp} from 'node:fs'
 import * as path from 'node:path'
 import {LocalBackend} from '../backend/local.js'
-import {Catalogue, defaultCataloguePath, rebuildFromRepository} from '../catalogue/catalogue.js'
+import {Catalogue, DamagedCatalogueError, defaultCataloguePath, rebuildFromRepository} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Repository} from '../repo/repository.js'
 import {defaultRepoPath} from './context.js'
@@ -27,7 +27,8 @@ export async function rebuildCatalogue(opts: {repo?: string; catalogue?: string}
   try {
     cat = Catalogue.open(file)
   } catch (e) {
-    if (e instanceof HolyshipError) throw e
+    // only a file SQLite cannot read: one that cannot be opened at all (permissions) stays
+    if (!(e instanceof DamagedCatalogueError)) throw e
     movedAside = `${file}.broken-${Date.now()}`
     await fsp.rename(file, movedAside)
     for (const suffix of ['-wal', '-shm']) await fsp.rename(file + suffix, movedAside + suffix).catch(() => undefined)

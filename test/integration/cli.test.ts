@@ -151,7 +151,7 @@ describe('holyship CLI', () => {
     }
   })
 
-  it('restores with --name and --volume-prefix, verify --read-data passes, catalogue rebuild restores the list', async () => {
+  it('restores with --name and --volume-prefix, verify --read-data passes, catalogue rebuild restores the list, from a deleted or a damaged catalogue', async () => {
     const r = await holyship(['restore', `latest:${name}`, '--name', `${name}-2`, '--volume-prefix', 'x-', '--start', '--json'], env)
     expect(r.stderr).toBe('')
     expect(JSON.parse(r.stdout).container.name).toBe(`${name}-2`)
@@ -165,6 +165,20 @@ describe('holyship CLI', () => {
     expect(JSON.parse(rb.stdout).snapshots).toBe(2)
     const listAfter = JSON.parse((await holyship(['list', '--json'], env)).stdout)
     expect(listAfter).toEqual(listBefore)
+    // a damaged catalogue: commands say so in one line, rebuild moves it aside (kept) and makes a new one
+    const damaged = Buffer.from('not a database, but a file that once was one\n'.repeat(100))
+    await fsp.writeFile(env.HOLYSHIP_CATALOGUE, damaged)
+    const l = await holyship(['list'], env)
+    expect(l.code).toBe(51)
+    expect(l.stderr).toMatch(/^holyship: error: catalogue .* is not a valid SQLite database \(it is only a cache: `holyship catalogue rebuild` moves it aside/)
+    expect(l.stderr.trim().split('\n')).toHaveLength(1)
+    const rb2 = await holyship(['catalogue', 'rebuild', '--json'], env)
+    expect(rb2.code).toBe(0)
+    expect(rb2.stderr).toMatch(/^holyship: warning: the old catalogue could not be opened and was moved to .*\.broken-\d+\n$/)
+    const moved = JSON.parse(rb2.stdout).movedAside
+    expect(await fsp.readFile(moved)).toEqual(damaged)
+    expect(JSON.parse((await holyship(['list', '--json'], env)).stdout)).toEqual(listBefore)
+    await fsp.rm(moved)
   })
 
   it('verify names a damaged pack (15)', async () => {
