@@ -43,6 +43,8 @@ export default class Snapshot extends BaseCommand<typeof Snapshot> {
       for (const r of results) {
         this.say(`snapshot ${r.id.slice(0, 12)} of ${r.kind} ${r.name}: ${r.files} files, ${formatBytes(r.bytes)}, ${formatBytes(r.newBytes)} new, ${(r.durationMs / 1000).toFixed(1)}s`)
         if (r.changed.length > 0) this.warn(`${r.changed.length} file(s) changed while being read: ${r.changed.slice(0, 5).join(', ')}${r.changed.length > 5 ? ', …' : ''}`)
+        const u = r.unnamedDeletions
+        if (u) this.warn(`${u.length} path(s) deleted in the container have names that are not UTF-8, which the engine's API cannot spell (a restore shows the image's file again; --reader direct records them): ${u.slice(0, 3).map((p) => JSON.stringify(p)).join(', ')}${u.length > 3 ? ', …' : ''}`)
       }
       return results
     })

@@ -7,6 +7,7 @@ import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Archiver} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
+import {hasEscapes} from '../archive/names.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {Access, Probe, goDirect} from '../docker/direct.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
@@ -50,6 +51,12 @@ export interface SnapshotResult {
   reader: 'api' | 'direct'
   /** files that changed while they were read (live snapshots) */
   changed: string[]
+  /**
+   * api reader: paths the container deleted whose names are not UTF-8. The engine names them
+   * with U+FFFD (Go's JSON), so their bytes are unknown here and the deletion is recorded under
+   * that name: a restore shows the image's file again. Absent when none.
+   */
+  unnamedDeletions?: string[]
 }
 
 /** Snapshot each container, then the standalone volumes (one snapshot each). */
@@ -179,13 +186,14 @@ async function readFsDiff(
   info: ContainerInspect,
   mounts: MountSource[],
   parentTree?: string,
-): Promise<{tree?: string; stats: ArchiveStats}> {
+): Promise<{tree?: string; stats: ArchiveStats; unnamedDeletions?: string[]}> {
   const {engine, repo} = opts
   const progress = opts.progress ?? silentProgress
   const mountPaths = new Set(mounts.map((m) => m.destination.replace(/^\/+/, '')))
   const upper = info.GraphDriver?.Name === 'overlay2' ? info.GraphDriver.Data?.UpperDir : undefined
   progress.phase('container filesystem')
   const archiver = new Archiver(repo, (n) => progress.add(n))
+  let unnamed: string[] = []
   if (reader === 'direct' && upper) {
     archiver.stats.changed = await archiveDir(upper, archiver, {overlay: true, exclude: mountPaths, parent: parentOf(opts, parentTree)})
   } else {
@@ -203,16 +211,22 @@ async function readFsDiff(
     for (const p of [...keep, ...deleted]) {
       for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
     }
+    // `changes` is JSON, where Go puts U+FFFD for each byte of a name that is not UTF-8; the
+    // export's tar holds the bytes (escaped, names.ts): such a path is looked up as `changes`
+    // spells it. Two names that differ only there are both kept: more than changed, never less
     const {archiveTar} = await tarSource()
-    await apiRead('the container filesystem', async () => archiveTar(await engine.exportContainer(info.Id), archiver, {filter: (p) => keep.has(p)}))
+    const filter = (p: string): boolean => keep.has(p) || (hasEscapes(p) && keep.has(asGoJson(p)))
+    await apiRead('the container filesystem', async () => archiveTar(await engine.exportContainer(info.Id), archiver, {filter}))
     for (const p of deleted) {
       await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
     }
+    unnamed = deleted.filter((p) => p.includes('\ufffd')).map((p) => `/${p}`)
   }
   const s = archiver.stats
-  if (s.files + s.dirs + s.others === 0) return {stats: s}
+  const more = unnamed.length ? {unnamedDeletions: unnamed} : {}
+  if (s.files + s.dirs + s.others === 0) return {stats: s, ...more}
   const tree = await archiver.finish()
-  return {tree, stats: archiver.stats}
+  return {tree, stats: archiver.stats, ...more}
 }
 
 /** the API reader's tar parsing, loaded only when the API reader is used */
@@ -273,7 +287,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   const mounts = mountsOf(info)
   const parent = parentManifest(opts, name)
   const guard = new StateGuard(engine, info.Id, name)
-  let fsDiff: {tree?: string; stats: ArchiveStats}
+  let fsDiff: {tree?: string; stats: ArchiveStats; unnamedDeletions?: string[]}
   const mountRecords: MountRecord[] = []
   try {
     await guard.enter(consistency, info.State)
@@ -329,7 +343,12 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   const id = await repo.saveSnapshot(manifest)
   catalogue.recordImage(repo.id, image.record)
   catalogue.recordSnapshot(repo.id, id, manifest)
-  return result(id, manifest, name, changed)
+  return {...result(id, manifest, name, changed), ...(fsDiff.unnamedDeletions ? {unnamedDeletions: fsDiff.unnamedDeletions} : {})}
+}
+
+/** a path as the engine's JSON spells it: each byte that is not UTF-8 (escaped here, names.ts) is U+FFFD */
+export function asGoJson(p: string): string {
+  return p.replace(/[\udc80-\udcff]/gu, '\ufffd')
 }
 
 function latestOf(catalogue: Catalogue, repo: Repository, name: string): string | undefined {

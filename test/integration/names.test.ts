@@ -3,15 +3,18 @@
  * them) and a file capability (a binary xattr, with a byte a UTF-8 decoder would change),
  * through the CLI on a real engine: the direct reader and the api reader (the engine's tar
  * stream) both keep every name and the capability byte for byte, and a container restore puts
- * them back into a new volume, straight or through the engine's tar extraction.
+ * them back into a new volume, straight or through the engine's tar extraction. In a
+ * container's layer too; a deletion there the api reader cannot name, and says so.
  */
 import {spawnSync} from 'node:child_process'
+import {createHash} from 'node:crypto'
 import {mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {holyship} from '../harness/cli.js'
-import {connectEngine} from '../harness/engine.js'
+import {connectEngine, dockerExec} from '../harness/engine.js'
+import {listPath} from '../harness/tree-listing.js'
 
 describe('names that are not UTF-8, through the CLI', () => {
   const info = inject('holyshipEngineA')
@@ -20,6 +23,7 @@ describe('names that are not UTF-8, through the CLI', () => {
   const name = `names-${tag}`
   const vol = `names-vol-${tag}`
   const latin = (s: string): Buffer => Buffer.from(s, 'latin1')
+  const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
   const files = [latin('caf\xe9.txt'), latin('r\xe9sum\xe9 \xff.doc'), Buffer.from('plain.txt')]
   let work: string
   let env: Record<string, string>
@@ -49,7 +53,8 @@ describe('names that are not UTF-8, through the CLI', () => {
   })
 
   afterAll(async () => {
-    for (const c of [name, `${name}-copy`, `${name}-api`]) await docker.getContainer(c).remove({force: true}).catch(() => {})
+    for (const c of [name, `${name}-copy`, `${name}-api`, `${name}-base`, `${name}-layer`, `${name}-layer-copy`]) await docker.getContainer(c).remove({force: true}).catch(() => {})
+    await docker.getImage(`holyship-test/names:${tag}`).remove({force: true}).catch(() => {})
     for (const v of [vol, `copy-${vol}`, `api-${vol}`]) await docker.getVolume(v).remove().catch(() => {})
     rmSync(work, {recursive: true, force: true})
   })
@@ -84,5 +89,40 @@ describe('names that are not UTF-8, through the CLI', () => {
     const original = (await docker.getVolume(vol).inspect()).Mountpoint
     const copy = (await docker.getVolume(`api-${vol}`).inspect()).Mountpoint
     expect(listing(copy)).toEqual(listing(original))
+  })
+
+  it("the api reader keeps a container layer's files with such names, and says which deletions it cannot name", async () => {
+    // an image that has /old\xe9 (made by committing a container), and a container of it that
+    // deletes it and adds /new\xe9 and /dir\xe9/f in its layer
+    const base = await docker.createContainer({name: `${name}-base`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000']})
+    await base.start()
+    expect((await dockerExec(docker, base.id, ['sh', '-c', 'printf old > "/old$(printf "\\351")"'])).exitCode).toBe(0)
+    await base.commit({repo: 'holyship-test/names', tag})
+    const c = await docker.createContainer({name: `${name}-layer`, Image: `holyship-test/names:${tag}`, Cmd: ['sleep', '100000']})
+    await c.start()
+    const e = await dockerExec(docker, c.id, ['sh', '-c', 'x=$(printf "\\351"); rm "/old$x" && printf new > "/new$x" && mkdir "/dir$x" && printf f > "/dir$x/f"'])
+    expect(e.exitCode).toBe(0)
+    for (const reader of ['direct', 'api']) {
+      const snap = await holyship(['snapshot', `${name}-layer`, '--reader', reader, '--json'], env)
+      expect(snap.code).toBe(0)
+      const r = JSON.parse(snap.stdout)[0]
+      if (reader === 'direct') {
+        expect(snap.stderr).toBe('')
+        expect(r.unnamedDeletions).toBeUndefined()
+      } else {
+        expect(r.unnamedDeletions).toEqual(['/old\ufffd'])
+        expect(snap.stderr).toMatch(/^holyship: warning: 1 path\(s\) deleted in the container have names that are not UTF-8.*"\/old\ufffd"\n$/)
+      }
+      // the layer's files are in the snapshot: restored beside the original, the same bytes
+      const restored = await holyship(['restore', r.id, '--name', `${name}-layer-copy`, '--json'], env)
+      expect(restored.code).toBe(0)
+      const copy = (await docker.getContainer(`${name}-layer-copy`).inspect()).Id
+      const list = await listPath(docker, copy, '/')
+      // (getArchive of / names its entries with a leading /)
+      expect([list.get('/new\udce9')?.sha256, list.get('/dir\udce9')?.type, list.get('/dir\udce9/f')?.size]).toEqual([sha('new'), '5', 1])
+      // the deletion: kept by the direct reader; the api reader could not name it
+      expect(list.has('/old\udce9')).toBe(reader === 'api')
+      await docker.getContainer(copy).remove({force: true})
+    }
   })
 })
