@@ -3,6 +3,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {ShipResult, ship} from '../src/services/remote.js'
+import {snapshotWarnings} from '../src/services/snapshot.js'
 
 export default class Ship extends BaseCommand<typeof Ship> {
   static override description = 'Snapshot containers (or --volume volumes) and push the new snapshots to an S3 remote'
@@ -38,7 +39,10 @@ export default class Ship extends BaseCommand<typeof Ship> {
       dockerHost: f['docker-host'],
       progress: this.progress(),
     })
-    for (const s of r.snapshots) this.say(`snapshot ${s.id.slice(0, 12)} of ${s.kind} ${s.name}: ${s.files} files, ${formatBytes(s.bytes)}`)
+    for (const s of r.snapshots) {
+      this.say(`snapshot ${s.id.slice(0, 12)} of ${s.kind} ${s.name}: ${s.files} files, ${formatBytes(s.bytes)}`)
+      for (const w of snapshotWarnings(s)) this.warn(w)
+    }
     const p = r.push
     this.say(`shipped to ${p.remote}: ${p.packsSent} packs (${formatBytes(p.bytesSent)}) sent, ${p.packsSkipped} packs (${formatBytes(p.bytesSkipped)}) already there`)
     return r

@@ -3,7 +3,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {formatBytes} from '../src/progress.js'
 import {openEngine} from '../src/services/context.js'
 import {withLockedContext} from '../src/services/locking.js'
-import {snapshot, SnapshotResult} from '../src/services/snapshot.js'
+import {snapshot, SnapshotResult, snapshotWarnings} from '../src/services/snapshot.js'
 
 export default class Snapshot extends BaseCommand<typeof Snapshot> {
   static override description = 'Snapshot containers (config, image, filesystem diff, volumes and bind mounts) or standalone volumes'
@@ -42,9 +42,7 @@ export default class Snapshot extends BaseCommand<typeof Snapshot> {
       })
       for (const r of results) {
         this.say(`snapshot ${r.id.slice(0, 12)} of ${r.kind} ${r.name}: ${r.files} files, ${formatBytes(r.bytes)}, ${formatBytes(r.newBytes)} new, ${(r.durationMs / 1000).toFixed(1)}s`)
-        if (r.changed.length > 0) this.warn(`${r.changed.length} file(s) changed while being read: ${r.changed.slice(0, 5).join(', ')}${r.changed.length > 5 ? ', …' : ''}`)
-        const u = r.unnamedDeletions
-        if (u) this.warn(`${u.length} path(s) deleted in the container have names that are not UTF-8, which the engine's API cannot spell (a restore shows the image's file again; --reader direct records them): ${u.slice(0, 3).map((p) => JSON.stringify(p)).join(', ')}${u.length > 3 ? ', …' : ''}`)
+        for (const w of snapshotWarnings(r)) this.warn(w)
       }
       return results
     })

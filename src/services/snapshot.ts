@@ -346,6 +346,21 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
   return {...result(id, manifest, name, changed), ...(fsDiff.unnamedDeletions ? {unnamedDeletions: fsDiff.unnamedDeletions} : {})}
 }
 
+/** the warnings a snapshot's result calls for, one line each (snapshot and ship print them) */
+export function snapshotWarnings(r: SnapshotResult): string[] {
+  const out: string[] = []
+  const some = (paths: string[], n: number): string => paths.slice(0, n).map((p) => JSON.stringify(p)).join(', ') + (paths.length > n ? ', …' : '')
+  if (r.changed.length > 0) out.push(`${r.kind} ${r.name}: ${r.changed.length} file(s) changed while being read: ${some(r.changed, 5)}`)
+  const u = r.unnamedDeletions
+  if (u) {
+    out.push(
+      `${r.kind} ${r.name}: ${u.length} path(s) deleted in the container have names that are not UTF-8, which the engine's API cannot spell ` +
+        `(a restore shows the image's file again; --reader direct records them): ${some(u, 3)}`,
+    )
+  }
+  return out
+}
+
 /** a path as the engine's JSON spells it: each byte that is not UTF-8 (escaped here, names.ts) is U+FFFD */
 export function asGoJson(p: string): string {
   return p.replace(/[\udc80-\udcff]/gu, '\ufffd')
