@@ -11,6 +11,8 @@
  * end-of-archive block: a stream cut at an entry's boundary is an error, not a shorter archive.
  */
 
+import {nameFromBytes} from './names.js'
+
 /** One entry's header, with what its pax or GNU long-name records said folded in. */
 export interface TarRecord {
   /** the name, as the bytes the archive holds (a directory's may end in `/`) */
@@ -92,6 +94,11 @@ class Bytes {
     return Buffer.concat(parts, n)
   }
 
+  /** done with the stream, read to its end or not: a Readable is destroyed */
+  async close(): Promise<void> {
+    await this.it.return?.()
+  }
+
   /** up to `max` bytes, at least one; throws at the stream's end */
   async some(max: number, what: string | {toString(): string}): Promise<Buffer> {
     if (this.buf.length === 0 && !(await this.more())) throw new TarFormatError(`the tar stream ends inside ${what} (at byte ${this.offset})`)
@@ -109,16 +116,21 @@ function field(b: Buffer, at: number, len: number): Buffer {
   return nul < 0 ? f : f.subarray(0, nul)
 }
 
-/** a numeric field: octal digits (ended by NUL or space), or GNU base-256 when the first byte has its high bit */
-function num(b: Buffer, at: number, len: number, what: string): number {
+/**
+ * a numeric field: octal digits (ended by NUL or space), or GNU base-256 when the first byte
+ * has its high bit (big-endian two's complement, the sign in bit 0x40, read as Go reads it).
+ * Only an mtime may be negative.
+ */
+function num(b: Buffer, at: number, len: number, what: string, signed = false): number {
   const f = b.subarray(at, at + len)
   if (f[0] & 0x80) {
-    // two's complement, big-endian, the marker bit cleared (0x80 positive, 0xff negative)
-    const negative = f[0] === 0xff
-    let v = negative ? -1 : f[0] & 0x7f
-    for (let i = 1; i < f.length; i++) v = v * 256 + (negative ? f[i] - 255 : f[i])
+    // -a-1 == ~a: a negative number is read inverted
+    const inv = f[0] & 0x40 ? 0xff : 0
+    let v = 0
+    for (let i = 0; i < f.length; i++) v = v * 256 + ((f[i] ^ inv) & (i === 0 ? 0x7f : 0xff))
     if (!Number.isSafeInteger(v)) throw new TarFormatError(`a tar header's ${what} is out of range`)
-    return v
+    if (inv && !signed) throw new TarFormatError(`a tar header's ${what} is negative`)
+    return inv ? -v - 1 : v
   }
   // leading spaces (old tars pad with them), then digits up to a NUL or space
   const s = f.toString('latin1').replace(/^ +/, '').replace(/[\0 ].*$/s, '')
@@ -155,7 +167,8 @@ export function parsePax(b: Buffer): Map<string, Buffer> {
     const rec = b.subarray(space + 1, at + len - 1)
     const eq = rec.indexOf(0x3d)
     if (eq < 0) throw new TarFormatError(`a pax record has no "=" at byte ${at}`)
-    out.set(rec.toString('utf8', 0, eq), Buffer.from(rec.subarray(eq + 1)))
+    // a key holds an xattr's name, which need not be UTF-8 either (names.ts keeps it)
+    out.set(nameFromBytes(rec.subarray(0, eq)), Buffer.from(rec.subarray(eq + 1)))
     at += len
   }
   return out
@@ -193,6 +206,15 @@ async function metaBody(bytes: Bytes, size: number, what: string): Promise<Buffe
  */
 export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerator<TarItem> {
   const bytes = new Bytes(source)
+  try {
+    yield* entries(bytes)
+  } finally {
+    // an early stop, an error, or the end-of-archive block with the rest unread
+    await bytes.close()
+  }
+}
+
+async function* entries(bytes: Bytes): AsyncGenerator<TarItem> {
   let pax = new Map<string, Buffer>()
   let longName: Buffer | undefined
   let longLink: Buffer | undefined
@@ -207,7 +229,8 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
     let size = num(b, 124, 12, 'size')
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
       const body = await metaBody(bytes, size, typeflag === 'x' || typeflag === 'g' ? 'pax header' : 'GNU long name')
-      if (typeflag === 'x') for (const [k, v] of parsePax(body)) pax.set(k, v)
+      // a second `x` header before an entry replaces the first, as Go reads it (nothing piles up)
+      if (typeflag === 'x') pax = parsePax(body)
       else if (typeflag === 'L') longName = field(body, 0, body.length)
       else if (typeflag === 'K') longLink = field(body, 0, body.length)
       continue
@@ -223,12 +246,13 @@ export async function* readTar(source: AsyncIterable<Uint8Array>): AsyncGenerato
     const lp = pax.get('linkpath')
     const header: TarRecord = {
       name: Buffer.from(p ?? longName ?? name),
-      typeflag,
+      // an old regular-file flag on a name ending in `/` is a directory (as Go reads it)
+      typeflag: typeflag === '\0' && (p ?? longName ?? name).at(-1) === 0x2f ? '5' : typeflag,
       mode: num(b, 100, 8, 'mode'),
       uid: pax.has('uid') ? paxNumber(pax.get('uid')!, 'uid') : num(b, 108, 8, 'uid'),
       gid: pax.has('gid') ? paxNumber(pax.get('gid')!, 'gid') : num(b, 116, 8, 'gid'),
       size: pax.has('size') ? paxNumber(pax.get('size')!, 'size') : size,
-      mtime: pax.has('mtime') ? paxTime(pax.get('mtime')!) : [num(b, 136, 12, 'mtime'), 0],
+      mtime: pax.has('mtime') ? paxTime(pax.get('mtime')!) : [num(b, 136, 12, 'mtime', true), 0],
       linkname: Buffer.from(lp ?? longLink ?? field(b, 157, 100)),
       devMajor: magic.startsWith('ustar') ? num(b, 329, 8, 'device major') : 0,
       devMinor: magic.startsWith('ustar') ? num(b, 337, 8, 'device minor') : 0,

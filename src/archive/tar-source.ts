@@ -13,7 +13,7 @@ export interface TarSourceOptions {
   /** drop the first path component (getArchive names entries after the requested path) */
   stripFirst?: boolean
   /** keep only entries for which this returns true (path is normalised, relative) */
-  filter?: (path: string, type: NodeType) => boolean
+  filter?: (path: string) => boolean
 }
 
 const TYPES: Record<string, NodeType | undefined> = {
@@ -28,10 +28,17 @@ const TYPES: Record<string, NodeType | undefined> = {
   '6': 'fifo',
 }
 
-/** A tar header as an archiver entry (names as names.ts keeps them; xattr values base64 of their bytes); undefined for a type that is not one. */
+/** why an entry cannot be recorded as it is: a type that is not a file system's, or a GNU sparse file (its map would be stored as its content) */
+function unrecordable(h: TarRecord): string | undefined {
+  if (!TYPES[h.typeflag]) return `an entry of type ${JSON.stringify(h.typeflag)}, which holyship cannot record`
+  for (const k of h.pax.keys()) if (k.startsWith('GNU.sparse.')) return 'a GNU sparse file, which holyship cannot read'
+  return undefined
+}
+
+/** A tar header as an archiver entry (names as names.ts keeps them; xattr values base64 of their bytes); undefined for what cannot be recorded (unrecordable). */
 export function tarHeaderToEntry(h: TarRecord, path: string): SourceEntry | undefined {
   const type = TYPES[h.typeflag]
-  if (!type) return undefined
+  if (!type || unrecordable(h)) return undefined
   const xattrs: Record<string, string> = {}
   for (const [k, v] of h.pax) if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice('SCHILY.xattr.'.length)] = v.toString('base64')
   return {
@@ -105,7 +112,9 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
       }
       if (se && se.type === 'symlink' && (se.target === '' || se.target?.includes('\0'))) throw unsafeEntry('symlink target', se.target ?? '', 'empty or NUL')
       // what is not recorded is skipped when the next entry is read
-      if (!se || (opts.filter && !opts.filter(path, se.type))) continue
+      if (opts.filter && !opts.filter(path)) continue
+      // never dropped without a word, nor recorded as something else
+      if (!se) throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has ${JSON.stringify(name)} as ${unrecordable(entry.header)}; nothing was recorded`)
       if (path === '' && se.type !== 'dir') {
         throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory (a mount of a single file is not supported); nothing was recorded`)
       }

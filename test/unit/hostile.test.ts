@@ -274,6 +274,28 @@ describe('crafted tar streams from the engine', () => {
     if (opts.end !== false) parts.push(END_OF_ARCHIVE)
     return Buffer.concat(parts)
   }
+  /** the header at `at` given another typeflag (and its checksum mended) */
+  function retype(tar: Buffer, at: number, flag: string): Buffer {
+    const b = Buffer.from(tar)
+    b.write(flag, at + 156, 'latin1')
+    b.write('        ', at + 148, 'latin1')
+    let sum = 0
+    for (let i = at; i < at + 512; i++) sum += b[i]
+    b.write(`${sum.toString(8).padStart(6, '0')}\0 `, at + 148, 'latin1')
+    return b
+  }
+  /** a file in pax's sparse format 1.0, as `tar -cS --format=pax` writes it */
+  function paxSparse(): Buffer {
+    const rec = (k: string, v: string): string => {
+      const body = ` ${k}=${v}\n`
+      let n = body.length + 1
+      while (`${n}${body}`.length !== n) n = `${n}${body}`.length
+      return `${n}${body}`
+    }
+    const pax = Buffer.from(rec('GNU.sparse.major', '1') + rec('GNU.sparse.minor', '0') + rec('GNU.sparse.name', 'f') + rec('GNU.sparse.realsize', '10485760'))
+    const paxHead = retype(rawTar([[h('./PaxHeaders/f'), pax]], {end: false}), 0, 'x')
+    return Buffer.concat([paxHead, rawTar([[h('GNUSparseFile.1/f'), Buffer.from('map and data')]])])
+  }
   const archive = async (bytes: Buffer | Readable, opts = {}): Promise<{root: string; paths: string[]}> => {
     const a = new Archiver(repo)
     await a.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T0})
@@ -294,6 +316,8 @@ describe('crafted tar streams from the engine', () => {
     ['a stream cut in the middle of a file', rawTar([[h('big'), randomBytes(100_000)]]).subarray(0, 50_000), /tar stream failed/],
     ['a stream that is not a tar', randomBytes(4096), /tar stream failed/],
     ['a stream that ends between entries, without the end-of-archive block', rawTar([[h('a'), Buffer.from('x')]], {end: false}), /tar stream failed: .*without its end-of-archive block/],
+    ['an entry of a type no file system has (GNU sparse)', retype(rawTar([[h('sparse'), Buffer.from('x')]]), 0, 'S'), /"sparse" as an entry of type "S", which holyship cannot record/],
+    ['a pax sparse file (its map would be stored as its content)', paxSparse(), /a GNU sparse file/],
     ['a header with a bad checksum', Buffer.concat([rawTar([[h('a'), Buffer.from('x')]], {end: false}), Buffer.alloc(511), Buffer.of(1), END_OF_ARCHIVE]), /tar stream failed: .*bad checksum at byte 1024/],
   ]
 
@@ -360,6 +384,11 @@ describe('crafted tar streams from the engine', () => {
     open.write(rawTar([d('app/'), [h('app/z'), Buffer.from('z')]], {end: false}))
     expect(await firstEntryOutside(open, [])).toBe('z')
     expect(open.destroyed).toBe(true)
+  })
+
+  it("an old regular-file flag on a name ending in / is a directory, as Go and tar-stream read it", async () => {
+    const {paths} = await archive(retype(rawTar([[h('old/', {type: 'dir', mode: 0o755})], [h('old/f'), Buffer.from('f')]]), 0, '\0'))
+    expect(paths).toEqual(['old:dir', 'old/f:file'])
   })
 
   it('with stripFirst, a hard link out of the first component is refused', async () => {
