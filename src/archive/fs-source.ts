@@ -27,6 +27,11 @@ export interface FsSourceOptions {
   /** relative paths (no leading /) to leave out, with everything below them */
   exclude?: Set<string>
   /**
+   * record only this one entry of the root directory (a bind-mounted file: its directory is
+   * the root, the file its one entry), and read no attributes but its and the root's
+   */
+  only?: string
+  /**
    * the same source's tree in the previous snapshot: unchanged files are not read again, and
    * unchanged entries keep their extended attributes without reading them; `root` is the
    * previous root directory's own node, when the snapshot recorded it
@@ -252,7 +257,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
   const changed: string[] = []
   const xattrs = new XattrReader(root)
   // a first snapshot needs every entry's attributes: one recursive run
-  if (!opts.parent?.tree) await xattrs.readAll()
+  if (!opts.parent?.tree && opts.only === undefined) await xattrs.readAll()
   const links = new Map<string, string>()
 
   /** the entry's common fields, with the attributes to record (overlayfs' own trusted.overlay.* left out) */
@@ -314,6 +319,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
       throw e
     }
     names.sort()
+    if (opts.only !== undefined && c.rel === '') names = names.includes(opts.only) ? [opts.only] : []
     const before = await parentChildren(c.prev)
     // the directory itself unchanged (same inode and ctime: same names, owner, mode, attributes)
     let same = before !== undefined && unchangedSince(c) && c.prev?.type === 'dir' && c.prev.subtree !== undefined

@@ -246,6 +246,8 @@ export interface TarOptions {
    * metadata of a `.` entry, so a volume's own mode and owner only survive under a real name
    */
   rootName?: string
+  /** write the tree's one top-level entry under this name instead of its own (a bind-mounted file, named as its source on the host) */
+  topName?: string
   onBytes?: (n: number) => void
   /**
    * --partial: a file whose data is damaged, a directory whose listing is, and hard links to
@@ -326,8 +328,13 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
     opts.skipped?.push({path: p, reason})
   }
   const walkOpts: WalkOptions = partial ? {onUnreadable: (p, e) => skip(`${p}/`, `directory listing unreadable: ${e.message}`)} : {}
+  const renamed = (rel: string): string => {
+    if (opts.topName === undefined) return rel
+    const slash = rel.indexOf('/')
+    return slash < 0 ? opts.topName : opts.topName + rel.slice(slash)
+  }
   for await (const {path: rel, node: n} of walkTree(repo, treeId, '', walkOpts)) {
-    const p = pre + rel
+    const p = pre + renamed(rel)
     if (n.type === 'whiteout') {
       if (opts.layer) {
         const dir = p.includes('/') ? p.slice(0, p.lastIndexOf('/') + 1) : ''
@@ -459,7 +466,7 @@ export interface RestoredDir {
  * further up: the step that failed is tried again alone, so its own error (EROFS, EACCES) is
  * what the user sees. A target that is a file, or below one, is TARGET_EXISTS.
  */
-async function makeTarget(root: string): Promise<string | undefined> {
+export async function makeTarget(root: string): Promise<string | undefined> {
   try {
     return await fsp.mkdir(root, {recursive: true})
   } catch (e) {

@@ -14,7 +14,15 @@ export interface TarSourceOptions {
   stripFirst?: boolean
   /** keep only entries for which this returns true (path is normalised, relative) */
   filter?: (path: string) => boolean
+  /**
+   * a root entry that is a file (getArchive of a bind-mounted file) is recorded under this
+   * name, in a root directory made up for it; without it such a root is refused
+   */
+  fileRoot?: string
 }
+
+/** the root directory made up for a bind-mounted file's tree (its metadata is never restored) */
+export const FILE_ROOT: SourceEntry = {path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]}
 
 const TYPES: Record<string, NodeType | undefined> = {
   '0': 'file',
@@ -95,8 +103,9 @@ async function* tarEntries(stream: Readable, strip: boolean): AsyncGenerator<{en
   }
 }
 
-/** Feed every entry of a tar stream to the archiver. */
-export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<void> {
+/** Feed every entry of a tar stream to the archiver. Returns the root entry's type (undefined: the stream had no entries). */
+export async function archiveTar(stream: Readable, archiver: Archiver, opts: TarSourceOptions = {}): Promise<NodeType | undefined> {
+  let rootType: NodeType | undefined
   try {
     for await (const {entry, name, path} of tarEntries(stream, opts.stripFirst === true)) {
       if (path !== '') {
@@ -115,12 +124,19 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
       if (opts.filter && !opts.filter(path)) continue
       // never dropped without a word, nor recorded as something else
       if (!se) throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has ${JSON.stringify(name)} as ${unrecordable(entry.header)}; nothing was recorded`)
-      if (path === '' && se.type !== 'dir') {
-        throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory (a mount of a single file is not supported); nothing was recorded`)
+      if (path === '') {
+        rootType ??= se.type
+        if (se.type === 'file' && opts.fileRoot !== undefined) {
+          await archiver.add(FILE_ROOT)
+          se.path = opts.fileRoot
+        } else if (se.type !== 'dir') {
+          throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has a ${se.type} as its root entry ${JSON.stringify(name)}, not a directory; nothing was recorded`)
+        }
       }
       if (se.type === 'file') se.content = entry.body
       await archiver.add(se)
     }
+    return rootType
   } catch (e) {
     // ours to report as they are: HolyshipErrors, a full disk, permissions (the repository side)
     if (isHolyshipError(e) || classify(e)) throw e

@@ -96,6 +96,12 @@ export interface MountRecord {
   driver?: string
   labels?: Record<string, string>
   options?: Record<string, string>
+  /**
+   * a bind mount of one file (or of a socket or device, which has no content): `tree` is a
+   * directory made up for it holding just that file, under the source's base name on the host
+   * (nothing, for a socket), and `root` is absent
+   */
+  file?: boolean
   /** the volume's or bind's content */
   tree: string
   /** the mount's root directory itself: mode, owner, mtime */

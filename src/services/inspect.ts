@@ -39,7 +39,8 @@ export interface ShowResult {
     networks: string[]
     fsDiff?: {files: number; dirs: number; others: number; bytes: number; deleted: number}
   }
-  mounts: {type: string; source: string; destination: string; files: number; dirs: number; bytes: number; newBytes: number}[]
+  /** `file`: a bind-mounted file (or socket); `readOnly`: mounted read-only in the container */
+  mounts: {type: string; source: string; destination: string; readOnly: boolean; file?: true; files: number; dirs: number; bytes: number; newBytes: number}[]
   bytes: number
   newBytes: number
   files: number
@@ -84,6 +85,8 @@ export async function showSnapshot(ctx: Context, ref: string): Promise<ShowResul
       type: mo.type,
       source: mo.source,
       destination: mo.destination,
+      readOnly: mo.readOnly === true,
+      ...(mo.file ? {file: true as const} : {}),
       files: mo.stats.files,
       dirs: mo.stats.dirs,
       bytes: mo.stats.bytes,

@@ -9,7 +9,7 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
-import {MAX_XATTRS_LISTED, SkippedEntry, XattrsNotSet, fileContent, findNode, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
+import {MAX_XATTRS_LISTED, SkippedEntry, TarOptions, XattrsNotSet, fileContent, findNode, makeTarget, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
 import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
@@ -139,6 +139,7 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     } else if (mount.type === 'bind') {
       if (badAbsPath(mount.source) || mount.source === '/') bad(`bad bind mount source ${JSON.stringify(mount.source)}`)
     } else bad(`unknown mount type ${JSON.stringify((mount as MountRecord).type)}`)
+    if (mount.file !== undefined && (mount.file !== true || mount.type !== 'bind')) bad(`mount ${JSON.stringify(mount.destination)} is a file mount that is not a bind`)
     if (m.kind === 'container' && (badAbsPath(mount.destination) || mount.destination === '/')) bad(`bad mount destination ${JSON.stringify(mount.destination)}`)
   }
 }
@@ -287,7 +288,8 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
 async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[]): Promise<void> {
   if (opts.force) return
   for (const m of mounts) {
-    if (m.type !== 'bind') continue
+    // a bind-mounted file was looked at before the container was made (checkFileBinds)
+    if (m.type !== 'bind' || m.file) continue
     // the mountpoints of mounts inside this one (a volume on /app/node_modules in a bind of
     // /app): the engine makes them in the bind's directory itself; they are not its content
     const inner = mounts.filter((o) => o !== m && o.destination.startsWith(m.destination === '/' ? '/' : `${m.destination}/`)).map((o) => path.posix.relative(m.destination, o.destination))
@@ -373,24 +375,124 @@ async function fillMount(opts: RestoreOptions, containerId: string, m: MountReco
     if (left) skipped!.push(...underBase(destination, left))
     return
   }
+  // extract into the parent under the mount's own name, so the root's mode, owner and time apply
+  const left: SkippedEntry[] | undefined = skipped ? [] : undefined
+  await putTree(opts, containerId, path.posix.dirname(destination), m.tree, {root: m.root, rootName: path.posix.basename(destination), onBytes: (n) => progress.add(n), skipped: left})
+  if (left) skipped!.push(...underBase(destination, left))
+}
+
+/** Write a tree as a tar stream into directory `dir` of a container, through the engine's extraction. */
+async function putTree(opts: RestoreOptions, containerId: string, dir: string, tree: string, tarOpts: TarOptions): Promise<void> {
   const body = new PassThrough()
   const tw = new TarWriter(body)
-  // extract into the parent under the mount's own name, so the root's mode, owner and time apply
-  const parent = path.posix.dirname(destination)
-  const rootName = path.posix.basename(destination)
-  const left: SkippedEntry[] | undefined = skipped ? [] : undefined
-  const putting = opts.engine.putArchive(containerId, parent, body)
+  const putting = opts.engine.putArchive(containerId, dir, body)
   const writing = (async () => {
     try {
-      await writeTreeAsTar(opts.repo, m.tree, tw, {root: m.root, rootName, onBytes: (n) => progress.add(n), skipped: left})
+      await writeTreeAsTar(opts.repo, tree, tw, tarOpts)
       await tw.finish()
-      if (left) skipped!.push(...underBase(destination, left))
     } catch (e) {
       body.destroy(e as Error)
       throw e
     }
   })()
   await Promise.all([writing, putting])
+}
+
+// ------------------------------------------------------------------------------ bind-mounted files
+
+/** the one file of a bind-mounted file's tree; undefined for a socket or the like (nothing to write) */
+async function fileOfBind(opts: RestoreOptions | RestorePathOptions, m: MountRecord): Promise<TreeNode | undefined> {
+  const nodes = (await opts.repo.loadTree(m.tree)).nodes
+  if (nodes.length === 0) return undefined
+  if (nodes.length > 1 || nodes[0].type !== 'file') {
+    throw new HolyshipError('REPO_DAMAGED', `snapshot ${opts.snapshotId.slice(0, 12)} is damaged or hostile: the bind-mounted file ${m.destination} is not one file`)
+  }
+  return nodes[0]
+}
+
+/** `fn` with a never-started helper container that has `binds` (any image will do when none is named) */
+async function withHelper<T>(opts: RestoreOptions, binds: string[], image: string | undefined, fn: (helper: string) => Promise<T>): Promise<T> {
+  // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
+  const {createHelperContainer} = await import('./snapshot.js')
+  const helper = await createHelperContainer(opts.engine, binds, image)
+  try {
+    return await fn(helper)
+  } finally {
+    // with its anonymous volumes: the helper's image may declare VOLUMEs
+    await opts.engine.docker
+      .getContainer(helper)
+      .remove({force: true, v: true})
+      .catch(() => undefined)
+  }
+}
+
+/** `fn` with a helper container that has the directory of `source` on the engine's host at /holyship-parent */
+function withParentDir<T>(opts: RestoreOptions, image: string, source: string, fn: (helper: string) => Promise<T>): Promise<T> {
+  return withHelper(opts, [`${path.posix.dirname(source)}:/holyship-parent`], image, fn)
+}
+
+/** what is at a bind-mounted file's source now: nothing, the snapshot's very content, or (described) something else */
+async function fileAtSource(opts: RestoreOptions, helper: string, source: string, node: TreeNode): Promise<'absent' | 'same' | {other: string}> {
+  const at = `/holyship-parent/${path.posix.basename(source)}`
+  const missing = new HolyshipError('PATH_NOT_FOUND', `${source} is not on ${opts.engine.host}`)
+  let stream: Readable
+  try {
+    stream = await opts.engine.getArchive(helper, at, () => missing)
+  } catch (e) {
+    if (e === missing) return 'absent'
+    throw e
+  }
+  const {readTar} = await import('../archive/tar-reader.js')
+  try {
+    for await (const {header, body} of readTar(stream)) {
+      if (header.typeflag !== '0' && header.typeflag !== '\0') return {other: header.typeflag === '5' ? 'a directory' : 'something that is not a file'}
+      if (header.size !== node.size) return {other: 'a file of other content'}
+      const there = createHash('sha256')
+      for await (const b of body) there.update(b)
+      const ours = createHash('sha256')
+      for await (const b of fileContent(opts.repo, node)) ours.update(b)
+      return there.digest('hex') === ours.digest('hex') ? 'same' : {other: 'a file of other content'}
+    }
+  } catch (e) {
+    throw opts.engine.mapError(`get archive ${helper.slice(0, 12)}:${at}`, e)
+  }
+  // the engine's archive of a socket is empty
+  return {other: 'something that is not a file'}
+}
+
+/**
+ * A container's bind-mounted files, before anything is changed: each source on the engine's
+ * host must be missing (written new), or hold the snapshot's content already (left as it is),
+ * or, with --force, be a file (written over). Returns the ones to write.
+ */
+async function checkFileBinds(opts: RestoreOptions, mounts: MountRecord[], image: string): Promise<{m: MountRecord; node: TreeNode}[]> {
+  const out: {m: MountRecord; node: TreeNode}[] = []
+  for (const m of mounts) {
+    if (!m.file) continue
+    const node = await fileOfBind(opts, m)
+    if (!node) continue
+    const there = await withParentDir(opts, image, m.source, (helper) => fileAtSource(opts, helper, m.source, node))
+    if (there === 'same') continue
+    if (there !== 'absent') {
+      const differs = there.other === 'a file of other content'
+      if (!opts.force || !differs) {
+        const is = differs ? "holds other content than the snapshot's" : `is ${there.other}`
+        throw new HolyshipError('TARGET_EXISTS', `the source ${m.source} of the bind-mounted file ${m.destination} on ${opts.engine.host} ${is}`, {
+          hint: differs ? 'restore it elsewhere with --path, move it away, or use --force to write the snapshot\'s over it' : 'move it away: --force writes over a file, never over anything else',
+        })
+      }
+    }
+    out.push({m, node})
+  }
+  return out
+}
+
+/** write the bind-mounted files checkFileBinds returned to their sources on the engine's host (before the container is made: a missing source would become a directory) */
+async function writeFileBinds(opts: RestoreOptions, files: {m: MountRecord; node: TreeNode}[], image: string): Promise<void> {
+  for (const {m} of files) {
+    ;(opts.progress ?? silentProgress).phase(`bind ${m.destination}`, m.stats.bytes)
+    await withParentDir(opts, image, m.source, (helper) => putTree(opts, helper, '/holyship-parent', m.tree, {topName: path.posix.basename(m.source), onBytes: (n) => (opts.progress ?? silentProgress).add(n)}))
+  }
 }
 
 async function restoreContainer(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
@@ -410,6 +512,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   await preflightVolumes(opts, mounts, names)
 
   await ensureImage(opts, c)
+  const files = await checkFileBinds(opts, mounts, c.image.id)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -444,6 +547,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     firstNet && !['bridge', 'host', 'none'].includes(firstNet.name)
       ? {EndpointsConfig: {[firstNet.name]: {Aliases: firstNet.aliases}}}
       : undefined
+  await writeFileBinds(opts, files, c.image.id)
   const id = await engine.createContainer({
     ...config,
     Labels: labels,
@@ -462,8 +566,20 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   let bytes = 0
   const xattrs: XattrsNotSet = {total: 0, first: []}
   for (const [i, m] of mounts.entries()) {
-    await fillMount(opts, id, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined)
     bytes += m.stats.bytes
+    // a bind-mounted file is written already
+    if (m.file) continue
+    const volume = m.type === 'volume' ? names[i] : undefined
+    if (!m.readOnly) {
+      await fillMount(opts, id, m, m.destination, xattrs, skipped, volume)
+      continue
+    }
+    // read-only in the container, so the engine cannot extract into it there: through a
+    // helper that has it writable, its paths told as the container sees them
+    const left: SkippedEntry[] | undefined = skipped ? [] : undefined
+    const spec = m.type === 'volume' ? `${names[i]}:/holyship-mount:nocopy` : `${m.source}:/holyship-mount`
+    await withHelper(opts, [spec], c.image.id, (helper) => fillMount(opts, helper, m, '/holyship-mount', xattrs, left, volume))
+    if (left) skipped!.push(...left.map((e) => ({path: m.destination + e.path.slice('/holyship-mount'.length), reason: e.reason})))
   }
   let started = false
   // a container with files missing is not started: its owner decides
@@ -492,21 +608,10 @@ async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<R
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   const xattrs: XattrsNotSet = {total: 0, first: []}
-  // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
-  const {createHelperContainer} = await import('./snapshot.js')
   for (let i = 0; i < mounts.length; i++) {
-    const helper = await createHelperContainer(opts.engine, [`${names[i]}:/holyship-volume:nocopy`])
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
-    try {
-      // written straight into the volume's directory where it can be (volumeDir), else through the helper
-      await fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, left, names[i])
-    } finally {
-      // with its anonymous volumes: the helper's image may declare VOLUMEs (any image will do)
-      await opts.engine.docker
-        .getContainer(helper)
-        .remove({force: true, v: true})
-        .catch(() => undefined)
-    }
+    // written straight into the volume's directory where it can be (volumeDir), else through the helper
+    await withHelper(opts, [`${names[i]}:/holyship-volume:nocopy`], undefined, (helper) => fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, left, names[i]))
     // paths inside the volume, named after it
     if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:${e.path.slice('/holyship-volume'.length)}`, reason: e.reason})))
     bytes += mounts[i].stats.bytes
@@ -539,6 +644,31 @@ export interface RestorePathResult {
 }
 
 /**
+ * restore --path of a bind-mounted file: written into the target under the name the container
+ * sees (the tree has it under its source's name on the host), by way of a temporary directory
+ * in the target and a rename, so a file that is there is replaced whole or not at all.
+ */
+async function restoreBoundFile(opts: RestorePathOptions, m: MountRecord): Promise<RestorePathResult> {
+  const node = await fileOfBind(opts, m)
+  if (!node) throw new HolyshipError('PATH_NOT_FOUND', `${m.destination} in snapshot ${opts.snapshotId.slice(0, 12)} is a bind mount of ${m.source}, which is not a file (a socket or a device): it has no content`)
+  const target = path.resolve(opts.target)
+  const final = path.join(target, path.posix.basename(m.destination))
+  await makeTarget(target)
+  if (!opts.force && (await fsp.lstat(final).catch(() => undefined))) throw new HolyshipError('TARGET_EXISTS', `${final} exists`, {hint: 'use --force to overwrite'})
+  const progress = opts.progress ?? silentProgress
+  progress.phase(`restoring ${m.destination}`)
+  const tmp = await fsp.mkdtemp(path.join(target, '.holyship-'))
+  try {
+    const r = await restoreToDir(opts.repo, m.tree, node.name, tmp, {onBytes: (n) => progress.add(n)})
+    await fsp.rename(path.join(tmp, node.name), final)
+    return {source: `bind ${m.source}`, target, files: r.files, bytes: r.bytes, ...(opts.partial ? {skipped: []} : {}), ...(r.xattrsNotSet ? {xattrsNotSet: r.xattrsNotSet} : {})}
+  } finally {
+    await fsp.rm(tmp, {recursive: true, force: true})
+    progress.done()
+  }
+}
+
+/**
  * Copy one file or folder out of a snapshot to a host directory. The path is looked up in the
  * mount whose destination holds it (longest match), else in the container's filesystem diff.
  */
@@ -554,6 +684,11 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
   const candidates = [...m.mounts].sort((a, b) => b.destination.length - a.destination.length)
   for (const mount of candidates) {
     const dest = mount.destination === '' ? '/' : mount.destination
+    // a bind-mounted file holds nothing below it
+    if (mount.file) {
+      if (want === dest) return restoreBoundFile(opts, mount)
+      continue
+    }
     if (want === dest || want.startsWith(dest === '/' ? '/' : dest + '/')) {
       tree = mount.tree
       rel = want.slice(dest === '/' ? 1 : dest.length + 1)

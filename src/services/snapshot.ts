@@ -3,7 +3,9 @@
  * mount) or standalone volumes, into the repository. Nothing is recorded unless everything
  * is durable; the container is always put back into the state it was in.
  */
+import {realpathSync, statSync} from 'node:fs'
 import * as os from 'node:os'
+import * as path from 'node:path'
 import debugFactory from 'debug'
 import {Archiver} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
@@ -165,18 +167,36 @@ async function readMount(
   containerId: string,
   m: MountSource,
   prev?: Pick<MountRecord, 'tree' | 'root'>,
-): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode}> {
+): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode; file?: true}> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
   const archiver = new Archiver(opts.repo, (n) => progress.add(n))
+  const {FILE_ROOT} = await tarSource()
+  // a bind of one file: its tree is a root made up for it holding the file, named as on the
+  // host; of something else that is not a directory (a socket: /var/run/docker.sock), an empty one
+  let file = false
   if (reader === 'direct' && m.hostPath) {
-    archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, prev?.tree, prev?.root)})
+    const st = m.type === 'bind' ? statSync(m.hostPath, {throwIfNoEntry: false}) : undefined
+    if (st && !st.isDirectory()) {
+      file = true
+      const real = realpathSync(m.hostPath)
+      if (st.isFile()) archiver.stats.changed = await archiveDir(path.dirname(real), archiver, {only: path.basename(real), parent: parentOf(opts, prev?.tree)})
+      else await archiver.add(FILE_ROOT)
+    } else archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, prev?.tree, prev?.root)})
   } else {
     const {archiveTar} = await tarSource()
-    await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true}))
+    const fileRoot = m.type === 'bind' ? path.posix.basename(m.source) : undefined
+    const rootType = await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true, fileRoot}))
+    file = rootType === 'file'
+    // the engine's archive of a socket holds nothing (Go's tar cannot write one)
+    if (rootType === undefined && m.type === 'bind') {
+      file = true
+      await archiver.add(FILE_ROOT)
+    }
   }
   const tree = await archiver.finish()
-  return {tree, stats: archiver.stats, root: archiver.rootNode()}
+  // a file's made-up (or its directory's) root is not the mount's: not recorded
+  return file ? {tree, stats: archiver.stats, file: true} : {tree, stats: archiver.stats, root: archiver.rootNode()}
 }
 
 /** The writable layer's changes: added, modified and deleted paths, as an OCI-style diff tree. */
@@ -237,9 +257,9 @@ const tarSource = (): Promise<typeof import('../archive/tar-source.js')> => impo
  * when a file grows while a live container is read, or the engine going away) is the engine's
  * failure, reported as such, not our bug.
  */
-async function apiRead(what: string, fn: () => Promise<void>): Promise<void> {
+async function apiRead<T>(what: string, fn: () => Promise<T>): Promise<T> {
   try {
-    await fn()
+    return await fn()
   } catch (e) {
     if (e instanceof HolyshipError || (e as NodeJS.ErrnoException).code === 'ENOSPC') throw e
     throw new HolyshipError('DOCKER_FAILED', `reading ${what} through the Docker API failed: ${(e as Error).message}`, {
@@ -304,6 +324,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
       if (r.root) rec.root = r.root
+      if (r.file) rec.file = true
       const v = await volumes[i]
       if (v) {
         rec.driver = v.Driver

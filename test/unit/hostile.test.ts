@@ -247,7 +247,10 @@ describe('crafted trees never write outside the target and never reach the engin
       ['bind source /', {type: 'bind', source: '/'}],
       ['bind source with ..', {type: 'bind', source: '/srv/../etc'}],
       ['tree id that is not an id', {tree: '../../x'}],
+      ['a file mount that is a volume', {file: true}],
+      ['a file mount flag that is not true', {type: 'bind', source: '/srv/app.conf', file: 'yes' as never}],
     ]
+    expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, type: 'bind', source: '/srv/app.conf', file: true}]})).not.toThrow()
     for (const [what, change] of bad) {
       expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, ...change}]}), what).toThrow(/damaged or hostile/)
     }
