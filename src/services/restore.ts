@@ -495,6 +495,22 @@ async function writeFileBinds(opts: RestoreOptions, files: {m: MountRecord; node
   }
 }
 
+/**
+ * A container that shares another's network (`--network container:X`, compose's
+ * `network_mode: service:X`) has that one's hostname, DNS, hosts and ports: inspect shows them
+ * in its own config too, and the engine refuses to create a container that sets any of them
+ * with such a network mode ("conflicting options"). They are dropped, as `docker run` never
+ * set them; on the host network a MAC address is refused likewise.
+ */
+export function withoutNetworkConflicts(config: Record<string, unknown>, hostConfig: Record<string, unknown>): void {
+  const mode = String(hostConfig.NetworkMode ?? '')
+  if (mode.startsWith('container:')) {
+    for (const k of ['Hostname', 'Domainname', 'ExposedPorts', 'MacAddress']) delete config[k]
+    for (const k of ['Dns', 'DnsOptions', 'DnsSearch', 'ExtraHosts', 'PortBindings', 'Links']) delete hostConfig[k]
+    hostConfig.PublishAllPorts = false
+  } else if (mode === 'host') delete config.MacAddress
+}
+
 async function restoreContainer(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
   const {engine, manifest} = opts
   const c = manifest.container!
@@ -541,6 +557,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   )
   delete hostConfig.Mounts
   const config = {...c.config} as Record<string, unknown>
+  withoutNetworkConflicts(config, hostConfig)
   const labels = {...((config.Labels as Record<string, string> | null) ?? {})}
   const [firstNet, ...otherNets] = c.networks.filter((n) => !['default'].includes(n.name))
   const networkingConfig =

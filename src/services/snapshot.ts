@@ -128,11 +128,20 @@ async function containerRecord(engine: Engine, info: ContainerInspect, image: Im
     networks.push(rec)
   }
   const config = {...(info.Config as unknown as Record<string, unknown>)}
+  const hostConfig = {...(info.HostConfig as unknown as Record<string, unknown>)}
+  // another container's network, IPC or PID namespace, by its name: its id is this engine's
+  // alone (a restore elsewhere, or of that one too, gives it another)
+  for (const k of ['NetworkMode', 'IpcMode', 'PidMode']) {
+    const v = hostConfig[k]
+    if (typeof v !== 'string' || !v.startsWith('container:')) continue
+    const other = await engine.inspectContainer(v.slice('container:'.length)).catch(() => undefined)
+    if (other) hostConfig[k] = `container:${other.Name.replace(/^\//, '')}`
+  }
   return {
     id: info.Id,
     name: info.Name.replace(/^\//, ''),
     config,
-    hostConfig: {...(info.HostConfig as unknown as Record<string, unknown>)},
+    hostConfig,
     networks,
     image,
     state: {running: info.State.Running, paused: info.State.Paused},
