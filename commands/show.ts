@@ -21,7 +21,7 @@ export default class Show extends BaseCommand<typeof Show> {
       else this.say('  filesystem diff: none')
     }
     for (const m of r.mounts) {
-      this.say(`  ${m.type}${m.file ? ' (a file)' : ''} ${m.source}${m.destination ? ` at ${m.destination}` : ''}${m.readOnly ? ' (read-only)' : ''}: ${m.files} files, ${m.dirs} dirs, ${formatBytes(m.bytes)} (${formatBytes(m.newBytes)} new)`)
+      this.say(`  ${m.type}${m.file ? ' (a file or socket)' : ''} ${m.source}${m.destination ? ` at ${m.destination}` : ''}${m.readOnly ? ' (read-only)' : ''}: ${m.files} files, ${m.dirs} dirs, ${formatBytes(m.bytes)} (${formatBytes(m.newBytes)} new)`)
     }
     this.say(`  total ${formatBytes(r.bytes)}, ${formatBytes(r.newBytes)} new, ${(r.durationMs / 1000).toFixed(1)}s`)
     return r

@@ -16,7 +16,8 @@ export interface TarSourceOptions {
   filter?: (path: string) => boolean
   /**
    * a root entry that is a file (getArchive of a bind-mounted file) is recorded under this
-   * name, in a root directory made up for it; without it such a root is refused
+   * name, in a root directory made up for it, and one that is another non-directory (a
+   * device) not at all; without it such a root is refused
    */
   fileRoot?: string
 }
@@ -126,7 +127,9 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
       if (!se) throw new HolyshipError('DOCKER_FAILED', `the engine's tar stream has ${JSON.stringify(name)} as ${unrecordable(entry.header)}; nothing was recorded`)
       if (path === '') {
         rootType ??= se.type
-        if (se.type === 'file' && opts.fileRoot !== undefined) {
+        if (se.type !== 'dir' && opts.fileRoot !== undefined) {
+          // the caller records what is not a file as a mount without content
+          if (se.type !== 'file') continue
           await archiver.add(FILE_ROOT)
           se.path = opts.fileRoot
         } else if (se.type !== 'dir') {

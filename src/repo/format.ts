@@ -43,6 +43,9 @@ export interface PackBlob {
   raw: number
 }
 
+/** the newest snapshot manifest version this holyship reads */
+export const MANIFEST_VERSION = 2
+
 export interface IndexFile {
   version: 1
   packs: {id: string; size: number; blobs: PackBlob[]}[]
@@ -146,7 +149,8 @@ export interface ContainerRecord {
 }
 
 export interface SnapshotManifest {
-  version: 1
+  /** 1; 2 when a mount is a bind-mounted file (`file`), which a holyship that reads only 1 would restore wrongly */
+  version: 1 | 2
   kind: 'container' | 'volume'
   time: string
   host: string

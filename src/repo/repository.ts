@@ -18,6 +18,7 @@ import {
   FORMAT_VERSION_ENCRYPTED,
   FORMAT_VERSION_PLAIN,
   IndexFile,
+  MANIFEST_VERSION,
   PackBlob,
   RepoConfig,
   SnapshotManifest,
@@ -939,7 +940,7 @@ export class Repository {
       throw e
     }
     if (!m || typeof m.version !== 'number') throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: not a manifest`)
-    if (m.version > 1) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
+    if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
     return m
   }
 

@@ -285,7 +285,7 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
  * inside it (a volume's is empty: this restore made it and fills it later; an inner bind's
  * content is read and skipped). A directory the engine does not have yet is empty.
  */
-async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[]): Promise<void> {
+async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[], files: string[]): Promise<void> {
   if (opts.force) return
   for (const m of mounts) {
     // a bind-mounted file was looked at before the container was made (checkFileBinds)
@@ -293,6 +293,8 @@ async function checkBinds(opts: RestoreOptions, containerId: string, mounts: Mou
     // the mountpoints of mounts inside this one (a volume on /app/node_modules in a bind of
     // /app): the engine makes them in the bind's directory itself; they are not its content
     const inner = mounts.filter((o) => o !== m && o.destination.startsWith(m.destination === '/' ? '/' : `${m.destination}/`)).map((o) => path.posix.relative(m.destination, o.destination))
+    // and the bind-mounted files in its source: this restore's own (written, or the snapshot's already)
+    for (const f of files) if (f.startsWith(`${m.source}/`)) inner.push(path.posix.relative(m.source, f))
     const held = await firstEntryIn(opts.engine, containerId, m.destination, inner)
     if (held !== undefined) {
       throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not empty (it holds ${JSON.stringify(held)})`, {
@@ -431,33 +433,73 @@ function withParentDir<T>(opts: RestoreOptions, image: string, source: string, f
   return withHelper(opts, [`${path.posix.dirname(source)}:/holyship-parent`], image, fn)
 }
 
-/** what is at a bind-mounted file's source now: nothing, the snapshot's very content, or (described) something else */
-async function fileAtSource(opts: RestoreOptions, helper: string, source: string, node: TreeNode): Promise<'absent' | 'same' | {other: string}> {
-  const at = `/holyship-parent/${path.posix.basename(source)}`
-  const missing = new HolyshipError('PATH_NOT_FOUND', `${source} is not on ${opts.engine.host}`)
+/** what is at a bind-mounted file's source now */
+type AtSource =
+  | {is: 'absent'}
+  | {is: 'same'}
+  /** a file of other content; `old`, its archive as the engine gave it, to put back on rollback (when small) */
+  | {is: 'other'; old?: Buffer}
+  | {is: 'symlink' | 'not a file'}
+
+/** the most of a file written over that is kept in memory to put back if the restore fails */
+const ROLLBACK_COPY_MAX = 64 * 1024 * 1024
+
+/** what the engine's archive of `at` in container `helper` holds, against the snapshot's file `node`; undefined: it has no such path */
+async function compareAt(opts: RestoreOptions, helper: string, at: string, node: TreeNode, keep: boolean): Promise<AtSource | undefined> {
+  const missing = new HolyshipError('PATH_NOT_FOUND', `${at} is not in container ${helper.slice(0, 12)}`)
   let stream: Readable
   try {
     stream = await opts.engine.getArchive(helper, at, () => missing)
   } catch (e) {
-    if (e === missing) return 'absent'
+    if (e === missing) return undefined
     throw e
   }
+  // the archive's bytes, as long as they are few (a file written over is put back from them)
+  const copy: Buffer[] = []
+  let copied = 0
+  const tee = async function* (): AsyncGenerator<Buffer> {
+    for await (const b of stream as AsyncIterable<Buffer>) {
+      if (keep && copied <= ROLLBACK_COPY_MAX) copy.push(b)
+      copied += b.length
+      yield b
+    }
+  }
   const {readTar} = await import('../archive/tar-reader.js')
+  // the engine's archive of a socket is empty
+  let result: AtSource = {is: 'not a file'}
   try {
-    for await (const {header, body} of readTar(stream)) {
-      if (header.typeflag !== '0' && header.typeflag !== '\0') return {other: header.typeflag === '5' ? 'a directory' : 'something that is not a file'}
-      if (header.size !== node.size) return {other: 'a file of other content'}
+    // read to its end-of-archive block, so a copy is a whole archive
+    for await (const {header, body} of readTar(tee())) {
+      if (header.typeflag === '2') return {is: 'symlink'}
+      if (header.typeflag !== '0' && header.typeflag !== '\0') return {is: 'not a file'}
       const there = createHash('sha256')
       for await (const b of body) there.update(b)
-      const ours = createHash('sha256')
-      for await (const b of fileContent(opts.repo, node)) ours.update(b)
-      return there.digest('hex') === ours.digest('hex') ? 'same' : {other: 'a file of other content'}
+      result = {is: 'other'}
+      if (header.size === node.size) {
+        const ours = createHash('sha256')
+        for await (const b of fileContent(opts.repo, node)) ours.update(b)
+        if (there.digest('hex') === ours.digest('hex')) result = {is: 'same'}
+      }
     }
   } catch (e) {
     throw opts.engine.mapError(`get archive ${helper.slice(0, 12)}:${at}`, e)
+  } finally {
+    stream.destroy()
   }
-  // the engine's archive of a socket is empty
-  return {other: 'something that is not a file'}
+  return result.is === 'other' && keep && copied <= ROLLBACK_COPY_MAX ? {is: 'other', old: Buffer.concat(copy)} : result
+}
+
+/**
+ * What is at a bind-mounted file's source on the engine's host. A symlink there (/etc/localtime)
+ * is followed, as the engine follows it when it mounts the source: it is the same when it leads
+ * to the snapshot's content.
+ */
+async function fileAtSource(opts: RestoreOptions, image: string, source: string, node: TreeNode): Promise<AtSource> {
+  const there = await withParentDir(opts, image, source, (helper) => compareAt(opts, helper, `/holyship-parent/${path.posix.basename(source)}`, node, true))
+  if (!there) return {is: 'absent'}
+  if (there.is !== 'symlink') return there
+  const target = await withHelper(opts, [`${source}:/holyship-file:ro`], image, (helper) => compareAt(opts, helper, '/holyship-file', node, false))
+  return target?.is === 'same' ? target : {is: 'symlink'}
 }
 
 /**
@@ -465,33 +507,43 @@ async function fileAtSource(opts: RestoreOptions, helper: string, source: string
  * host must be missing (written new), or hold the snapshot's content already (left as it is),
  * or, with --force, be a file (written over). Returns the ones to write.
  */
-async function checkFileBinds(opts: RestoreOptions, mounts: MountRecord[], image: string): Promise<{m: MountRecord; node: TreeNode}[]> {
-  const out: {m: MountRecord; node: TreeNode}[] = []
+async function checkFileBinds(opts: RestoreOptions, mounts: MountRecord[], image: string): Promise<FileToWrite[]> {
+  const out: FileToWrite[] = []
   for (const m of mounts) {
     if (!m.file) continue
     const node = await fileOfBind(opts, m)
     if (!node) continue
-    const there = await withParentDir(opts, image, m.source, (helper) => fileAtSource(opts, helper, m.source, node))
-    if (there === 'same') continue
-    if (there !== 'absent') {
-      const differs = there.other === 'a file of other content'
-      if (!opts.force || !differs) {
-        const is = differs ? "holds other content than the snapshot's" : `is ${there.other}`
-        throw new HolyshipError('TARGET_EXISTS', `the source ${m.source} of the bind-mounted file ${m.destination} on ${opts.engine.host} ${is}`, {
-          hint: differs ? 'restore it elsewhere with --path, move it away, or use --force to write the snapshot\'s over it' : 'move it away: --force writes over a file, never over anything else',
-        })
-      }
+    const there = await fileAtSource(opts, image, m.source, node)
+    if (there.is === 'same') continue
+    if (there.is !== 'absent' && !(there.is === 'other' && opts.force)) {
+      const is = {other: "holds other content than the snapshot's", symlink: "is a symlink that does not lead to the snapshot's content", 'not a file': 'is not a file (a directory?)'}[there.is]
+      throw new HolyshipError('TARGET_EXISTS', `the source ${m.source} of the bind-mounted file ${m.destination} on ${opts.engine.host} ${is}`, {
+        hint: there.is === 'other' ? "restore it elsewhere with --path, move it away, or use --force to write the snapshot's over it" : 'move it away: --force writes over a file, not through a symlink nor over anything else',
+      })
     }
-    out.push({m, node})
+    out.push({m, old: there.is === 'other' ? (there.old ?? null) : undefined})
   }
   return out
 }
 
-/** write the bind-mounted files checkFileBinds returned to their sources on the engine's host (before the container is made: a missing source would become a directory) */
-async function writeFileBinds(opts: RestoreOptions, files: {m: MountRecord; node: TreeNode}[], image: string): Promise<void> {
-  for (const {m} of files) {
-    ;(opts.progress ?? silentProgress).phase(`bind ${m.destination}`, m.stats.bytes)
-    await withParentDir(opts, image, m.source, (helper) => putTree(opts, helper, '/holyship-parent', m.tree, {topName: path.posix.basename(m.source), onBytes: (n) => (opts.progress ?? silentProgress).add(n)}))
+/** a bind-mounted file to write; `old`: the archive of the file it writes over, null when too big to keep */
+interface FileToWrite {
+  m: MountRecord
+  old?: Buffer | null
+}
+
+/**
+ * Write the bind-mounted files checkFileBinds returned to their sources on the engine's host,
+ * before the container is made (a missing source would become a directory). A file written
+ * over is put back if the restore fails later (when it was small enough to keep); one written
+ * new stays (the engine's API cannot delete a file).
+ */
+async function writeFileBinds(opts: RestoreOptions, files: FileToWrite[], image: string, created: Created): Promise<void> {
+  const progress = opts.progress ?? silentProgress
+  for (const {m, old} of files) {
+    progress.phase(`bind ${m.destination}`, m.stats.bytes)
+    if (old) created.add(`the old ${m.source}`, () => withParentDir(opts, image, m.source, (helper) => opts.engine.putArchive(helper, '/holyship-parent', Readable.from([old]))))
+    await withParentDir(opts, image, m.source, (helper) => putTree(opts, helper, '/holyship-parent', m.tree, {topName: path.posix.basename(m.source), onBytes: (n) => progress.add(n)}))
   }
 }
 
@@ -529,6 +581,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   await ensureImage(opts, c)
   const files = await checkFileBinds(opts, mounts, c.image.id)
+  await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -564,7 +617,6 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     firstNet && !['bridge', 'host', 'none'].includes(firstNet.name)
       ? {EndpointsConfig: {[firstNet.name]: {Aliases: firstNet.aliases}}}
       : undefined
-  await writeFileBinds(opts, files, c.image.id)
   const id = await engine.createContainer({
     ...config,
     Labels: labels,
@@ -579,20 +631,17 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     await engine.docker.getNetwork(n.name).connect({Container: id, EndpointConfig: {Aliases: n.aliases}})
   }
 
-  await checkBinds(opts, id, mounts)
+  await checkBinds(opts, id, mounts, mounts.filter((m) => m.file).map((m) => m.source))
   let bytes = 0
   const xattrs: XattrsNotSet = {total: 0, first: []}
   for (const [i, m] of mounts.entries()) {
     bytes += m.stats.bytes
     // a bind-mounted file is written already
     if (m.file) continue
+    // through a helper that has only this mount, writable: the container's own may be
+    // read-only (:ro, --read-only), and its other mounts (one inside this one: a bind-mounted
+    // file at /app/config.json in a bind of /app) would be in the way of the engine's extraction
     const volume = m.type === 'volume' ? names[i] : undefined
-    if (!m.readOnly) {
-      await fillMount(opts, id, m, m.destination, xattrs, skipped, volume)
-      continue
-    }
-    // read-only in the container, so the engine cannot extract into it there: through a
-    // helper that has it writable, its paths told as the container sees them
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     const spec = m.type === 'volume' ? `${names[i]}:/holyship-mount:nocopy` : `${m.source}:/holyship-mount`
     await withHelper(opts, [spec], c.image.id, (helper) => fillMount(opts, helper, m, '/holyship-mount', xattrs, left, volume))

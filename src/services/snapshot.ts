@@ -9,7 +9,7 @@ import * as path from 'node:path'
 import debugFactory from 'debug'
 import {Archiver} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
-import {hasEscapes} from '../archive/names.js'
+import {fsPath, hasEscapes, nameFromBytes} from '../archive/names.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {Access, Probe, goDirect} from '../docker/direct.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
@@ -188,20 +188,22 @@ async function readMount(
     const st = m.type === 'bind' ? statSync(m.hostPath, {throwIfNoEntry: false}) : undefined
     if (st && !st.isDirectory()) {
       file = true
-      const real = realpathSync(m.hostPath)
-      if (st.isFile()) archiver.stats.changed = await archiveDir(path.dirname(real), archiver, {only: path.basename(real), parent: parentOf(opts, prev?.tree)})
-      else await archiver.add(FILE_ROOT)
+      // the file itself, where the source is a symlink (/etc/localtime); as bytes, names.ts
+      const real = nameFromBytes(realpathSync(fsPath(m.hostPath), {encoding: 'buffer'}))
+      if (st.isFile()) {
+        archiver.stats.changed = await archiveDir(path.dirname(real), archiver, {only: path.basename(real), parent: parentOf(opts, prev?.tree)})
+        // gone between the two looks: said, like any file that changed while being read
+        if (archiver.stats.files === 0) archiver.stats.changed.push(path.basename(real))
+      } else await archiver.add(FILE_ROOT)
     } else archiver.stats.changed = await archiveDir(m.hostPath, archiver, {parent: parentOf(opts, prev?.tree, prev?.root)})
   } else {
     const {archiveTar} = await tarSource()
     const fileRoot = m.type === 'bind' ? path.posix.basename(m.source) : undefined
     const rootType = await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true, fileRoot}))
-    file = rootType === 'file'
-    // the engine's archive of a socket holds nothing (Go's tar cannot write one)
-    if (rootType === undefined && m.type === 'bind') {
-      file = true
-      await archiver.add(FILE_ROOT)
-    }
+    // a device or fifo is recorded without content, like a socket, of which the engine's
+    // archive holds nothing (Go's tar cannot write one)
+    file = m.type === 'bind' && rootType !== 'dir'
+    if (file && rootType !== 'file') await archiver.add(FILE_ROOT)
   }
   const tree = await archiver.finish()
   // a file's made-up (or its directory's) root is not the mount's: not recorded
@@ -356,7 +358,8 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
 
   const container: ContainerRecord = {...base, fsDiff: fsDiff.tree, fsDiffStats: fsDiff.stats}
   const manifest: SnapshotManifest = {
-    version: 1,
+    // a bind-mounted file would be restored as a directory by a holyship that reads only 1
+    version: mountRecords.some((m) => m.file) ? 2 : 1,
     kind: 'container',
     time: new Date().toISOString(),
     host: os.hostname(),

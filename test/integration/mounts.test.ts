@@ -1,12 +1,15 @@
 /**
  * Mounts that are not a plain read-write directory, through the CLI on a real engine, with
- * both readers: a bind-mounted file (named otherwise on the host than in the container), a
- * read-only bind, a read-only volume and a bind-mounted unix socket. Snapshotted, their
+ * both readers, in a container with a read-only root filesystem: a bind-mounted file (named
+ * otherwise on the host than in the container), one whose source is a symlink (as
+ * /etc/localtime is), one inside a bind of a directory whose source holds it under another
+ * name, a read-only bind, a read-only volume and a bind-mounted unix socket. Snapshotted, their
  * sources removed, restored as a new container that runs with them; the file is written back
  * to its host path, and `restore --path` gives it under the container's name. A file that is
- * there with other content is refused without --force and written over with it.
+ * there with the snapshot's content is left alone; one with other content is refused without
+ * --force and written over with it.
  */
-import {mkdirSync, mkdtempSync, promises as fsp, rmSync, statSync, writeFileSync, chmodSync} from 'node:fs'
+import {chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, promises as fsp, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import * as net from 'node:net'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -25,12 +28,21 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
   let server: net.Server
   let conf: string
   let roDir: string
+  let appDir: string
 
   const fillSources = (): void => {
     writeFileSync(conf, 'setting=1\n')
     chmodSync(conf, 0o640)
     mkdirSync(roDir, {recursive: true})
     writeFileSync(path.join(roDir, 'x'), 'ro\n')
+    mkdirSync(appDir, {recursive: true})
+    writeFileSync(path.join(appDir, 'main.js'), 'main\n')
+    writeFileSync(path.join(appDir, 'config.prod.json'), '{"prod":true}\n')
+  }
+  /** what a restore writes back: the directories' sources (the file bind's is the test's to change) */
+  const removeDirSources = (): void => {
+    rmSync(roDir, {recursive: true, force: true})
+    rmSync(appDir, {recursive: true, force: true})
   }
 
   beforeAll(async () => {
@@ -38,7 +50,10 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
     conf = path.join(work, 'app-prod.conf')
     roDir = path.join(work, 'ro')
+    appDir = path.join(work, 'app')
     fillSources()
+    writeFileSync(path.join(work, 'tz-real'), 'Europe/Zurich\n')
+    symlinkSync('tz-real', path.join(work, 'tz-link'))
     server = net.createServer()
     await new Promise<void>((resolve) => server.listen(path.join(work, 'app.sock'), resolve))
     await docker.createVolume({Name: vol})
@@ -47,7 +62,18 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
       name,
       Image: inject('holyshipBusyboxImage'),
       Cmd: ['sleep', '100000'],
-      HostConfig: {Binds: [`${conf}:/etc/app.conf`, `${roDir}:/ro:ro`, `${vol}:/rovol:ro`, `${path.join(work, 'app.sock')}:/run/app.sock`]},
+      HostConfig: {
+        ReadonlyRootfs: true,
+        Binds: [
+          `${conf}:/etc/app.conf`,
+          `${path.join(work, 'tz-link')}:/etc/tz:ro`,
+          `${appDir}:/app`,
+          `${path.join(appDir, 'config.prod.json')}:/app/config.json:ro`,
+          `${roDir}:/ro:ro`,
+          `${vol}:/rovol:ro`,
+          `${path.join(work, 'app.sock')}:/run/app.sock`,
+        ],
+      },
     })
     await c.start()
     expect((await holyship(['init'], env)).code).toBe(0)
@@ -61,9 +87,9 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
   })
 
   const check = async (container: string): Promise<void> => {
-    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /ro/x /rovol/f && test -S /run/app.sock && echo socket'])
+    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /etc/tz /app/main.js /app/config.json /ro/x /rovol/f && test -S /run/app.sock && echo socket'])
     expect(e.stderr).toBe('')
-    expect(e.stdout).toBe('setting=1\nro\nvol\nsocket\n')
+    expect(e.stdout).toBe('setting=1\nEurope/Zurich\nmain\n{"prod":true}\nro\nvol\nsocket\n')
   }
 
   it('snapshots them, and a restore where their sources are gone writes them back and runs', async () => {
@@ -72,10 +98,10 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     expect(s.code).toBe(0)
     const show = JSON.parse((await holyship(['show', 'latest', '--json'], env)).stdout)
     const kinds = Object.fromEntries(show.mounts.map((m: {destination: string; file?: boolean}) => [m.destination, m.file === true]))
-    expect(kinds).toEqual({'/etc/app.conf': true, '/ro': false, '/rovol': false, '/run/app.sock': true})
+    expect(kinds).toEqual({'/etc/app.conf': true, '/etc/tz': true, '/app': false, '/app/config.json': true, '/ro': false, '/rovol': false, '/run/app.sock': true})
     await docker.getContainer(name).remove({force: true})
     rmSync(conf)
-    rmSync(roDir, {recursive: true})
+    removeDirSources()
     const r = await holyship(['restore', 'latest', '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--start', '--json'], env)
     expect(r.stderr).toBe('')
     expect(r.code).toBe(0)
@@ -83,6 +109,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     // the file is back at its host path, a file (not the directory a missing bind source becomes), with its mode
     expect(statSync(conf).isFile()).toBe(true)
     expect(statSync(conf).mode & 0o777).toBe(0o640)
+    // the symlinked source was left as it was: it leads to the snapshot's content
+    expect(lstatSync(path.join(work, 'tz-link')).isSymbolicLink()).toBe(true)
   })
 
   it('restore --path of the file gives it under the name the container sees', async () => {
@@ -97,22 +125,30 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     rmSync(out, {recursive: true})
   })
 
-  it('a file of other content at the source is refused without --force, and written over with it', async () => {
-    await docker.getContainer(`${name}-copy`).remove({force: true})
-    await docker.getVolume(`copy-${vol}`).remove()
+  it("a file with the snapshot's content at the source is left alone; one of other content is refused without --force, and written over with it", async () => {
+    const again = async (...extra: string[]): Promise<{code: number; stderr: string}> => {
+      await docker.getContainer(`${name}-copy`).remove({force: true}).catch(() => {})
+      await docker.getVolume(`copy-${vol}`).remove().catch(() => {})
+      removeDirSources()
+      return holyship(['restore', 'latest', '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--start', ...extra], env)
+    }
+    const before = statSync(conf)
+    const same = await again()
+    expect(same.stderr).toBe('')
+    expect(same.code).toBe(0)
+    expect(statSync(conf).ino).toBe(before.ino)
     writeFileSync(conf, 'edited on the host\n')
-    // the read-only bind's directory holds its files again: emptied, so only the file is in the way
-    rmSync(roDir, {recursive: true})
-    const refused = await holyship(['restore', 'latest', '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--start'], env)
+    const refused = await again()
     expect(refused.code).toBe(25)
     expect(refused.stderr).toMatch(/^holyship: error: the source .*app-prod\.conf of the bind-mounted file \/etc\/app\.conf on .* holds other content than the snapshot's/)
     expect(await fsp.readFile(conf, 'utf8')).toBe('edited on the host\n')
     expect(await docker.getContainer(`${name}-copy`).inspect().then(() => true, () => false)).toBe(false)
-    // nor a helper container (of this test: other files' may run at the same time), nor a volume
+    // nor a helper container (of this test: other files' may run at the same time), nor a volume, nor a directory source
     const helpers = await docker.listContainers({all: true, filters: {label: ['holyship.helper=true']}})
     expect(helpers.filter((h) => h.Mounts.some((m) => (m.Source ?? '').startsWith(work)))).toEqual([])
     expect(await docker.getVolume(`copy-${vol}`).inspect().then(() => true, () => false)).toBe(false)
-    const forced = await holyship(['restore', 'latest', '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--force', '--start'], env)
+    expect(existsSync(roDir)).toBe(false)
+    const forced = await again('--force')
     expect(forced.stderr).toBe('')
     expect(forced.code).toBe(0)
     expect(await fsp.readFile(conf, 'utf8')).toBe('setting=1\n')

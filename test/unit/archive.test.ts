@@ -259,3 +259,45 @@ describe('direct reader with a parent snapshot', () => {
     expect(await a.finish()).toBe(first.tree)
   })
 })
+
+describe('direct reader of a bind-mounted file (only)', () => {
+  let work: string
+  let repo: Repository
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-only-'))
+    await fsp.mkdir(path.join(work, 'etc/sub'), {recursive: true})
+    await fsp.writeFile(path.join(work, 'etc/app.conf'), 'setting=1\n')
+    await fsp.writeFile(path.join(work, 'etc/other.conf'), 'not mine\n')
+    await fsp.writeFile(path.join(work, 'etc/sub/deep'), 'not mine either\n')
+    execFileSync('setfattr', ['-n', 'user.note', '-v', 'mine', path.join(work, 'etc/app.conf')])
+    execFileSync('setfattr', ['-n', 'user.note', '-v', 'theirs', path.join(work, 'etc/other.conf')])
+    await fsp.mkdir(path.join(work, 'repo'))
+    repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+  })
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  const snap = async (parent?: string): Promise<{tree: string; files: number; changed: string[]}> => {
+    const a = new Archiver(repo)
+    const changed = await archiveDir(path.join(work, 'etc'), a, {only: 'app.conf', ...(parent ? {parent: {tree: parent, loadTree: (id) => repo.loadTree(id)}} : {})})
+    const tree = await a.finish()
+    await repo.flush()
+    return {tree, files: a.stats.files, changed}
+  }
+
+  it('records the one file with its attributes, nothing else of its directory, and reuses it unchanged', async () => {
+    const first = await snap()
+    const paths: string[] = []
+    for await (const e of walkTree(repo, first.tree)) paths.push(e.path)
+    expect(paths).toEqual(['app.conf'])
+    const node = (await findNode(repo, first.tree, 'app.conf'))!
+    expect(node.xattrs).toEqual({'user.note': Buffer.from('mine').toString('base64')})
+    // the same tree again from the parent; a change is seen
+    expect((await snap(first.tree)).tree).toBe(first.tree)
+    await fsp.writeFile(path.join(work, 'etc/app.conf'), 'setting=2\n')
+    expect((await snap(first.tree)).tree).not.toBe(first.tree)
+    // gone: an empty tree (the snapshot says so, see readMount)
+    await fsp.rm(path.join(work, 'etc/app.conf'))
+    expect((await snap()).files).toBe(0)
+  })
+})

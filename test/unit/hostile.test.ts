@@ -389,6 +389,21 @@ describe('crafted tar streams from the engine', () => {
     expect(open.destroyed).toBe(true)
   })
 
+  it('a bind-mounted file (fileRoot): its archive\'s root file under the given name; a device root, nothing', async () => {
+    const a = new Archiver(repo)
+    const rootType = await archiveTar(Readable.from([rawTar([[h('app.conf'), Buffer.from('setting=1\n')]])]), a, {stripFirst: true, fileRoot: 'app-prod.conf'})
+    expect(rootType).toBe('file')
+    const tree = await a.finish()
+    await repo.flush()
+    const paths: string[] = []
+    for await (const e of walkTree(repo, tree)) paths.push(`${e.path}:${e.node.type}:${e.node.size}`)
+    expect(paths).toEqual(['app-prod.conf:file:10'])
+    const d = new Archiver(repo)
+    expect(await archiveTar(Readable.from([rawTar([[h('kvm', {type: 'chardev', devMajor: 10, devMinor: 232})]])]), d, {stripFirst: true, fileRoot: 'kvm'})).toBe('chardev')
+    // without fileRoot a file root is still refused
+    await expect(archive(rawTar([[h('app.conf'), Buffer.from('x')]]), {stripFirst: true})).rejects.toMatchObject({code: 'DOCKER_FAILED'})
+  })
+
   it("an old regular-file flag on a name ending in / is a directory, as Go and tar-stream read it", async () => {
     const {paths} = await archive(retype(rawTar([[h('old/', {type: 'dir', mode: 0o755})], [h('old/f'), Buffer.from('f')]]), 0, '\0'))
     expect(paths).toEqual(['old:dir', 'old/f:file'])
