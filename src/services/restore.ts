@@ -608,7 +608,11 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
       ? `${names[i]}:${m.destination}:${m.readOnly ? 'ro,' : ''}nocopy`
       : `${m.source}:${m.destination}${m.readOnly ? ':ro' : ''}`,
   )
-  delete hostConfig.Mounts
+  // what else --mount declared stays: tmpfs mounts (compose's `type: tmpfs`) hold no data to
+  // snapshot, but the container expects them
+  const others = ((c.hostConfig.Mounts as {Type?: string}[] | null | undefined) ?? []).filter((m) => m.Type !== 'bind' && m.Type !== 'volume')
+  if (others.length) hostConfig.Mounts = others
+  else delete hostConfig.Mounts
   const config = {...c.config} as Record<string, unknown>
   withoutNetworkConflicts(config, hostConfig)
   const labels = {...((config.Labels as Record<string, string> | null) ?? {})}

@@ -1,6 +1,7 @@
 /**
  * Mounts that are not a plain read-write directory, through the CLI on a real engine, with
- * both readers, in a container with a read-only root filesystem: a bind-mounted file (named
+ * both readers, in a container with a read-only root filesystem and a tmpfs declared with
+ * --mount (kept on restore, not dropped with the other --mount entries): a bind-mounted file (named
  * otherwise on the host than in the container), one whose source is a symlink (as
  * /etc/localtime is), one inside a bind of a directory whose source holds it under another
  * name, a read-only bind, a read-only volume and a bind-mounted unix socket. Snapshotted, their
@@ -64,6 +65,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
       Cmd: ['sleep', '100000'],
       HostConfig: {
         ReadonlyRootfs: true,
+        // declared with --mount (compose's `type: tmpfs`): no data, but the container expects it
+        Mounts: [{Type: 'tmpfs', Target: '/scratch', TmpfsOptions: {SizeBytes: 1 << 20}}] as never,
         Binds: [
           `${conf}:/etc/app.conf`,
           `${path.join(work, 'tz-link')}:/etc/tz:ro`,
@@ -87,9 +90,9 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
   })
 
   const check = async (container: string): Promise<void> => {
-    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /etc/tz /app/main.js /app/config.json /ro/x /rovol/f && test -S /run/app.sock && echo socket'])
+    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /etc/tz /app/main.js /app/config.json /ro/x /rovol/f && test -S /run/app.sock && echo socket && grep -o " /scratch tmpfs" /proc/mounts'])
     expect(e.stderr).toBe('')
-    expect(e.stdout).toBe('setting=1\nEurope/Zurich\nmain\n{"prod":true}\nro\nvol\nsocket\n')
+    expect(e.stdout).toBe('setting=1\nEurope/Zurich\nmain\n{"prod":true}\nro\nvol\nsocket\n /scratch tmpfs\n')
   }
 
   it('snapshots them, and a restore where their sources are gone writes them back and runs', async () => {
