@@ -248,6 +248,12 @@ export interface TarOptions {
   rootName?: string
   /** write the tree's one top-level entry under this name instead of its own (a bind-mounted file, named as its source on the host) */
   topName?: string
+  /**
+   * relative paths left out, with everything below them: other mounts inside this one (the
+   * engine's archive of the outer mount also held their content; their mountpoints the engine
+   * makes itself)
+   */
+  without?: string[]
   onBytes?: (n: number) => void
   /**
    * --partial: a file whose data is damaged, a directory whose listing is, and hard links to
@@ -333,7 +339,9 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
     const slash = rel.indexOf('/')
     return slash < 0 ? opts.topName : opts.topName + rel.slice(slash)
   }
+  const without = opts.without ?? []
   for await (const {path: rel, node: n} of walkTree(repo, treeId, '', walkOpts)) {
+    if (without.length && without.some((w) => rel === w || rel.startsWith(`${w}/`))) continue
     const p = pre + renamed(rel)
     if (n.type === 'whiteout') {
       if (opts.layer) {
@@ -393,6 +401,8 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
 
 export interface RestoreToDirOptions {
   onBytes?: (n: number) => void
+  /** relative paths (of the whole tree) left out, with everything below them (see TarOptions) */
+  without?: string[]
   overwrite?: boolean
   /**
    * the tree's root directory as it was (a mount's root: mode, owner, times), given to the
@@ -641,6 +651,7 @@ class DirRestore {
    * goes into has been made (its entries' jobs wait for it, the walk does not).
    */
   private async walk(relOut: string, treePath: string, n: TreeNode, parent: Promise<void>): Promise<void> {
+    if (this.opts.without?.includes(treePath)) return
     if (n.type !== 'dir') {
       const seq = this.seq++
       // a hard link waits for the file it names, when that came earlier in the walk, to be

@@ -940,6 +940,7 @@ export class Repository {
       throw e
     }
     if (!m || typeof m.version !== 'number') throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: not a manifest`)
+    if (!Number.isInteger(m.version) || m.version < 1) throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: manifest version ${m.version}`)
     if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
     return m
   }

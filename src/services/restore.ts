@@ -15,8 +15,9 @@ import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {ContainerRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
+import {ContainerRecord, MANIFEST_VERSION, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
+import {innerMounts} from './mounts.js'
 import {recoverOnce} from './pause-journal.js'
 
 const debug = debugFactory('holyship:restore')
@@ -129,6 +130,9 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     throw new HolyshipError('REPO_DAMAGED', `snapshot ${id.slice(0, 12)} is damaged or hostile: ${what}`)
   }
   if (!m || typeof m !== 'object' || !Array.isArray(m.mounts)) bad('it has no list of mounts')
+  // a catalogue's copy is not checked when read: a newer holyship's manifest is not restored as if it were one of ours
+  if (!Number.isInteger(m.version) || m.version < 1) bad(`manifest version ${JSON.stringify(m.version)}`)
+  if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id.slice(0, 12)} has manifest version ${m.version}, newer than this holyship reads`, {hint: 'upgrade holyship'})
   if (m.kind !== 'container' && m.kind !== 'volume') bad(`unknown kind ${JSON.stringify(m.kind)}`)
   if (m.kind === 'container' && (!m.container || typeof m.container.image?.tree !== 'string')) bad('a container snapshot without its container')
   for (const t of [m.container?.image?.tree, m.container?.fsDiff]) if (t !== undefined && !TREE_ID.test(String(t))) bad(`bad tree id ${JSON.stringify(t)}`)
@@ -280,22 +284,22 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
  * A bind mount's host directory is not the restore's own, as a new volume is: with --name it
  * is even the original container's. One that holds anything is refused unless --force, before
  * a byte is written (its files would be written over, and a failed restore could not give
- * them back). Looked at through the created container (the host may be remote): the archive
- * of the mount's destination is read up to its first entry that is not a mountpoint of a mount
- * inside it (a volume's is empty: this restore made it and fills it later; an inner bind's
- * content is read and skipped). A directory the engine does not have yet is empty.
+ * them back). Looked at through a helper container that has just that directory (the host
+ * may be remote), before anything is changed: its archive is read up to its first entry that is
+ * not the mountpoint of a mount inside it, nor a bind-mounted file of this snapshot. A
+ * directory the engine does not have yet is empty (the engine makes it, as `docker run` would).
  */
-async function checkBinds(opts: RestoreOptions, containerId: string, mounts: MountRecord[], files: string[]): Promise<void> {
+async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], files: string[], image: string): Promise<void> {
   if (opts.force) return
   for (const m of mounts) {
-    // a bind-mounted file was looked at before the container was made (checkFileBinds)
+    // a bind-mounted file is looked at by checkFileBinds
     if (m.type !== 'bind' || m.file) continue
     // the mountpoints of mounts inside this one (a volume on /app/node_modules in a bind of
     // /app): the engine makes them in the bind's directory itself; they are not its content
-    const inner = mounts.filter((o) => o !== m && o.destination.startsWith(m.destination === '/' ? '/' : `${m.destination}/`)).map((o) => path.posix.relative(m.destination, o.destination))
+    const inner = innerMounts(mounts, m)
     // and the bind-mounted files in its source: this restore's own (written, or the snapshot's already)
     for (const f of files) if (f.startsWith(`${m.source}/`)) inner.push(path.posix.relative(m.source, f))
-    const held = await firstEntryIn(opts.engine, containerId, m.destination, inner)
+    const held = await withHelper(opts, [`${m.source}:/holyship-mount`], image, (helper) => firstEntryIn(opts.engine, helper, '/holyship-mount', inner))
     if (held !== undefined) {
       throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not empty (it holds ${JSON.stringify(held)})`, {
         hint: 'restore it elsewhere with --path, empty it, or use --force to write the snapshot over what is there',
@@ -356,10 +360,10 @@ async function volumeDir(opts: RestoreOptions, name: string, containerId: string
  * Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left
  * out (paths in the volume), and adds the extended attributes it could not set to `xattrs`
  */
-async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet): Promise<SkippedEntry[] | undefined> {
+async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet, without: string[] = []): Promise<SkippedEntry[] | undefined> {
   const progress = opts.progress ?? silentProgress
   const left: SkippedEntry[] | undefined = partial ? [] : undefined
-  const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
+  const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left, without})
   addXattrsNotSet(xattrs, r.xattrsNotSet)
   return left
 }
@@ -368,18 +372,18 @@ async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, 
  * Fill a mounted volume or bind of a created (never started) container: a new volume `volume`
  * straight into its directory where the writer may (volumeDir), else through the API.
  */
-async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, xattrs: XattrsNotSet, skipped?: SkippedEntry[], volume?: string): Promise<void> {
+async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, xattrs: XattrsNotSet, skipped?: SkippedEntry[], volume?: string, without: string[] = []): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
   if (dir !== undefined) {
-    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs)
+    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs, without)
     if (left) skipped!.push(...underBase(destination, left))
     return
   }
   // extract into the parent under the mount's own name, so the root's mode, owner and time apply
   const left: SkippedEntry[] | undefined = skipped ? [] : undefined
-  await putTree(opts, containerId, path.posix.dirname(destination), m.tree, {root: m.root, rootName: path.posix.basename(destination), onBytes: (n) => progress.add(n), skipped: left})
+  await putTree(opts, containerId, path.posix.dirname(destination), m.tree, {root: m.root, rootName: path.posix.basename(destination), onBytes: (n) => progress.add(n), skipped: left, without})
   if (left) skipped!.push(...underBase(destination, left))
 }
 
@@ -561,6 +565,18 @@ export function withoutNetworkConflicts(config: Record<string, unknown>, hostCon
     for (const k of ['Dns', 'DnsOptions', 'DnsSearch', 'ExtraHosts', 'PortBindings', 'Links']) delete hostConfig[k]
     hostConfig.PublishAllPorts = false
   } else if (mode === 'host') delete config.MacAddress
+  // the host's UTS namespace: its hostname, not one of the container's
+  if (hostConfig.UTSMode === 'host') for (const k of ['Hostname', 'Domainname']) delete config[k]
+}
+
+/** the containers whose namespaces a container shares (`--network container:X`, --ipc, --pid), by name as the snapshot recorded them */
+function sharedWith(hostConfig: Record<string, unknown>): {what: string; name: string}[] {
+  const out: {what: string; name: string}[] = []
+  for (const [k, what] of [['NetworkMode', 'network'], ['IpcMode', 'IPC namespace'], ['PidMode', 'PID namespace']]) {
+    const v = hostConfig[k]
+    if (typeof v === 'string' && v.startsWith('container:')) out.push({what, name: v.slice('container:'.length)})
+  }
+  return out
 }
 
 async function restoreContainer(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
@@ -578,9 +594,16 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     })
   }
   await preflightVolumes(opts, mounts, names)
+  // the engine would refuse to create it only after the old one (with --force) is gone
+  for (const s of sharedWith(c.hostConfig)) {
+    if (!(await engine.containerExists(s.name))) {
+      throw new HolyshipError('CONTAINER_NOT_FOUND', `container ${c.name} shares the ${s.what} of container ${s.name}, which is not on ${engine.host}`, {hint: `restore or start ${s.name} first`})
+    }
+  }
 
   await ensureImage(opts, c)
   const files = await checkFileBinds(opts, mounts, c.image.id)
+  await checkBinds(opts, mounts, mounts.filter((m) => m.file).map((m) => m.source), c.image.id)
   await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
@@ -635,7 +658,6 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     await engine.docker.getNetwork(n.name).connect({Container: id, EndpointConfig: {Aliases: n.aliases}})
   }
 
-  await checkBinds(opts, id, mounts, mounts.filter((m) => m.file).map((m) => m.source))
   let bytes = 0
   const xattrs: XattrsNotSet = {total: 0, first: []}
   for (const [i, m] of mounts.entries()) {
@@ -648,7 +670,9 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     const volume = m.type === 'volume' ? names[i] : undefined
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     const spec = m.type === 'volume' ? `${names[i]}:/holyship-mount:nocopy` : `${m.source}:/holyship-mount`
-    await withHelper(opts, [spec], c.image.id, (helper) => fillMount(opts, helper, m, '/holyship-mount', xattrs, left, volume))
+    // a mount inside this one has its content of its own (the engine's archive of this one held it too)
+    const without = innerMounts(mounts, m)
+    await withHelper(opts, [spec], c.image.id, (helper) => fillMount(opts, helper, m, '/holyship-mount', xattrs, left, volume, without))
     if (left) skipped!.push(...left.map((e) => ({path: m.destination + e.path.slice('/holyship-mount'.length), reason: e.reason})))
   }
   let started = false

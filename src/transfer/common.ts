@@ -175,7 +175,7 @@ export function parseManifest(data: Buffer, id: string, where: string, key?: Mas
     throw new HolyshipError('REMOTE_CORRUPT', e.why === 'not valid JSON' ? `${where}/${snapshotKey(id)} is not valid JSON` : e.message)
   }
   if (!m || typeof m !== 'object') throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not a manifest`)
-  if (typeof m.version !== 'number' || m.version > MANIFEST_VERSION) {
+  if (!Number.isInteger(m.version) || m.version < 1 || m.version > MANIFEST_VERSION) {
     throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
   }
   return m

@@ -114,6 +114,10 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     expect(statSync(conf).mode & 0o777).toBe(0o640)
     // the symlinked source was left as it was: it leads to the snapshot's content
     expect(lstatSync(path.join(work, 'tz-link')).isSymbolicLink()).toBe(true)
+    // the file bound inside /app is not copied into /app's own source: there the engine made
+    // an empty mountpoint, as on the first start (the api reader's archive of /app held its content)
+    expect((await fsp.readdir(appDir)).sort()).toEqual(['config.json', 'config.prod.json', 'main.js'])
+    expect(statSync(path.join(appDir, 'config.json')).size).toBe(0)
   })
 
   it('restore --path of the file gives it under the name the container sees', async () => {

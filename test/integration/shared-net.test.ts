@@ -58,4 +58,14 @@ describe('a container on another container\'s network', () => {
     expect(e.stdout).toMatch(/10\.9\.9\.9\s+db\.internal/)
     expect(e.stdout.trim().split('\n').at(-1)).toBe('state')
   })
+
+  it('without the network\'s owner, a restore is refused before anything is changed, --force or not', async () => {
+    await docker.getContainer(`${p}-vpn`).remove({force: true})
+    const before = await docker.getContainer(`${p}-app-copy`).inspect()
+    const r = await holyship(['restore', `latest:${p}-app`, '--name', `${p}-app-copy`, '--force'], env)
+    expect(r.code).toBe(22)
+    expect(r.stderr).toMatch(new RegExp(`^holyship: error: container ${p}-app shares the network of container ${p}-vpn, which is not on .*\\(restore or start ${p}-vpn first\\)\\n$`))
+    // the copy it would have replaced is still there, the same container
+    expect((await docker.getContainer(`${p}-app-copy`).inspect()).Id).toBe(before.Id)
+  })
 })

@@ -26,7 +26,7 @@ import {HolyshipError} from '../../src/errors.js'
 import {SnapshotManifest, TreeNode, dataKey} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {recordPause, recoverPausedContainers} from '../../src/services/pause-journal.js'
-import {checkManifest, restorePath} from '../../src/services/restore.js'
+import {checkManifest, restorePath, withoutNetworkConflicts} from '../../src/services/restore.js'
 import {verifyRepository} from '../../src/services/verify.js'
 
 let work: string
@@ -222,6 +222,28 @@ describe('crafted trees never write outside the target and never reach the engin
     expect((await fsp.stat(path.join(target, 'c-link'))).ino).toBe((await fsp.stat(path.join(target, 'b-file'))).ino)
   })
 
+  it("a container on another's network, or the host's UTS namespace, loses what the engine refuses with it", () => {
+    const config = {Hostname: 'abc123', Domainname: 'x', ExposedPorts: {'80/tcp': {}}, MacAddress: '02:42:ac:11:00:02', Env: ['A=1']}
+    const hostConfig = {NetworkMode: 'container:vpn', Dns: ['1.1.1.1'], DnsOptions: [], DnsSearch: [], ExtraHosts: ['a:1.2.3.4'], PortBindings: {'80/tcp': [{HostPort: '8080'}]}, PublishAllPorts: true, Links: ['/db:/app/db'], Memory: 1}
+    const c = {...config}
+    const hc: Record<string, unknown> = {...hostConfig}
+    withoutNetworkConflicts(c, hc)
+    expect(c).toEqual({Env: ['A=1']})
+    expect(hc).toEqual({NetworkMode: 'container:vpn', PublishAllPorts: false, Memory: 1})
+    // the host network: only the MAC address; an ordinary one: nothing
+    const onHost = {...config}
+    withoutNetworkConflicts(onHost, {NetworkMode: 'host'})
+    expect(onHost).toEqual({Hostname: 'abc123', Domainname: 'x', ExposedPorts: {'80/tcp': {}}, Env: ['A=1']})
+    const bridged = {...config}
+    const bhc: Record<string, unknown> = {...hostConfig, NetworkMode: 'bridge'}
+    withoutNetworkConflicts(bridged, bhc)
+    expect([bridged, bhc]).toEqual([config, {...hostConfig, NetworkMode: 'bridge'}])
+    // --uts=host: the host's hostname
+    const uts = {...config}
+    withoutNetworkConflicts(uts, {NetworkMode: 'bridge', UTSMode: 'host'})
+    expect(uts).toEqual({ExposedPorts: {'80/tcp': {}}, MacAddress: '02:42:ac:11:00:02', Env: ['A=1']})
+  })
+
   it('a hostile manifest is refused before anything is created', () => {
     const good: SnapshotManifest = {
       version: 1,
@@ -251,6 +273,10 @@ describe('crafted trees never write outside the target and never reach the engin
       ['a file mount flag that is not true', {type: 'bind', source: '/srv/app.conf', file: 'yes' as never}],
     ]
     expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, type: 'bind', source: '/srv/app.conf', file: true}]})).not.toThrow()
+    // versions: 1 and 2 are read; a newer one is not restored as if it were one of these (a catalogue's copy is not checked when read)
+    expect(() => checkManifest('f'.repeat(64), {...good, version: 2})).not.toThrow()
+    expect(() => checkManifest('f'.repeat(64), {...good, version: 3 as never})).toThrow(expect.objectContaining({code: 'REPO_NEWER_FORMAT'}))
+    for (const v of [0, 1.5, '1', undefined]) expect(() => checkManifest('f'.repeat(64), {...good, version: v as never}), String(v)).toThrow(/damaged or hostile/)
     for (const [what, change] of bad) {
       expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, ...change}]}), what).toThrow(/damaged or hostile/)
     }
@@ -400,6 +426,11 @@ describe('crafted tar streams from the engine', () => {
     expect(paths).toEqual(['app-prod.conf:file:10'])
     const d = new Archiver(repo)
     expect(await archiveTar(Readable.from([rawTar([[h('kvm', {type: 'chardev', devMajor: 10, devMinor: 232})]])]), d, {stripFirst: true, fileRoot: 'kvm'})).toBe('chardev')
+    // nothing recorded: the caller gives the mount its made-up root, with nothing in it
+    await d.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]})
+    const empty = await d.finish()
+    await repo.flush()
+    expect((await repo.loadTree(empty)).nodes).toEqual([])
     // without fileRoot a file root is still refused
     await expect(archive(rawTar([[h('app.conf'), Buffer.from('x')]]), {stripFirst: true})).rejects.toMatchObject({code: 'DOCKER_FAILED'})
   })
