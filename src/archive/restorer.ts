@@ -249,9 +249,8 @@ export interface TarOptions {
   /** write the tree's one top-level entry under this name instead of its own (a bind-mounted file, named as its source on the host) */
   topName?: string
   /**
-   * relative paths left out, with everything below them: other mounts inside this one (the
-   * engine's archive of the outer mount also held their content; their mountpoints the engine
-   * makes itself)
+   * relative paths of entries left out: the mountpoints of bind-mounted files inside this mount
+   * (the engine cannot extract over a mounted file; it makes the mountpoint itself)
    */
   without?: string[]
   onBytes?: (n: number) => void
@@ -339,9 +338,9 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
     const slash = rel.indexOf('/')
     return slash < 0 ? opts.topName : opts.topName + rel.slice(slash)
   }
-  const without = opts.without ?? []
+  const without = new Set(opts.without ?? [])
   for await (const {path: rel, node: n} of walkTree(repo, treeId, '', walkOpts)) {
-    if (without.length && without.some((w) => rel === w || rel.startsWith(`${w}/`))) continue
+    if (without.has(rel) && n.type !== 'dir') continue
     const p = pre + renamed(rel)
     if (n.type === 'whiteout') {
       if (opts.layer) {
@@ -401,8 +400,6 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
 
 export interface RestoreToDirOptions {
   onBytes?: (n: number) => void
-  /** relative paths (of the whole tree) left out, with everything below them (see TarOptions) */
-  without?: string[]
   overwrite?: boolean
   /**
    * the tree's root directory as it was (a mount's root: mode, owner, times), given to the
@@ -651,7 +648,6 @@ class DirRestore {
    * goes into has been made (its entries' jobs wait for it, the walk does not).
    */
   private async walk(relOut: string, treePath: string, n: TreeNode, parent: Promise<void>): Promise<void> {
-    if (this.opts.without?.includes(treePath)) return
     if (n.type !== 'dir') {
       const seq = this.seq++
       // a hard link waits for the file it names, when that came earlier in the walk, to be

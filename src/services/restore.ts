@@ -300,6 +300,9 @@ async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], files: st
     // and the bind-mounted files in its source: this restore's own (written, or the snapshot's already)
     for (const f of files) if (f.startsWith(`${m.source}/`)) inner.push(path.posix.relative(m.source, f))
     const held = await withHelper(opts, [`${m.source}:/holyship-mount`], image, (helper) => firstEntryIn(opts.engine, helper, '/holyship-mount', inner))
+    if (held === '/holyship-mount') {
+      throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not a directory, as it was in the snapshot`, {hint: 'move it away'})
+    }
     if (held !== undefined) {
       throw new HolyshipError('TARGET_EXISTS', `the bind mount source ${m.source} on ${opts.engine.host} is not empty (it holds ${JSON.stringify(held)})`, {
         hint: 'restore it elsewhere with --path, empty it, or use --force to write the snapshot over what is there',
@@ -360,10 +363,10 @@ async function volumeDir(opts: RestoreOptions, name: string, containerId: string
  * Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left
  * out (paths in the volume), and adds the extended attributes it could not set to `xattrs`
  */
-async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet, without: string[] = []): Promise<SkippedEntry[] | undefined> {
+async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet): Promise<SkippedEntry[] | undefined> {
   const progress = opts.progress ?? silentProgress
   const left: SkippedEntry[] | undefined = partial ? [] : undefined
-  const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left, without})
+  const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
   addXattrsNotSet(xattrs, r.xattrsNotSet)
   return left
 }
@@ -377,7 +380,7 @@ async function fillMount(opts: RestoreOptions, containerId: string, m: MountReco
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
   if (dir !== undefined) {
-    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs, without)
+    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs)
     if (left) skipped!.push(...underBase(destination, left))
     return
   }
@@ -660,21 +663,20 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   let bytes = 0
   const xattrs: XattrsNotSet = {total: 0, first: []}
-  for (const [i, m] of mounts.entries()) {
-    bytes += m.stats.bytes
-    // a bind-mounted file is written already
-    if (m.file) continue
-    // through a helper that has only this mount, writable: the container's own may be
-    // read-only (:ro, --read-only), and its other mounts (one inside this one: a bind-mounted
-    // file at /app/config.json in a bind of /app) would be in the way of the engine's extraction
-    const volume = m.type === 'volume' ? names[i] : undefined
-    const left: SkippedEntry[] | undefined = skipped ? [] : undefined
-    const spec = m.type === 'volume' ? `${names[i]}:/holyship-mount:nocopy` : `${m.source}:/holyship-mount`
-    // a mount inside this one has its content of its own (the engine's archive of this one held it too)
-    const without = innerMounts(mounts, m)
-    await withHelper(opts, [spec], c.image.id, (helper) => fillMount(opts, helper, m, '/holyship-mount', xattrs, left, volume, without))
-    if (left) skipped!.push(...left.map((e) => ({path: m.destination + e.path.slice('/holyship-mount'.length), reason: e.reason})))
-  }
+  // every mount is filled through one helper container that has them all where the container
+  // has them, but writable: the container's own may be read-only (:ro, --read-only), and a
+  // mount inside another gets what the engine's archive of the outer one held of it, as before
+  const specs = mounts.map((m, i) => (m.type === 'volume' ? `${names[i]}:${m.destination}:nocopy` : `${m.source}:${m.destination}`))
+  await withHelper(opts, specs, c.image.id, async (helper) => {
+    for (const [i, m] of mounts.entries()) {
+      bytes += m.stats.bytes
+      // a bind-mounted file is written already; the engine cannot extract over its mountpoint
+      // in another mount (EBUSY), and makes it itself
+      if (m.file) continue
+      const without = innerMounts(mounts.filter((o) => o.file), m)
+      await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without)
+    }
+  })
   let started = false
   // a container with files missing is not started: its owner decides
   if (opts.start && !skipped?.length) {
@@ -767,6 +769,8 @@ async function restoreBoundFile(opts: RestorePathOptions, m: MountRecord): Promi
  * mount whose destination holds it (longest match), else in the container's filesystem diff.
  */
 export async function restorePath(opts: RestorePathOptions): Promise<RestorePathResult> {
+  // the catalogue's copy of a manifest is not checked when read (a newer holyship's, say)
+  checkManifest(opts.snapshotId, opts.manifest)
   const want = '/' + opts.path.split('/').filter((p) => p !== '' && p !== '.').join('/')
   if (want.split('/').includes('..')) throw new HolyshipError('USAGE', `--path must not contain "..": ${opts.path}`)
   const m = opts.manifest

@@ -17,7 +17,6 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ArchiveStats, ContainerRecord, ImageRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
-import {innerMounts} from './mounts.js'
 import {recoverOnce} from './pause-journal.js'
 import {Consistency, StateGuard} from './state-guard.js'
 
@@ -177,7 +176,6 @@ async function readMount(
   containerId: string,
   m: MountSource,
   prev?: Pick<MountRecord, 'tree' | 'root'>,
-  inner: string[] = [],
 ): Promise<{tree: string; stats: ArchiveStats; root?: TreeNode; file?: true}> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
@@ -201,10 +199,7 @@ async function readMount(
   } else {
     const {archiveTar} = await tarSource()
     const fileRoot = m.type === 'bind' ? path.posix.basename(m.source) : undefined
-    // the engine's archive crosses into mounts inside this one: their content is theirs, and
-    // their mountpoints the engine makes itself (a file's holds the inner file's content)
-    const filter = inner.length ? (p: string): boolean => !inner.some((i) => p === i || p.startsWith(`${i}/`)) : undefined
-    const rootType = await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true, fileRoot, filter}))
+    const rootType = await apiRead(`${m.destination} of the container`, async () => archiveTar(await opts.engine.getArchive(containerId, m.destination), archiver, {stripFirst: true, fileRoot}))
     // a device or fifo is recorded without content, like a socket, of which the engine's
     // archive holds nothing (Go's tar cannot write one)
     file = m.type === 'bind' && rootType !== 'dir'
@@ -335,7 +330,7 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
     changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
     for (const [i, m] of mounts.entries()) {
       const prev = parent?.manifest.mounts.find((p) => p.type === m.type && p.source === m.source && p.destination === m.destination)
-      const r = await readMount(opts, reader, info.Id, m, prev, innerMounts(mounts, m))
+      const r = await readMount(opts, reader, info.Id, m, prev)
       addStats(total, r.stats)
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}

@@ -175,9 +175,8 @@ export function parseManifest(data: Buffer, id: string, where: string, key?: Mas
     throw new HolyshipError('REMOTE_CORRUPT', e.why === 'not valid JSON' ? `${where}/${snapshotKey(id)} is not valid JSON` : e.message)
   }
   if (!m || typeof m !== 'object') throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not a manifest`)
-  if (!Number.isInteger(m.version) || m.version < 1 || m.version > MANIFEST_VERSION) {
-    throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
-  }
+  if (!Number.isInteger(m.version) || m.version < 1) throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} has manifest version ${JSON.stringify(m.version)}`)
+  if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
   return m
 }
 

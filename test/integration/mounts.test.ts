@@ -4,7 +4,8 @@
  * --mount (kept on restore, not dropped with the other --mount entries): a bind-mounted file (named
  * otherwise on the host than in the container), one whose source is a symlink (as
  * /etc/localtime is), one inside a bind of a directory whose source holds it under another
- * name, a read-only bind, a read-only volume and a bind-mounted unix socket. Snapshotted, their
+ * name, a read-only bind with a writable volume inside it, a read-only volume and a
+ * bind-mounted unix socket. Snapshotted, their
  * sources removed, restored as a new container that runs with them; the file is written back
  * to its host path, and `restore --path` gives it under the container's name. A file that is
  * there with the snapshot's content is left alone; one with other content is refused without
@@ -24,6 +25,7 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
   const tag = `${reader}-${process.pid}`
   const name = `mounts-${tag}`
   const vol = `mounts-vol-${tag}`
+  const cache = `mounts-cache-${tag}`
   let work: string
   let env: Record<string, string>
   let server: net.Server
@@ -36,6 +38,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     chmodSync(conf, 0o640)
     mkdirSync(roDir, {recursive: true})
     writeFileSync(path.join(roDir, 'x'), 'ro\n')
+    // the engine cannot make a mountpoint in a read-only mount (moby#39587): docker run needs it there
+    mkdirSync(path.join(roDir, 'cache'))
     mkdirSync(appDir, {recursive: true})
     writeFileSync(path.join(appDir, 'main.js'), 'main\n')
     writeFileSync(path.join(appDir, 'config.prod.json'), '{"prod":true}\n')
@@ -59,6 +63,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     await new Promise<void>((resolve) => server.listen(path.join(work, 'app.sock'), resolve))
     await docker.createVolume({Name: vol})
     writeFileSync(path.join((await docker.getVolume(vol).inspect()).Mountpoint, 'f'), 'vol\n')
+    await docker.createVolume({Name: cache})
+    writeFileSync(path.join((await docker.getVolume(cache).inspect()).Mountpoint, 'c'), 'cache\n')
     const c = await docker.createContainer({
       name,
       Image: inject('holyshipBusyboxImage'),
@@ -73,6 +79,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
           `${appDir}:/app`,
           `${path.join(appDir, 'config.prod.json')}:/app/config.json:ro`,
           `${roDir}:/ro:ro`,
+          // a writable volume inside the read-only bind: its mountpoint must be in the bind's source
+          `${cache}:/ro/cache`,
           `${vol}:/rovol:ro`,
           `${path.join(work, 'app.sock')}:/run/app.sock`,
         ],
@@ -84,15 +92,15 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
 
   afterAll(async () => {
     for (const c of [name, `${name}-copy`]) await docker.getContainer(c).remove({force: true}).catch(() => {})
-    for (const v of [vol, `copy-${vol}`]) await docker.getVolume(v).remove().catch(() => {})
+    for (const v of [vol, `copy-${vol}`, cache, `copy-${cache}`]) await docker.getVolume(v).remove().catch(() => {})
     server?.close()
     rmSync(work, {recursive: true, force: true})
   })
 
   const check = async (container: string): Promise<void> => {
-    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /etc/tz /app/main.js /app/config.json /ro/x /rovol/f && test -S /run/app.sock && echo socket && grep -o " /scratch tmpfs" /proc/mounts'])
+    const e = await dockerExec(docker, container, ['sh', '-c', 'cat /etc/app.conf /etc/tz /app/main.js /app/config.json /ro/x /ro/cache/c /rovol/f && test -S /run/app.sock && echo socket && grep -o " /scratch tmpfs" /proc/mounts'])
     expect(e.stderr).toBe('')
-    expect(e.stdout).toBe('setting=1\nEurope/Zurich\nmain\n{"prod":true}\nro\nvol\nsocket\n /scratch tmpfs\n')
+    expect(e.stdout).toBe('setting=1\nEurope/Zurich\nmain\n{"prod":true}\nro\ncache\nvol\nsocket\n /scratch tmpfs\n')
   }
 
   it('snapshots them, and a restore where their sources are gone writes them back and runs', async () => {
@@ -101,7 +109,7 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     expect(s.code).toBe(0)
     const show = JSON.parse((await holyship(['show', 'latest', '--json'], env)).stdout)
     const kinds = Object.fromEntries(show.mounts.map((m: {destination: string; file?: boolean}) => [m.destination, m.file === true]))
-    expect(kinds).toEqual({'/etc/app.conf': true, '/etc/tz': true, '/app': false, '/app/config.json': true, '/ro': false, '/rovol': false, '/run/app.sock': true})
+    expect(kinds).toEqual({'/etc/app.conf': true, '/etc/tz': true, '/app': false, '/app/config.json': true, '/ro': false, '/ro/cache': false, '/rovol': false, '/run/app.sock': true})
     await docker.getContainer(name).remove({force: true})
     rmSync(conf)
     removeDirSources()
@@ -118,6 +126,8 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     // an empty mountpoint, as on the first start (the api reader's archive of /app held its content)
     expect((await fsp.readdir(appDir)).sort()).toEqual(['config.json', 'config.prod.json', 'main.js'])
     expect(statSync(path.join(appDir, 'config.json')).size).toBe(0)
+    // nor the volume inside the read-only bind into the bind's source: only its mountpoint is there
+    expect(await fsp.readdir(path.join(roDir, 'cache'))).toEqual([])
   })
 
   it('restore --path of the file gives it under the name the container sees', async () => {
@@ -136,6 +146,7 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     const again = async (...extra: string[]): Promise<{code: number; stderr: string}> => {
       await docker.getContainer(`${name}-copy`).remove({force: true}).catch(() => {})
       await docker.getVolume(`copy-${vol}`).remove().catch(() => {})
+      await docker.getVolume(`copy-${cache}`).remove().catch(() => {})
       removeDirSources()
       return holyship(['restore', 'latest', '--name', `${name}-copy`, '--volume-prefix', 'copy-', '--start', ...extra], env)
     }
