@@ -572,13 +572,20 @@ export function withoutNetworkConflicts(config: Record<string, unknown>, hostCon
   if (hostConfig.UTSMode === 'host') for (const k of ['Hostname', 'Domainname']) delete config[k]
 }
 
-/** the containers whose namespaces a container shares (`--network container:X`, --ipc, --pid), by name as the snapshot recorded them */
-function sharedWith(hostConfig: Record<string, unknown>): {what: string; name: string}[] {
+/**
+ * the other containers a container needs at create: whose namespaces it shares (`--network
+ * container:X`, --ipc, --pid, by name as the snapshot recorded them), whose volumes it takes
+ * (--volumes-from X[:ro]) and which it links to (--link X:alias, as inspect shows it: /X:/me/alias)
+ */
+export function needsContainers(hostConfig: Record<string, unknown>): {what: string; name: string}[] {
   const out: {what: string; name: string}[] = []
   for (const [k, what] of [['NetworkMode', 'network'], ['IpcMode', 'IPC namespace'], ['PidMode', 'PID namespace']]) {
     const v = hostConfig[k]
     if (typeof v === 'string' && v.startsWith('container:')) out.push({what, name: v.slice('container:'.length)})
   }
+  const list = (k: string): string[] => (Array.isArray(hostConfig[k]) ? (hostConfig[k] as unknown[]).filter((v): v is string => typeof v === 'string') : [])
+  for (const v of list('VolumesFrom')) out.push({what: 'volumes', name: v.split(':')[0]})
+  for (const v of list('Links')) out.push({what: 'link', name: v.split(':')[0].replace(/^\//, '')})
   return out
 }
 
@@ -598,9 +605,10 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   }
   await preflightVolumes(opts, mounts, names)
   // the engine would refuse to create it only after the old one (with --force) is gone
-  for (const s of sharedWith(c.hostConfig)) {
+  for (const s of needsContainers(c.hostConfig)) {
     if (!(await engine.containerExists(s.name))) {
-      throw new HolyshipError('CONTAINER_NOT_FOUND', `container ${c.name} shares the ${s.what} of container ${s.name}, which is not on ${engine.host}`, {hint: `restore or start ${s.name} first`})
+      const uses = s.what === 'link' ? 'links to' : s.what === 'volumes' ? 'takes the volumes of' : `shares the ${s.what} of`
+      throw new HolyshipError('CONTAINER_NOT_FOUND', `container ${c.name} ${uses} container ${s.name}, which is not on ${engine.host}`, {hint: `restore or start ${s.name} first`})
     }
   }
 

@@ -26,7 +26,7 @@ import {HolyshipError} from '../../src/errors.js'
 import {SnapshotManifest, TreeNode, dataKey} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {recordPause, recoverPausedContainers} from '../../src/services/pause-journal.js'
-import {checkManifest, restorePath, withoutNetworkConflicts} from '../../src/services/restore.js'
+import {checkManifest, needsContainers, restorePath, withoutNetworkConflicts} from '../../src/services/restore.js'
 import {verifyRepository} from '../../src/services/verify.js'
 
 let work: string
@@ -238,6 +238,15 @@ describe('crafted trees never write outside the target and never reach the engin
     const bhc: Record<string, unknown> = {...hostConfig, NetworkMode: 'bridge'}
     withoutNetworkConflicts(bridged, bhc)
     expect([bridged, bhc]).toEqual([config, {...hostConfig, NetworkMode: 'bridge'}])
+    // the containers a restore needs there first
+    expect(needsContainers({NetworkMode: 'container:vpn', IpcMode: 'shareable', PidMode: 'container:init', VolumesFrom: ['data:ro', 'logs'], Links: ['/db:/app/db']})).toEqual([
+      {what: 'network', name: 'vpn'},
+      {what: 'PID namespace', name: 'init'},
+      {what: 'volumes', name: 'data'},
+      {what: 'volumes', name: 'logs'},
+      {what: 'link', name: 'db'},
+    ])
+    expect(needsContainers({NetworkMode: 'bridge', VolumesFrom: null, Links: null})).toEqual([])
     // --uts=host: the host's hostname
     const uts = {...config}
     withoutNetworkConflicts(uts, {NetworkMode: 'bridge', UTSMode: 'host'})
