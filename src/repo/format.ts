@@ -46,6 +46,12 @@ export interface PackBlob {
 /** the newest snapshot manifest version this holyship reads */
 export const MANIFEST_VERSION = 2
 
+/** a manifest's version as this holyship sees it: one it reads, one `newer` than it reads, or `bad` (no version at all) */
+export function manifestVersion(v: unknown): 'ok' | 'newer' | 'bad' {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) return 'bad'
+  return v > MANIFEST_VERSION ? 'newer' : 'ok'
+}
+
 export interface IndexFile {
   version: 1
   packs: {id: string; size: number; blobs: PackBlob[]}[]

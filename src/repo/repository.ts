@@ -18,13 +18,13 @@ import {
   FORMAT_VERSION_ENCRYPTED,
   FORMAT_VERSION_PLAIN,
   IndexFile,
-  MANIFEST_VERSION,
   PackBlob,
   RepoConfig,
   SnapshotManifest,
   Tree,
   dataKey,
   indexKey,
+  manifestVersion,
   snapshotKey,
 } from './format.js'
 import {ScryptParams, addKeyFile, getNewPassword, keyFileKey, unlockRepository} from './keys.js'
@@ -940,8 +940,9 @@ export class Repository {
       throw e
     }
     if (!m || typeof m.version !== 'number') throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: not a manifest`)
-    if (!Number.isInteger(m.version) || m.version < 1) throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: manifest version ${m.version}`)
-    if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
+    const version = manifestVersion(m.version)
+    if (version === 'bad') throw new HolyshipError('REPO_DAMAGED', `snapshot ${snapshotKey(id)} is damaged: manifest version ${m.version}`)
+    if (version === 'newer') throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} has manifest version ${m.version}`)
     return m
   }
 

@@ -15,7 +15,7 @@ import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {ContainerRecord, MANIFEST_VERSION, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
+import {ContainerRecord, MountRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
 import {innerMounts} from './mounts.js'
 import {recoverOnce} from './pause-journal.js'
@@ -131,8 +131,9 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
   }
   if (!m || typeof m !== 'object' || !Array.isArray(m.mounts)) bad('it has no list of mounts')
   // a catalogue's copy is not checked when read: a newer holyship's manifest is not restored as if it were one of ours
-  if (!Number.isInteger(m.version) || m.version < 1) bad(`manifest version ${JSON.stringify(m.version)}`)
-  if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id.slice(0, 12)} has manifest version ${m.version}, newer than this holyship reads`, {hint: 'upgrade holyship'})
+  const version = manifestVersion(m.version)
+  if (version === 'bad') bad(`manifest version ${JSON.stringify(m.version)}`)
+  if (version === 'newer') throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id.slice(0, 12)} has manifest version ${m.version}, newer than this holyship reads`, {hint: 'upgrade holyship'})
   if (m.kind !== 'container' && m.kind !== 'volume') bad(`unknown kind ${JSON.stringify(m.kind)}`)
   if (m.kind === 'container' && (!m.container || typeof m.container.image?.tree !== 'string')) bad('a container snapshot without its container')
   for (const t of [m.container?.image?.tree, m.container?.fsDiff]) if (t !== undefined && !TREE_ID.test(String(t))) bad(`bad tree id ${JSON.stringify(t)}`)

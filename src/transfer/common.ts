@@ -6,7 +6,7 @@
 import {isNotFound} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
-import {FORMAT_NAME, FORMAT_VERSION, IndexFile, MANIFEST_VERSION, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, snapshotKey} from '../repo/format.js'
+import {FORMAT_NAME, FORMAT_VERSION, IndexFile, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, manifestVersion, snapshotKey} from '../repo/format.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {CorruptBlobError, CorruptObjectError, decodeBlob, openJson, parsePackHeader, sealJson, sha256} from '../repo/pack.js'
 import {Repository, checkEncryptionConfig} from '../repo/repository.js'
@@ -175,8 +175,9 @@ export function parseManifest(data: Buffer, id: string, where: string, key?: Mas
     throw new HolyshipError('REMOTE_CORRUPT', e.why === 'not valid JSON' ? `${where}/${snapshotKey(id)} is not valid JSON` : e.message)
   }
   if (!m || typeof m !== 'object') throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} is not a manifest`)
-  if (!Number.isInteger(m.version) || m.version < 1) throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} has manifest version ${JSON.stringify(m.version)}`)
-  if (m.version > MANIFEST_VERSION) throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
+  const version = manifestVersion(m.version)
+  if (version === 'bad') throw new HolyshipError('REMOTE_CORRUPT', `${where}/${snapshotKey(id)} has manifest version ${JSON.stringify(m.version)}`)
+  if (version === 'newer') throw new HolyshipError('REPO_NEWER_FORMAT', `snapshot ${id} at ${where} has manifest version ${m.version}`, {hint: 'upgrade holyship'})
   return m
 }
 
