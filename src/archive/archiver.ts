@@ -36,6 +36,9 @@ export interface SourceEntry {
   inode?: number
 }
 
+/** the root directory made up for a bind-mounted file's tree, which holds just that file (its metadata is never restored) */
+export const FILE_ROOT: SourceEntry = {path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]}
+
 interface DirBuild {
   node?: TreeNode
   children: Map<string, TreeNode>

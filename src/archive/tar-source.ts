@@ -4,9 +4,10 @@
 import {Readable} from 'node:stream'
 import {HolyshipError, classify, isHolyshipError} from '../errors.js'
 import {NodeType} from '../repo/format.js'
-import {Archiver, SourceEntry, normalise} from './archiver.js'
+import {Archiver, FILE_ROOT, SourceEntry, normalise} from './archiver.js'
 import {nameFromBytes} from './names.js'
 import {TarItem, TarRecord, readTar} from './tar-reader.js'
+import {TYPEFLAG} from './tarwriter.js'
 import {badRelPath} from './tree-check.js'
 
 export interface TarSourceOptions {
@@ -22,31 +23,24 @@ export interface TarSourceOptions {
   fileRoot?: string
 }
 
-/** the root directory made up for a bind-mounted file's tree (its metadata is never restored) */
-export const FILE_ROOT: SourceEntry = {path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: [0, 0]}
+/** what each typeflag is: the ones our writer writes, and the old and contiguous flags of a file */
+const TYPES: Record<string, NodeType | undefined> = {...Object.fromEntries(Object.entries(TYPEFLAG).map(([type, flag]) => [flag, type])), '\0': 'file', '7': 'file'}
 
-const TYPES: Record<string, NodeType | undefined> = {
-  '0': 'file',
-  '\0': 'file',
-  '7': 'file',
-  '1': 'hardlink',
-  '2': 'symlink',
-  '3': 'chardev',
-  '4': 'blockdev',
-  '5': 'dir',
-  '6': 'fifo',
+/** the type of entry a tar header is; undefined for a flag that is not a file system's */
+export function tarType(h: TarRecord): NodeType | undefined {
+  return TYPES[h.typeflag]
 }
 
 /** why an entry cannot be recorded as it is: a type that is not a file system's, or a GNU sparse file (its map would be stored as its content) */
 function unrecordable(h: TarRecord): string | undefined {
-  if (!TYPES[h.typeflag]) return `an entry of type ${JSON.stringify(h.typeflag)}, which holyship cannot record`
+  if (!tarType(h)) return `an entry of type ${JSON.stringify(h.typeflag)}, which holyship cannot record`
   for (const k of h.pax.keys()) if (k.startsWith('GNU.sparse.')) return 'a GNU sparse file, which holyship cannot read'
   return undefined
 }
 
 /** A tar header as an archiver entry (names as names.ts keeps them; xattr values base64 of their bytes); undefined for what cannot be recorded (unrecordable). */
 export function tarHeaderToEntry(h: TarRecord, path: string): SourceEntry | undefined {
-  const type = TYPES[h.typeflag]
+  const type = tarType(h)
   if (!type || unrecordable(h)) return undefined
   const xattrs: Record<string, string> = {}
   for (const [k, v] of h.pax) if (k.startsWith('SCHILY.xattr.')) xattrs[k.slice('SCHILY.xattr.'.length)] = v.toString('base64')
@@ -160,7 +154,7 @@ export async function firstEntryOutside(stream: Readable, inner: string[]): Prom
   for await (const {entry, path} of tarEntries(stream, true)) {
     // the archive's first entry is the directory itself, under its base name
     if (first) {
-      if (TYPES[entry.header.typeflag] !== 'dir') return ''
+      if (tarType(entry.header) !== 'dir') return ''
       first = false
       continue
     }

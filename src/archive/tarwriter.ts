@@ -22,7 +22,8 @@ export interface TarHeader {
   xattrs?: Record<string, Buffer>
 }
 
-const TYPEFLAG: Record<TarHeader['type'], string> = {
+/** the typeflag of each type of entry (tar-source reads them back with it) */
+export const TYPEFLAG: Record<TarHeader['type'], string> = {
   file: '0',
   hardlink: '1',
   symlink: '2',

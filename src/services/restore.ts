@@ -473,13 +473,15 @@ async function compareAt(opts: RestoreOptions, helper: string, at: string, node:
     }
   }
   const {readTar} = await import('../archive/tar-reader.js')
+  const {tarType} = await import('../archive/tar-source.js')
   // the engine's archive of a socket is empty
   let result: AtSource = {is: 'not a file'}
   try {
     // read to its end-of-archive block, so a copy is a whole archive
     for await (const {header, body} of readTar(tee())) {
-      if (header.typeflag === '2') return {is: 'symlink'}
-      if (header.typeflag !== '0' && header.typeflag !== '\0') return {is: 'not a file'}
+      const type = tarType(header)
+      if (type === 'symlink') return {is: 'symlink'}
+      if (type !== 'file') return {is: 'not a file'}
       const there = createHash('sha256')
       for await (const b of body) there.update(b)
       result = {is: 'other'}

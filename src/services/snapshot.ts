@@ -7,7 +7,7 @@ import {realpathSync, statSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import debugFactory from 'debug'
-import {Archiver} from '../archive/archiver.js'
+import {Archiver, FILE_ROOT} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
 import {fsPath, hasEscapes, nameFromBytes} from '../archive/names.js'
 import {Catalogue} from '../catalogue/catalogue.js'
@@ -180,7 +180,6 @@ async function readMount(
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`)
   const archiver = new Archiver(opts.repo, (n) => progress.add(n))
-  const {FILE_ROOT} = await tarSource()
   // a bind of one file: its tree is a root made up for it holding the file, named as on the
   // host; of something else that is not a directory (a socket: /var/run/docker.sock), an empty one
   let file = false
