@@ -290,8 +290,9 @@ async function loadDiffImage(opts: RestoreOptions, c: ContainerRecord, name: str
  * not the mountpoint of a mount inside it, nor a bind-mounted file of this snapshot. A
  * directory the engine does not have yet is empty (the engine makes it, as `docker run` would).
  */
-async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], files: string[], image: string): Promise<void> {
+async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], image: string): Promise<void> {
   if (opts.force) return
+  const files = mounts.filter((m) => m.file).map((m) => m.source)
   for (const m of mounts) {
     // a bind-mounted file is looked at by checkFileBinds
     if (m.type !== 'bind' || m.file) continue
@@ -318,21 +319,25 @@ async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], files: st
  * undefined when there is none or `dir` is missing.
  */
 async function firstEntryIn(engine: Engine, containerId: string, dir: string, inner: string[]): Promise<string | undefined> {
-  const what = `get archive ${containerId.slice(0, 12)}:${dir}`
-  const missing = new HolyshipError('PATH_NOT_FOUND', `${dir} is not in container ${containerId.slice(0, 12)}`)
   const {firstEntryOutside} = await import('../archive/tar-source.js')
-  let stream: Readable
-  try {
-    stream = await engine.getArchive(containerId, dir, () => missing)
-  } catch (e) {
-    if (e === missing) return undefined
-    throw e
-  }
+  const stream = await archiveOf(engine, containerId, dir)
+  if (!stream) return undefined
   try {
     const held = await firstEntryOutside(stream, inner)
     return held === '' ? dir : held
   } catch (e) {
-    throw engine.mapError(what, e)
+    throw engine.mapError(`get archive ${containerId.slice(0, 12)}:${dir}`, e)
+  }
+}
+
+/** the engine's archive of `at` in container `containerId`; undefined when it has no such path */
+async function archiveOf(engine: Engine, containerId: string, at: string): Promise<Readable | undefined> {
+  const missing = new HolyshipError('PATH_NOT_FOUND', `${at} is not in container ${containerId.slice(0, 12)}`)
+  try {
+    return await engine.getArchive(containerId, at, () => missing)
+  } catch (e) {
+    if (e === missing) return undefined
+    throw e
   }
 }
 
@@ -454,14 +459,8 @@ const ROLLBACK_COPY_MAX = 64 * 1024 * 1024
 
 /** what the engine's archive of `at` in container `helper` holds, against the snapshot's file `node`; undefined: it has no such path */
 async function compareAt(opts: RestoreOptions, helper: string, at: string, node: TreeNode, keep: boolean): Promise<AtSource | undefined> {
-  const missing = new HolyshipError('PATH_NOT_FOUND', `${at} is not in container ${helper.slice(0, 12)}`)
-  let stream: Readable
-  try {
-    stream = await opts.engine.getArchive(helper, at, () => missing)
-  } catch (e) {
-    if (e === missing) return undefined
-    throw e
-  }
+  const stream = await archiveOf(opts.engine, helper, at)
+  if (!stream) return undefined
   // the archive's bytes, as long as they are few (a file written over is put back from them)
   const copy: Buffer[] = []
   let copied = 0
@@ -617,7 +616,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   await ensureImage(opts, c)
   const files = await checkFileBinds(opts, mounts, c.image.id)
-  await checkBinds(opts, mounts, mounts.filter((m) => m.file).map((m) => m.source), c.image.id)
+  await checkBinds(opts, mounts, c.image.id)
   await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
@@ -640,11 +639,12 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
   // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
-  hostConfig.Binds = mounts.map((m, i) =>
-    m.type === 'volume'
-      ? `${names[i]}:${m.destination}:${m.readOnly ? 'ro,' : ''}nocopy`
-      : `${m.source}:${m.destination}${m.readOnly ? ':ro' : ''}`,
-  )
+  const bindSpecs = (writable: boolean): string[] =>
+    mounts.map((m, i) => {
+      const ro = m.readOnly && !writable
+      return m.type === 'volume' ? `${names[i]}:${m.destination}:${ro ? 'ro,' : ''}nocopy` : `${m.source}:${m.destination}${ro ? ':ro' : ''}`
+    })
+  hostConfig.Binds = bindSpecs(false)
   // what else --mount declared stays: tmpfs mounts (compose's `type: tmpfs`) hold no data to
   // snapshot, but the container expects them
   const others = ((c.hostConfig.Mounts as {Type?: string}[] | null | undefined) ?? []).filter((m) => m.Type !== 'bind' && m.Type !== 'volume')
@@ -677,8 +677,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   // every mount is filled through one helper container that has them all where the container
   // has them, but writable: the container's own may be read-only (:ro, --read-only), and a
   // mount inside another gets what the engine's archive of the outer one held of it, as before
-  const specs = mounts.map((m, i) => (m.type === 'volume' ? `${names[i]}:${m.destination}:nocopy` : `${m.source}:${m.destination}`))
-  await withHelper(opts, specs, c.image.id, async (helper) => {
+  await withHelper(opts, bindSpecs(true), c.image.id, async (helper) => {
     for (const [i, m] of mounts.entries()) {
       bytes += m.stats.bytes
       // a bind-mounted file is written already; the engine cannot extract over its mountpoint
