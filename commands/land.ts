@@ -3,7 +3,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {LandResult, land} from '../src/services/remote.js'
-import {describeRestore, xattrsWarning} from '../src/services/restore.js'
+import {describeRestore, restoreWarnings} from '../src/services/restore.js'
 
 export default class Land extends BaseCommand<typeof Land> {
   static override description = 'Pull a snapshot from an S3 remote and restore it (creates the local repository on a new host)'
@@ -34,8 +34,7 @@ export default class Land extends BaseCommand<typeof Land> {
     const p = r.pull
     this.say(`pulled snapshot ${p.snapshots[0].slice(0, 12)} from ${p.remote}: ${p.packsReceived} packs (${formatBytes(p.bytesReceived)}) received, ${p.packsSkipped} already here`)
     for (const line of describeRestore(r.restore)) this.say(line)
-    const w = xattrsWarning(r.restore.xattrsNotSet)
-    if (w) this.warn(w)
+    for (const w of restoreWarnings(r.restore)) this.warn(w)
     return r
   }
 }

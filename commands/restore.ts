@@ -4,7 +4,7 @@ import {BaseCommand} from '../src/cli/base.js'
 import {HolyshipError} from '../src/errors.js'
 import {formatBytes} from '../src/progress.js'
 import {resolveSnapshot} from '../src/services/inspect.js'
-import {describeRestore, restore, restorePath, RestorePathResult, RestoreResult, xattrsWarning} from '../src/services/restore.js'
+import {describeRestore, restore, restorePath, RestorePathResult, RestoreResult, restoreWarnings} from '../src/services/restore.js'
 import {withContext} from '../src/services/run.js'
 
 export default class Restore extends BaseCommand<typeof Restore> {
@@ -36,7 +36,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
       if (f.path) {
         const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})
         this.say(`restored ${f.path} (${r.files} files, ${formatBytes(r.bytes)}) from the ${r.source} into ${r.target}`)
-        this.warnXattrs(r)
+        this.warnAll(r)
         return r
       }
       const r = await restore({
@@ -53,16 +53,15 @@ export default class Restore extends BaseCommand<typeof Restore> {
         progress: this.progress(),
       })
       for (const line of describeRestore(r)) this.say(line)
-      this.warnXattrs(r)
+      this.warnAll(r)
       return r
     })
     this.failOnSkipped(r, f.start && 'container' in r && r.container !== undefined)
     return r
   }
 
-  private warnXattrs(r: RestoreResult | RestorePathResult): void {
-    const w = xattrsWarning(r.xattrsNotSet)
-    if (w) this.warn(w)
+  private warnAll(r: RestoreResult | RestorePathResult): void {
+    for (const w of restoreWarnings(r)) this.warn(w)
   }
 
   /** --partial: list what was left out (stderr), print the result with --json, then exit REPO_DAMAGED */

@@ -319,6 +319,10 @@ export class Engine {
     await this.call(`create network ${opts.Name}`, () => this.docker.createNetwork(opts))
   }
 
+  async connectNetwork(name: string, container: string, endpoint: Docker.EndpointSettings): Promise<void> {
+    await this.call(`connect ${container.slice(0, 12)} to network ${name}`, () => this.docker.getNetwork(name).connect({Container: container, EndpointConfig: endpoint}))
+  }
+
   async removeNetwork(name: string): Promise<void> {
     await this.call(`remove network ${name}`, () => this.docker.getNetwork(name).remove())
   }

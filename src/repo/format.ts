@@ -140,13 +140,37 @@ export interface ImageRecord {
   size: number
 }
 
+/**
+ * A network the container is on: its aliases and fixed addresses there, and (user-defined
+ * networks) the network's own settings as `docker network inspect` shows them, to make it
+ * again where it is missing. Older snapshots have only name, aliases, driver and labels: such
+ * a network is made with the engine's defaults for the rest.
+ */
+export interface NetworkRecord {
+  name: string
+  aliases: string[]
+  driver?: string
+  labels?: Record<string, string>
+  internal?: boolean
+  attachable?: boolean
+  enableIPv6?: boolean
+  /** the driver's options (com.docker.network.bridge.name, …) */
+  options?: Record<string, string>
+  /** the network's IPAM: its subnets, ranges and gateways, as the engine shows them */
+  ipam?: {Driver?: string; Options?: Record<string, string>; Config?: {Subnet?: string; IPRange?: string; Gateway?: string; AuxiliaryAddresses?: Record<string, string | undefined>}[]}
+  /** the container's fixed addresses on it (`--ip`, compose's ipv4_address) */
+  ipv4?: string
+  ipv6?: string
+  linkLocalIPs?: string[]
+}
+
 export interface ContainerRecord {
   id: string
   name: string
   /** the subset of `docker inspect` needed to re-create the container */
   config: Record<string, unknown>
   hostConfig: Record<string, unknown>
-  networks: {name: string; aliases: string[]; driver?: string; labels?: Record<string, string>; ipv4?: string}[]
+  networks: NetworkRecord[]
   image: ImageRecord
   /** the writable layer's changes against the image, with whiteouts; absent when empty */
   fsDiff?: string

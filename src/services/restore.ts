@@ -15,9 +15,10 @@ import {Access, goDirect} from '../docker/direct.js'
 import {Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {ContainerRecord, MountRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
+import {ContainerRecord, MountRecord, NetworkRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
 import {innerMounts} from './mounts.js'
+import {BUILTIN_NETWORKS, endpointConfig, planNetworks, type NetworkPlan} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
 
 const debug = debugFactory('holyship:restore')
@@ -55,6 +56,8 @@ export interface RestoreResult {
   bytes: number
   /** --partial: what could not be restored (paths as the container sees them) */
   skipped?: SkippedEntry[]
+  /** what the user should know of a restore that succeeded (a network that differs from the snapshot's); absent when none */
+  warnings?: string[]
   /** extended attributes the direct writer could not set (paths on the engine's host); absent when none */
   xattrsNotSet?: XattrsNotSet
 }
@@ -66,6 +69,12 @@ export function describeRestore(r: RestoreResult): string[] {
   for (const v of r.volumes) lines.push(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
   for (const b of r.binds) lines.push(`restored bind mount ${b.source} at ${b.destination}`)
   return lines
+}
+
+/** what a restore that succeeded warns of, a line each (the commands print them): see `warnings`, and xattrsWarning */
+export function restoreWarnings(r: {warnings?: string[]; xattrsNotSet?: XattrsNotSet}): string[] {
+  const x = xattrsWarning(r.xattrsNotSet)
+  return [...(r.warnings ?? []), ...(x ? [x] : [])]
 }
 
 /**
@@ -137,6 +146,13 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
   if (m.kind !== 'container' && m.kind !== 'volume') bad(`unknown kind ${JSON.stringify(m.kind)}`)
   if (m.kind === 'container' && (!m.container || typeof m.container.image?.tree !== 'string')) bad('a container snapshot without its container')
   for (const t of [m.container?.image?.tree, m.container?.fsDiff]) if (t !== undefined && !TREE_ID.test(String(t))) bad(`bad tree id ${JSON.stringify(t)}`)
+  if (m.container) {
+    const nets: unknown = m.container.networks
+    if (!Array.isArray(nets)) bad('a container without its list of networks')
+    for (const n of nets as NetworkRecord[]) {
+      if (!n || typeof n.name !== 'string' || !Array.isArray(n.aliases) || !n.aliases.every((a) => typeof a === 'string')) bad(`bad network ${JSON.stringify(n)}`)
+    }
+  }
   for (const mount of m.mounts) {
     if (!TREE_ID.test(String(mount.tree))) bad(`mount ${JSON.stringify(mount.destination)} has a bad tree id`)
     if (mount.type === 'volume') {
@@ -599,7 +615,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   const names = mounts.map((m) => (m.type === 'volume' ? volumeName(opts, m) : m.source))
 
   // check everything before changing anything
-  const existing = await engine.containerExists(name)
+  const existing = (await engine.containerExists(name)) ? await engine.inspectContainer(name) : undefined
   if (existing && !opts.force) {
     throw new HolyshipError('TARGET_EXISTS', `container ${name} already exists on ${engine.host}`, {
       hint: 'use --name to restore beside it, or --force to replace it',
@@ -614,9 +630,14 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     }
   }
 
+  const there = new Map<string, Awaited<ReturnType<Engine['inspectNetwork']>>>()
+  for (const n of c.networks) if (!BUILTIN_NETWORKS.includes(n.name)) there.set(n.name, await engine.inspectNetwork(n.name))
+  const networks = planNetworks(c.name, c.networks, there, engine.host, existing?.Id)
+
   await ensureImage(opts, c)
   const files = await checkFileBinds(opts, mounts, c.image.id)
   await checkBinds(opts, mounts, c.image.id)
+  await makeNetworks(opts, networks, created)
   await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
@@ -627,15 +648,6 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   }
   if (existing) await engine.removeContainer(name)
   await replaceVolumes(opts, mounts, names, created)
-
-  // user-defined networks
-  for (const n of c.networks) {
-    if (['bridge', 'host', 'none', 'default'].includes(n.name)) continue
-    if (!(await engine.inspectNetwork(n.name))) {
-      await engine.createNetwork({Name: n.name, Driver: n.driver ?? 'bridge', Labels: n.labels ?? {}, CheckDuplicate: true} as never)
-      created.add(`network ${n.name}`, () => engine.removeNetwork(n.name))
-    }
-  }
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
   // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
@@ -656,7 +668,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   const [firstNet, ...otherNets] = c.networks.filter((n) => !['default'].includes(n.name))
   const networkingConfig =
     firstNet && !['bridge', 'host', 'none'].includes(firstNet.name)
-      ? {EndpointsConfig: {[firstNet.name]: {Aliases: firstNet.aliases}}}
+      ? {EndpointsConfig: {[firstNet.name]: endpointConfig(firstNet)}}
       : undefined
   const id = await engine.createContainer({
     ...config,
@@ -669,7 +681,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
   created.add(`container ${name}`, () => engine.removeContainer(id))
   for (const n of otherNets) {
     if (['bridge', 'host', 'none'].includes(n.name)) continue
-    await engine.docker.getNetwork(n.name).connect({Container: id, EndpointConfig: {Aliases: n.aliases}})
+    await engine.connectNetwork(n.name, id, endpointConfig(n))
   }
 
   let bytes = 0
@@ -701,7 +713,35 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     binds: mounts.filter((m) => m.type === 'bind').map((m) => ({source: m.source, destination: m.destination})),
     bytes,
     ...(skipped ? {skipped} : {}),
+    ...(networks.warnings.length ? {warnings: networks.warnings} : {}),
     ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {}),
+  }
+}
+
+/**
+ * Make the networks the plan says are missing, with the snapshot's settings; they go again if
+ * the restore fails. A network whose recorded subnet the engine refuses (it overlaps one of the
+ * target's) is made on a subnet of the engine's choosing, with a warning, unless the container
+ * has a fixed address on it: then the restore fails, before anything of the user's is changed.
+ */
+async function makeNetworks(opts: RestoreOptions, plan: NetworkPlan, created: Created): Promise<void> {
+  const {engine} = opts
+  for (const n of plan.make) {
+    try {
+      await engine.createNetwork(n.spec)
+    } catch (e) {
+      if (!/overlap/i.test((e as Error).message)) throw e
+      const subnets = (n.spec.IPAM?.Config ?? []).map((c) => c.Subnet).join(', ')
+      if (!n.anySubnet) {
+        throw new HolyshipError('TARGET_EXISTS', `network ${n.name} cannot be made on ${engine.host} with its snapshot's subnet (${subnets}), which the container's fixed address needs: it overlaps a network there`, {
+          hint: 'remove or move the network that overlaps it',
+          cause: e,
+        })
+      }
+      await engine.createNetwork(n.anySubnet)
+      plan.warnings.push(`network ${n.name} was made on a subnet of ${engine.host}'s choosing: its snapshot's (${subnets}) overlaps a network there`)
+    }
+    created.add(`network ${n.name}`, () => engine.removeNetwork(n.name))
   }
 }
 

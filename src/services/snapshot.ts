@@ -17,6 +17,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ArchiveStats, ContainerRecord, ImageRecord, MountRecord, SnapshotManifest, TreeNode} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
+import {BUILTIN_NETWORKS, networkRecord} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
 import {Consistency, StateGuard} from './state-guard.js'
 
@@ -117,15 +118,8 @@ async function storeImage(opts: SnapshotOptions, imageId: string): Promise<{reco
 async function containerRecord(engine: Engine, info: ContainerInspect, image: ImageRecord): Promise<Omit<ContainerRecord, 'fsDiff' | 'fsDiffStats'>> {
   const networks: ContainerRecord['networks'] = []
   for (const [name, ep] of Object.entries(info.NetworkSettings?.Networks ?? {})) {
-    const rec: ContainerRecord['networks'][number] = {name, aliases: (ep.Aliases ?? []).filter((a: string) => !info.Id.startsWith(a))}
-    if (!['bridge', 'host', 'none'].includes(name)) {
-      const net = await engine.inspectNetwork(name)
-      if (net) {
-        rec.driver = net.Driver
-        rec.labels = net.Labels ?? {}
-      }
-    }
-    networks.push(rec)
+    const net = BUILTIN_NETWORKS.includes(name) ? undefined : await engine.inspectNetwork(name)
+    networks.push(networkRecord(info.Id, name, ep, net))
   }
   const config = {...(info.Config as unknown as Record<string, unknown>)}
   const hostConfig = {...(info.HostConfig as unknown as Record<string, unknown>)}

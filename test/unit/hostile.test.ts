@@ -289,6 +289,12 @@ describe('crafted trees never write outside the target and never reach the engin
     for (const [what, change] of bad) {
       expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, ...change}]}), what).toThrow(/damaged or hostile/)
     }
+    // networks: a list of named ones with aliases
+    const withNets = (networks: unknown) => ({...good, container: {...good.container!, networks: networks as never}})
+    expect(() => checkManifest('f'.repeat(64), withNets([{name: 'front', aliases: ['web']}]))).not.toThrow()
+    for (const nets of [undefined, {}, [null], [{name: 1, aliases: []}], [{name: 'x'}], [{name: 'x', aliases: [7]}]]) {
+      expect(() => checkManifest('f'.repeat(64), withNets(nets)), JSON.stringify(nets)).toThrow(/damaged or hostile/)
+    }
   })
 })
 
