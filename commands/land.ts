@@ -1,5 +1,6 @@
 import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
+import {keepReplacedFlag} from '../src/cli/restore-flags.js'
 import {transferFlags, transferOptions} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
 import {LandResult, land} from '../src/services/remote.js'
@@ -15,6 +16,7 @@ export default class Land extends BaseCommand<typeof Land> {
     'volume-prefix': Flags.string({description: 'restore volumes under PREFIX+name'}),
     start: Flags.boolean({description: 'start the restored container'}),
     force: Flags.boolean({description: 'replace an existing container or volume'}),
+    'keep-replaced': keepReplacedFlag,
     'docker-host': Flags.string({description: 'Docker engine (default: DOCKER_HOST)'}),
     ...transferFlags,
   }
@@ -28,6 +30,7 @@ export default class Land extends BaseCommand<typeof Land> {
       volumePrefix: f['volume-prefix'],
       start: f.start,
       force: f.force,
+      keepReplaced: f['keep-replaced'],
       dockerHost: f['docker-host'],
       progress: this.progress(),
     })

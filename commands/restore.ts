@@ -1,11 +1,12 @@
 import {Args, Flags} from '@oclif/core'
 import {SkippedEntry} from '../src/archive/restorer.js'
 import {BaseCommand} from '../src/cli/base.js'
+import {keepReplacedFlag} from '../src/cli/restore-flags.js'
 import {HolyshipError} from '../src/errors.js'
 import {formatBytes} from '../src/progress.js'
 import {resolveSnapshot} from '../src/services/inspect.js'
 import {describeRestore, restore, restorePath, RestorePathResult, RestoreResult, restoreWarnings} from '../src/services/restore.js'
-import {withContext} from '../src/services/run.js'
+import {withLockedEngineContext} from '../src/services/run.js'
 
 export default class Restore extends BaseCommand<typeof Restore> {
   static override description = 'Re-create a container (or volumes) from a snapshot, or copy paths out with --path/--target'
@@ -15,6 +16,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
     'volume-prefix': Flags.string({description: 'restore volumes under PREFIX+name so the originals can stay'}),
     start: Flags.boolean({description: 'start the restored container'}),
     force: Flags.boolean({description: 'replace an existing container, volume or target files, and write into a bind mount directory that is not empty'}),
+    'keep-replaced': keepReplacedFlag,
     path: Flags.string({description: 'restore only this path (as the container sees it) to --target', dependsOn: ['target']}),
     target: Flags.string({description: 'host directory for --path', dependsOn: ['path']}),
     partial: Flags.boolean({
@@ -31,7 +33,7 @@ export default class Restore extends BaseCommand<typeof Restore> {
 
   async run(): Promise<RestoreResult | RestorePathResult> {
     const f = this.flags
-    const r = await withContext(f, async (ctx, engine): Promise<RestoreResult | RestorePathResult> => {
+    const r = await withLockedEngineContext(f, 'restore', async (ctx, engine, lock): Promise<RestoreResult | RestorePathResult> => {
       const {id, manifest} = resolveSnapshot(ctx, this.args.snapshot)
       if (f.path) {
         const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})
@@ -50,6 +52,9 @@ export default class Restore extends BaseCommand<typeof Restore> {
         force: f.force,
         partial: f.partial,
         writer: f.writer as 'auto' | 'api' | 'direct',
+        catalogue: ctx.catalogue,
+        keepReplaced: f['keep-replaced'],
+        lock,
         progress: this.progress(),
       })
       for (const line of describeRestore(r)) this.say(line)

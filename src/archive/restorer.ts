@@ -282,6 +282,37 @@ export async function checkTreeForTar(repo: Repository, treeId: string, partial 
   }
 }
 
+/**
+ * Read every chunk of every file of the trees (each chunk once, decoded and checked against its
+ * hash, a few at a time), and check the trees as checkTreeForTar does: a restore that replaces
+ * the user's data checks that it can write all of it before it removes anything. Throws
+ * REPO_DAMAGED (naming the file) at the first chunk that cannot be read.
+ */
+export async function checkTreesReadable(repo: Repository, treeIds: string[], onBytes?: (n: number) => void): Promise<void> {
+  const seen = new Set<string>()
+  const reading = new Set<Promise<void>>()
+  for (const treeId of treeIds) {
+    await checkTreeForTar(repo, treeId)
+    for await (const {path: p, node} of walkTree(repo, treeId)) {
+      if (node.type !== 'file') continue
+      for (const id of node.content ?? []) {
+        if (seen.has(id)) continue
+        seen.add(id)
+        const r: Promise<void> = readBlob(repo, id).then(
+          (b) => onBytes?.(b.length),
+          (e: unknown) => {
+            throw isDamage(e) ? new HolyshipError('REPO_DAMAGED', `file /${p}: ${e.message}`, {cause: e}) : e
+          },
+        )
+        reading.add(r)
+        void r.then(() => reading.delete(r), () => undefined)
+        if (reading.size >= READ_AHEAD_CHUNKS) await Promise.race(reading)
+      }
+    }
+  }
+  await Promise.all(reading)
+}
+
 /** --partial: read every chunk of a file once (hash-checked) before its header is written. */
 async function unreadableContent(repo: Repository, node: TreeNode, bad: Map<string, string>): Promise<string | undefined> {
   const problem = contentProblem(repo, node)

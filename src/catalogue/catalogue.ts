@@ -254,6 +254,15 @@ interface SnapshotDbRow {
   parent: string | null
 }
 
+/** the tag of the snapshots a restore with --force makes of what it replaces (services/restore.ts) */
+export const REPLACED_TAG = 'replaced-by-restore'
+
+/**
+ * SQL: the snapshot (its JSON `tags` column) is not one of what a restore replaced: `latest`
+ * is the newest backup, not the state a restore was asked to replace
+ */
+const NOT_REPLACED = (column: string): string => `${column} NOT LIKE '%"${REPLACED_TAG}"%'`
+
 const SNAPSHOT_COLUMNS = 's.id, s.time, s.host, s.kind, s.name, s.tags, s.volumes, s.bytes, s.new_bytes, s.files, s.parent'
 
 const toSnapshotRow = (r: SnapshotDbRow): SnapshotRow => ({
@@ -475,7 +484,7 @@ export class Catalogue implements TreeCache {
     const notFound = (hint?: string): HolyshipError =>
       new HolyshipError('SNAPSHOT_NOT_FOUND', `no snapshot matches "${ref}"`, hint ? {hint} : {})
     if (ref === 'latest') {
-      const id = this.stmt('SELECT id FROM snapshots WHERE repo_id = ? ORDER BY time_ms DESC, id DESC LIMIT 1')
+      const id = this.stmt(`SELECT id FROM snapshots WHERE repo_id = ? AND ${NOT_REPLACED('tags')} ORDER BY time_ms DESC, id DESC LIMIT 1`)
         .pluck()
         .get(repoId) as string | undefined
       if (!id) throw notFound('the repository has no snapshots')
@@ -486,7 +495,7 @@ export class Catalogue implements TreeCache {
       if (!name) throw notFound(syntaxHint)
       const id = this.stmt(
         `SELECT s.id FROM snapshot_targets t JOIN snapshots s ON s.repo_id = t.repo_id AND s.id = t.snapshot_id
-         WHERE t.repo_id = ? AND t.target IN (?, ?) ORDER BY s.time_ms DESC, s.id DESC LIMIT 1`,
+         WHERE t.repo_id = ? AND t.target IN (?, ?) AND ${NOT_REPLACED('s.tags')} ORDER BY s.time_ms DESC, s.id DESC LIMIT 1`,
       )
         .pluck()
         .get(repoId, name, containerName(name)) as string | undefined

@@ -13,6 +13,7 @@ import {Progress, silentProgress} from '../progress.js'
 import {Backend} from '../backend/backend.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {copyKeyFiles, unlockRepository} from '../repo/keys.js'
+import {RepoLock} from '../repo/lock.js'
 import {Repository} from '../repo/repository.js'
 import {readRemoteConfig} from '../transfer/common.js'
 import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
@@ -318,6 +319,8 @@ export interface LandOptions extends TransferOptions {
   volumePrefix?: string
   start?: boolean
   force?: boolean
+  /** see RestoreOptions.keepReplaced */
+  keepReplaced?: boolean
   dockerHost?: string
 }
 
@@ -342,18 +345,27 @@ export async function land(opts: LandOptions): Promise<LandResult> {
       const id = pulled.snapshots[0]
       const manifest = cat.getManifest(local!.id, id)
       if (!manifest) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in the local catalogue after the pull`)
-      const restored = await restore({
-        repo: local!,
-        engine,
-        snapshotId: id,
-        manifest,
-        name: opts.name,
-        volumePrefix: opts.volumePrefix,
-        start: opts.start,
-        force: opts.force,
-        progress: opts.progress,
-      })
-      return {pull: pulled, restore: restored}
+      // under a shared lock, as a restore: what --force replaces is snapshotted into the local repository
+      const lock = await RepoLock.acquire(local!.backend, {exclusive: false, purpose: 'land', waitMs: 60_000})
+      try {
+        const restored = await restore({
+          repo: local!,
+          engine,
+          snapshotId: id,
+          manifest,
+          name: opts.name,
+          volumePrefix: opts.volumePrefix,
+          start: opts.start,
+          force: opts.force,
+          catalogue: cat,
+          keepReplaced: opts.keepReplaced,
+          lock,
+          progress: opts.progress,
+        })
+        return {pull: pulled, restore: restored}
+      } finally {
+        await lock.release().catch(() => undefined)
+      }
     } finally {
       cat.close()
     }

@@ -9,10 +9,11 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
-import {MAX_XATTRS_LISTED, SkippedEntry, TarOptions, XattrsNotSet, fileContent, findNode, makeTarget, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
+import {MAX_XATTRS_LISTED, SkippedEntry, TarOptions, XattrsNotSet, checkTreesReadable, fileContent, findNode, makeTarget, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
 import {Access, goDirect} from '../docker/direct.js'
-import {Engine} from '../docker/engine.js'
+import {REPLACED_TAG, type Catalogue} from '../catalogue/catalogue.js'
+import {ContainerInspect, Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, NetworkRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
@@ -45,6 +46,15 @@ export interface RestoreOptions {
    * (any engine), `auto` (the default) direct where it can
    */
   writer?: Access
+  /**
+   * the catalogue: with it, what --force replaces (a container, volumes) is snapshotted first
+   * and put back if the restore fails (see keepReplaced); without it, or with keepReplaced
+   * false, it is removed and lost if the restore fails
+   */
+  catalogue?: Catalogue
+  keepReplaced?: boolean
+  /** the shared repository lock the restore holds (for the snapshots of what it replaces) */
+  lock?: {assertHeld(): Promise<void>}
 }
 
 export interface RestoreResult {
@@ -56,6 +66,8 @@ export interface RestoreResult {
   bytes: number
   /** --partial: what could not be restored (paths as the container sees them) */
   skipped?: SkippedEntry[]
+  /** snapshots of what the restore replaced (--force), kept in the repository */
+  replaced?: {id: string; kind: 'container' | 'volume'; name: string}[]
   /** what the user should know of a restore that succeeded (a network that differs from the snapshot's); absent when none */
   warnings?: string[]
   /** extended attributes the direct writer could not set (paths on the engine's host); absent when none */
@@ -68,6 +80,7 @@ export function describeRestore(r: RestoreResult): string[] {
   if (r.container) lines.push(`restored container ${r.container.name} (${r.container.id.slice(0, 12)})${r.container.started ? ', started' : ''}`)
   for (const v of r.volumes) lines.push(`restored volume ${v.name}${v.destination ? ` at ${v.destination}` : ''}`)
   for (const b of r.binds) lines.push(`restored bind mount ${b.source} at ${b.destination}`)
+  for (const k of r.replaced ?? []) lines.push(`kept the ${k.kind} ${k.name} it replaced as snapshot ${k.id.slice(0, 12)} (tag ${REPLACED_TAG})`)
   return lines
 }
 
@@ -110,11 +123,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // containers a killed holyship left paused or stopped on this engine are put back first
   await recoverOnce(opts.engine)
   const created = new Created()
+  const replaced: Replaced = {snapshots: [], running: false, removed: false}
   try {
-    const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created) : await restoreVolumes(opts, created)
-    return r
+    const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created, replaced) : await restoreVolumes(opts, created, replaced)
+    return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
   } catch (e) {
     await created.rollback()
+    if (replaced.removed && replaced.snapshots.length && e instanceof Error) e.message = `${e.message}; ${await putBack(opts, replaced)}`
     throw e
   } finally {
     ;(opts.progress ?? silentProgress).done()
@@ -182,25 +197,107 @@ function volumeName(opts: RestoreOptions, m: MountRecord): string {
   return `${opts.volumePrefix ?? ''}${m.source}`
 }
 
-/** Refuse to overwrite anything unless --force; with --force, clear the way. */
-async function preflightVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[]): Promise<void> {
+/**
+ * Refuse to overwrite anything unless --force; with --force, refuse a volume another container
+ * uses (it could not be removed: found only after the container it replaces was gone). Returns
+ * the volumes that are there, which the restore replaces. `replacing`: the container the
+ * restore replaces, whose volumes they may be.
+ */
+async function preflightVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], replacing?: string): Promise<string[]> {
+  const there: string[] = []
   for (let i = 0; i < mounts.length; i++) {
     if (mounts[i].type !== 'volume') continue
-    if (await opts.engine.volumeExists(names[i])) {
-      if (!opts.force) {
-        throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} already exists on ${opts.engine.host}`, {
-          hint: 'use --volume-prefix to restore beside it, or --force to replace it',
-        })
-      }
+    if (!(await opts.engine.volumeExists(names[i]))) continue
+    if (!opts.force) {
+      throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} already exists on ${opts.engine.host}`, {
+        hint: 'use --volume-prefix to restore beside it, or --force to replace it',
+      })
     }
+    const users = (await opts.engine.listContainers(true, {volume: [names[i]]})).filter((c) => c.Id !== replacing)
+    if (users.length) {
+      const who = users.map((c) => (c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, '')).join(', ')
+      throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} is used by container ${who} on ${opts.engine.host}, so it cannot be replaced`, {
+        hint: `remove ${who} first, or use --volume-prefix to restore beside it`,
+      })
+    }
+    there.push(names[i])
+  }
+  return there
+}
+
+/** what a restore with --force replaced, and how far it got (see keepReplaced) */
+interface Replaced {
+  snapshots: {id: string; kind: 'container' | 'volume'; name: string}[]
+  /** the old container was running (it is started again when put back) */
+  running: boolean
+  /** something of it has been removed: a failure puts it back */
+  removed: boolean
+}
+
+/**
+ * What a restore with --force replaces, kept first. The snapshot's data is read and checked
+ * (a damaged chunk fails the restore here, with nothing changed), then the container of that
+ * name and the volumes the restore removes are snapshotted into the repository (tagged
+ * REPLACED_TAG) before anything of them is removed. If the restore fails once it has removed
+ * any, they are put back from there (putBack); once it succeeds they stay in the repository
+ * (`forget` drops them). `latest` never names them.
+ */
+async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | undefined, volumes: string[], replaced: Replaced): Promise<void> {
+  if (!existing && volumes.length === 0) return
+  // the snapshot of what is replaced shares the chunks it has in common with this one: a
+  // damaged one would fail the restore and the putting back alike
+  if (!opts.partial) {
+    const progress = opts.progress ?? silentProgress
+    progress.phase('checking the snapshot\'s data before replacing', opts.manifest.mounts.reduce((n, m) => n + m.stats.bytes, 0))
+    await checkTreesReadable(opts.repo, opts.manifest.mounts.map((m) => m.tree), (n) => progress.add(n))
+  }
+  if (!opts.catalogue || opts.keepReplaced === false) return
+  // the container's snapshot holds its own volumes; any other volume the restore replaces is snapshotted alone
+  const own = new Set((existing?.Mounts ?? []).flatMap((m) => (m.Type === 'volume' && m.Name ? [m.Name] : [])))
+  const {snapshot} = await import('./snapshot.js')
+  const results = await snapshot({
+    repo: opts.repo,
+    catalogue: opts.catalogue,
+    engine: opts.engine,
+    containers: existing ? [existing.Id] : [],
+    volumes: volumes.filter((v) => !own.has(v)),
+    tags: [REPLACED_TAG],
+    lock: opts.lock,
+    progress: opts.progress,
+  }).catch((e: unknown) => {
+    // nothing is changed yet: say which step failed
+    if (e instanceof Error) e.message = `the snapshot of what the restore would replace failed, nothing was changed: ${e.message}`
+    throw e
+  })
+  replaced.snapshots = results.map((r) => ({id: r.id, kind: r.kind, name: r.name}))
+  replaced.running = existing?.State.Running === true
+}
+
+/**
+ * Put back what a failed restore replaced, from the snapshots keepReplaced made: one line for
+ * the error the user sees, saying what was done.
+ */
+async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string> {
+  const ids = replaced.snapshots.map((s) => s.id.slice(0, 12)).join(', ')
+  try {
+    for (const s of replaced.snapshots) {
+      const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
+      if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
+      await restore({...opts, snapshotId: s.id, manifest, name: undefined, volumePrefix: undefined, start: s.kind === 'container' && replaced.running, force: true, partial: false, keepReplaced: false})
+    }
+    return `what it replaced was put back as it was (from snapshot ${ids})`
+  } catch (e) {
+    debug('putting back %s failed: %s', ids, (e as Error).message)
+    return `putting back what it replaced failed too (${(e as Error).message}): it is kept in snapshot ${ids}, \`holyship restore ${replaced.snapshots[0].id.slice(0, 12)} --force\` puts it back`
   }
 }
 
-async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created): Promise<void> {
+async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created, replaced: Replaced): Promise<void> {
   for (let i = 0; i < mounts.length; i++) {
     const m = mounts[i]
     if (m.type !== 'volume') continue
     if (await opts.engine.volumeExists(names[i])) {
+      replaced.removed = true
       try {
         await opts.engine.removeVolume(names[i])
       } catch (e) {
@@ -607,7 +704,7 @@ export function needsContainers(hostConfig: Record<string, unknown>): {what: str
   return out
 }
 
-async function restoreContainer(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
+async function restoreContainer(opts: RestoreOptions, created: Created, replaced: Replaced): Promise<RestoreResult> {
   const {engine, manifest} = opts
   const c = manifest.container!
   const name = opts.name ?? c.name
@@ -621,7 +718,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
       hint: 'use --name to restore beside it, or --force to replace it',
     })
   }
-  await preflightVolumes(opts, mounts, names)
+  const volumesThere = await preflightVolumes(opts, mounts, names, existing?.Id)
   // the engine would refuse to create it only after the old one (with --force) is gone
   for (const s of needsContainers(c.hostConfig)) {
     if (!(await engine.containerExists(s.name))) {
@@ -646,8 +743,13 @@ async function restoreContainer(opts: RestoreOptions, created: Created): Promise
     const img = image
     created.add(`image ${img}`, () => engine.removeImage(img))
   }
-  if (existing) await engine.removeContainer(name)
-  await replaceVolumes(opts, mounts, names, created)
+  // nothing of the user's has been changed before this (a bind-mounted file written over is put back by `created`)
+  await keepReplaced(opts, existing, volumesThere, replaced)
+  if (existing) {
+    replaced.removed = true
+    await engine.removeContainer(existing.Id)
+  }
+  await replaceVolumes(opts, mounts, names, created, replaced)
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
   // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
@@ -745,12 +847,13 @@ async function makeNetworks(opts: RestoreOptions, plan: NetworkPlan, created: Cr
   }
 }
 
-async function restoreVolumes(opts: RestoreOptions, created: Created): Promise<RestoreResult> {
+async function restoreVolumes(opts: RestoreOptions, created: Created, replaced: Replaced): Promise<RestoreResult> {
   const mounts = opts.manifest.mounts
   if (opts.name && mounts.length !== 1) throw new HolyshipError('USAGE', '--name needs a snapshot of exactly one volume')
   const names = mounts.map((m) => opts.name ?? volumeName(opts, m))
-  await preflightVolumes(opts, mounts, names)
-  await replaceVolumes(opts, mounts, names, created)
+  const there = await preflightVolumes(opts, mounts, names)
+  await keepReplaced(opts, undefined, there, replaced)
+  await replaceVolumes(opts, mounts, names, created, replaced)
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   const xattrs: XattrsNotSet = {total: 0, first: []}

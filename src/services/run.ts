@@ -1,5 +1,7 @@
 import type {Engine} from '../docker/engine.js'
+import type {RepoLock} from '../repo/lock.js'
 import {Context, ContextOptions, openContext, openEngine} from './context.js'
+import {withLockedContext} from './locking.js'
 
 /** Open the repository, catalogue and engine for one command and always close them. */
 export async function withContext<T>(
@@ -13,6 +15,21 @@ export async function withContext<T>(
   } finally {
     ctx.close()
   }
+}
+
+/**
+ * withContext under a shared repository lock (as a snapshot takes it): for commands that may
+ * write to the repository beside other snapshots, and whose data a prune must not delete
+ * while they read it (a restore).
+ */
+export async function withLockedEngineContext<T>(
+  opts: {repo?: string; catalogue?: string; 'docker-host'?: string},
+  purpose: string,
+  fn: (ctx: Context, engine: Engine, lock: RepoLock) => Promise<T>,
+): Promise<T> {
+  return withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose, waitMs: 60_000}, async (ctx, lock) =>
+    fn(ctx, await openEngine({dockerHost: opts['docker-host']}), lock),
+  )
 }
 
 /**

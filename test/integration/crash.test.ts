@@ -268,7 +268,7 @@ describe('kill -9 at many points', () => {
     }
   }, 120_000)
 
-  it('restore of a container: killed midway, the next run (--force) restores it; the repository is untouched', async () => {
+  it('restore of a container: killed midway, the next run (--force) restores it; what the repository held is untouched', async () => {
     const id = [...expected.keys()].pop()!
     const target = `rc-${tag}`
     const args = ['restore', id, '--name', target, '--volume-prefix', `${target}-`]
@@ -291,7 +291,16 @@ describe('kill -9 at many points', () => {
       expect(sums.exitCode).toBe(0)
       expect(c.Mounts.find((mnt) => mnt.Destination === '/data')?.Name).toBe(`${target}-${vol}`)
     }
-    expect((await new LocalBackend(repoDir()).list('')).filter((e) => !e.key.startsWith('locks/'))).toEqual(repoBefore.filter((e) => !e.key.startsWith('locks/')))
+    // what was there is untouched; what --force replaced (a killed run's leftovers) was
+    // snapshotted into the repository, tagged as such: nothing else was written
+    const repoAfter = await new LocalBackend(repoDir()).list('')
+    const after = new Map(repoAfter.map((e) => [e.key, e]))
+    for (const e of repoBefore.filter((e) => !e.key.startsWith('locks/'))) expect(after.get(e.key), e.key).toEqual(e)
+    const added = repoAfter.filter((e) => !e.key.startsWith('locks/') && !repoBefore.some((b) => b.key === e.key))
+    expect(added.filter((e) => !/^(data|index|snapshots)\//.test(e.key))).toEqual([])
+    const listed = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {id: string; tags: string[]}[]
+    const newSnapshots = added.filter((e) => e.key.startsWith('snapshots/')).map((e) => e.key.slice('snapshots/'.length))
+    for (const sid of newSnapshots) expect(listed.find((l) => l.id === sid)?.tags, sid).toEqual(['replaced-by-restore'])
     // no helper container left behind (a killed restore's is removed by the next run)
     expect((await docker.listContainers({all: true})).filter((c) => c.Labels?.['holyship.helper'] === 'true')).toEqual([])
     expect(await state()).toMatchObject({Running: true, Paused: false})

@@ -1,0 +1,136 @@
+/**
+ * A restore with --force over the container it was snapshotted from (the rollback of an app to
+ * last night's snapshot) replaces the user's container and volumes. Nothing of them may be lost
+ * when the restore fails: the snapshot's data is read and checked before anything is removed
+ * (a damaged repository fails with everything as it was), what is replaced is snapshotted
+ * first (tag replaced-by-restore, never `latest`), and put back if the restore fails after it
+ * removed it.
+ */
+import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {LocalBackend} from '../../src/backend/local.js'
+import {Catalogue} from '../../src/catalogue/catalogue.js'
+import {Engine} from '../../src/docker/engine.js'
+import {Repository} from '../../src/repo/repository.js'
+import {restore} from '../../src/services/restore.js'
+import {holyship} from '../harness/cli.js'
+import {connectEngine, dockerExec} from '../harness/engine.js'
+
+const files = (d: string): string[] => readdirSync(d, {withFileTypes: true}).flatMap((e) => (e.isDirectory() ? files(path.join(d, e.name)) : [path.join(d, e.name)]))
+
+describe('restore --force over what is there', () => {
+  const info = inject('holyshipEngineA')
+  const docker = connectEngine(info).docker
+  const image = inject('holyshipBusyboxImage')
+  const p = `repl-${process.pid}`
+  const app = `${p}-app`
+  const vol = `${p}-vol`
+  let work: string
+  let env: Record<string, string>
+
+  /** the app's state now: its container's id and whether it runs, and what its volume holds */
+  const state = async (): Promise<{id: string; running: boolean; data: string}> => {
+    const c = await docker.getContainer(app).inspect()
+    const helper = await docker.createContainer({Image: image, Cmd: ['sh', '-c', 'cat /data/v; wc -c < /data/big'], HostConfig: {Binds: [`${vol}:/data:ro`]}})
+    try {
+      await helper.start()
+      await helper.wait()
+      const out = (await helper.logs({stdout: true, stderr: true})) as Buffer
+      // the log stream's frames: 8-byte headers before each line
+      const text = out.toString('latin1').replace(/[\x00-\x08]/g, '').replace(/\s+/g, ' ').trim()
+      return {id: c.Id, running: c.State.Running, data: text}
+    } finally {
+      await helper.remove({force: true})
+    }
+  }
+  const writeV = async (v: string): Promise<void> => {
+    const r = await dockerExec(docker, app, ['sh', '-c', `echo ${v} > /data/v`])
+    expect(r.exitCode).toBe(0)
+  }
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-repl-'))
+    env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
+    expect((await holyship(['init'], env)).code).toBe(0)
+    const c = await docker.createContainer({name: app, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/data`]}})
+    await c.start()
+    const r = await dockerExec(docker, app, ['sh', '-c', 'head -c 300000 /dev/urandom > /data/big && echo v1 > /data/v'])
+    expect(r.exitCode).toBe(0)
+    const s = await holyship(['snapshot', app], env)
+    expect(s.code).toBe(0)
+  })
+
+  afterAll(async () => {
+    for (const n of [app, `${p}-other`]) await docker.getContainer(n).remove({force: true}).catch(() => {})
+    await docker.getVolume(vol).remove().catch(() => {})
+    rmSync(work, {recursive: true, force: true})
+  })
+
+  it('succeeds: the state it replaced is kept as a snapshot, which `latest` does not name', async () => {
+    await writeV('v2')
+    const r = await holyship(['restore', `latest:${app}`, '--force', '--start', '--json'], env)
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(0)
+    const out = JSON.parse(r.stdout)
+    expect(out.replaced).toEqual([{id: expect.stringMatching(/^[0-9a-f]{64}$/), kind: 'container', name: app}])
+    expect((await state()).data).toBe('v1 300000')
+    const list = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {id: string; tags: string[]}[]
+    expect(list.find((s) => s.id === out.replaced[0].id)?.tags).toEqual(['replaced-by-restore'])
+    // latest:app is still the backup, not the state it replaced; the kept one restores by id
+    expect(JSON.parse((await holyship(['restore', `latest:${app}`, '--force', '--no-keep-replaced', '--json'], env)).stdout).snapshot).toBe(out.snapshot)
+    expect((await holyship(['restore', out.replaced[0].id, '--force', '--no-keep-replaced', '--start'], env)).code).toBe(0)
+    expect((await state()).data).toBe('v2 300000')
+  })
+
+  it('fails after it removed them: the container and its volume are put back as they were, running', async () => {
+    await writeV('v3')
+    const before = await state()
+    const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
+    const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
+    repo.treeCache = catalogue
+    try {
+      const id = catalogue.resolveSnapshot(repo.id, `latest:${app}`)
+      const m = catalogue.getManifest(repo.id, id)!
+      // the snapshot's host had 64 cores: the engine refuses to create its container here, once the old one is gone
+      const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
+      const err = await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
+        () => undefined,
+        (e: Error) => e,
+      )
+      expect(err?.message).toMatch(/cpu.*; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/i)
+    } finally {
+      catalogue.close()
+    }
+    const after = await state()
+    expect(after).toEqual({...before, id: expect.any(String)})
+    expect(after.id).not.toBe(before.id)
+  })
+
+  it('a damaged snapshot: refused before anything is removed', async () => {
+    const before = await state()
+    // damage the pack that holds the volume's big file (the biggest)
+    const packs = files(path.join(env.HOLYSHIP_REPO, 'data')).map((f) => ({f, n: readFileSync(f).length})).sort((x, y) => y.n - x.n)
+    const b = readFileSync(packs[0].f)
+    for (let i = 1000; i < b.length - 1000; i += 4096) b[i] ^= 0xff
+    writeFileSync(packs[0].f, b)
+    const r = await holyship(['restore', `latest:${app}`, '--force'], env)
+    expect(r.code).toBe(15)
+    expect(r.stderr).toMatch(/^holyship: error: file \/big: blob [0-9a-f]{16} in data\/.* is damaged: content does not match its hash\n$/)
+    expect(await state()).toEqual(before)
+    // nothing was snapshotted either: the check comes first
+    const list = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {tags: string[]}[]
+    expect(list.filter((s) => s.tags.includes('replaced-by-restore'))).toHaveLength(2)
+  })
+
+  it('a volume another container uses is refused before anything is changed', async () => {
+    const other = await docker.createContainer({name: `${p}-other`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/shared`]}})
+    await other.start()
+    const before = await state()
+    const r = await holyship(['restore', `latest:${app}`, '--force'], env)
+    expect(r.code).toBe(25)
+    expect(r.stderr).toBe(`holyship: error: volume ${vol} is used by container ${p}-other on ${info.dockerHost}, so it cannot be replaced (remove ${p}-other first, or use --volume-prefix to restore beside it)\n`)
+    expect(await state()).toEqual(before)
+  })
+})
