@@ -266,7 +266,7 @@ async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | u
     progress: opts.progress,
   }).catch((e: unknown) => {
     // nothing is changed yet: say which step failed
-    if (e instanceof Error) e.message = `the snapshot of what the restore would replace failed, nothing was changed: ${e.message}`
+    if (e instanceof Error) e.message = `the snapshot of what the restore would replace failed, nothing was changed (--no-keep-replaced skips it): ${e.message}`
     throw e
   })
   replaced.snapshots = results.map((r) => ({id: r.id, kind: r.kind, name: r.name}))
@@ -734,6 +734,9 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   await ensureImage(opts, c)
   const files = await checkFileBinds(opts, mounts, c.image.id)
   await checkBinds(opts, mounts, c.image.id)
+  // nothing of the user's has been changed before this: what is replaced is kept before any
+  // of it is written over (a bind-mounted file) or removed
+  await keepReplaced(opts, existing, volumesThere, replaced)
   await makeNetworks(opts, networks, created)
   await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
@@ -743,8 +746,6 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
     const img = image
     created.add(`image ${img}`, () => engine.removeImage(img))
   }
-  // nothing of the user's has been changed before this (a bind-mounted file written over is put back by `created`)
-  await keepReplaced(opts, existing, volumesThere, replaced)
   if (existing) {
     replaced.removed = true
     await engine.removeContainer(existing.Id)

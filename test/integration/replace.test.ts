@@ -108,6 +108,37 @@ describe('restore --force over what is there', () => {
     expect(after.id).not.toBe(before.id)
   })
 
+  it('a bind-mounted file the failed restore wrote over holds what the user had, not the snapshot\'s', async () => {
+    const conf = path.join(work, 'app.conf')
+    writeFileSync(conf, 'A\n')
+    const name = `${p}-conf`
+    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${conf}:/etc/app.conf`]}})
+    try {
+      await c.start()
+      expect((await holyship(['snapshot', name], env)).code).toBe(0)
+      writeFileSync(conf, 'B\n')
+      const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
+      const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
+      repo.treeCache = catalogue
+      try {
+        const id = catalogue.resolveSnapshot(repo.id, `latest:${name}`)
+        const m = catalogue.getManifest(repo.id, id)!
+        const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
+        const err = await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
+          () => undefined,
+          (e: Error) => e,
+        )
+        expect(err?.message).toMatch(/; what it replaced was put back as it was/)
+      } finally {
+        catalogue.close()
+      }
+      expect(readFileSync(conf, 'utf8')).toBe('B\n')
+      expect((await docker.getContainer(name).inspect()).State.Running).toBe(true)
+    } finally {
+      await docker.getContainer(name).remove({force: true}).catch(() => {})
+    }
+  })
+
   it('a damaged snapshot: refused before anything is removed', async () => {
     const before = await state()
     // damage the pack that holds the volume's big file (the biggest)
@@ -121,7 +152,7 @@ describe('restore --force over what is there', () => {
     expect(await state()).toEqual(before)
     // nothing was snapshotted either: the check comes first
     const list = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {tags: string[]}[]
-    expect(list.filter((s) => s.tags.includes('replaced-by-restore'))).toHaveLength(2)
+    expect(list.filter((s) => s.tags.includes('replaced-by-restore'))).toHaveLength(3)
   })
 
   it('a volume another container uses is refused before anything is changed', async () => {
