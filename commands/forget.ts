@@ -1,4 +1,4 @@
-import {Flags} from '@oclif/core'
+import {Args, Flags} from '@oclif/core'
 import {BaseCommand} from '../src/cli/base.js'
 import {endpointFlag, regionFlag} from '../src/cli/remote-flags.js'
 import {formatBytes} from '../src/progress.js'
@@ -9,12 +9,15 @@ import {ForgetResult, forget} from '../src/services/forget.js'
 const keep = (what: string) => Flags.integer({description: `keep the newest snapshot of each of the last N ${what} that have one`, min: 0})
 
 export default class Forget extends BaseCommand<typeof Forget> {
+  static override strict = false
+  static override args = {snapshots: Args.string({description: 'snapshot ids (or unique prefixes) to forget, instead of --keep-* rules'})}
   static override description =
     'Remove the snapshots the retention rules do not keep, per container/volume and host (rules count snapshots: a missed day never deletes history; the newest is always kept)'
   static override examples = [
     '<%= config.bin %> forget --keep-last 3 --keep-daily 7 --dry-run',
     '<%= config.bin %> forget --container db --keep-daily 7 --keep-weekly 4 --prune',
     '<%= config.bin %> forget --to offsite --keep-daily 30 --keep-monthly 12 --prune',
+    '<%= config.bin %> forget 3f2a9c1b 77d0e4aa   # these snapshots (the ones a restore --force kept, say)',
   ]
   static override flags = {
     'keep-last': Flags.integer({description: 'keep the N newest snapshots', min: 0}),
@@ -51,6 +54,7 @@ export default class Forget extends BaseCommand<typeof Forget> {
       volume: f.volume,
       tag: f.tag,
       host: f.host,
+      ids: this.positional,
       dryRun: f['dry-run'],
       prune: f.prune,
       graceMs: parseDuration(f.grace, '--grace'),

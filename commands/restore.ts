@@ -6,7 +6,7 @@ import {HolyshipError} from '../src/errors.js'
 import {formatBytes} from '../src/progress.js'
 import {resolveSnapshot} from '../src/services/inspect.js'
 import {describeRestore, restore, restorePath, RestorePathResult, RestoreResult, restoreWarnings} from '../src/services/restore.js'
-import {withLockedEngineContext} from '../src/services/run.js'
+import {withEngineContext} from '../src/services/run.js'
 
 export default class Restore extends BaseCommand<typeof Restore> {
   static override description = 'Re-create a container (or volumes) from a snapshot, or copy paths out with --path/--target'
@@ -33,7 +33,9 @@ export default class Restore extends BaseCommand<typeof Restore> {
 
   async run(): Promise<RestoreResult | RestorePathResult> {
     const f = this.flags
-    const r = await withLockedEngineContext(f, 'restore', async (ctx, engine, lock): Promise<RestoreResult | RestorePathResult> => {
+    // the lock only when it may write: what --force replaces is snapshotted into the repository
+    const writes = f.force && f['keep-replaced'] && !f.path
+    const r = await withEngineContext(f, writes ? 'restore' : undefined, async (ctx, engine, lock): Promise<RestoreResult | RestorePathResult> => {
       const {id, manifest} = resolveSnapshot(ctx, this.args.snapshot)
       if (f.path) {
         const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})

@@ -261,7 +261,7 @@ export const REPLACED_TAG = 'replaced-by-restore'
  * SQL: the snapshot (its JSON `tags` column) is not one of what a restore replaced: `latest`
  * is the newest backup, not the state a restore was asked to replace
  */
-const NOT_REPLACED = (column: string): string => `${column} NOT LIKE '%"${REPLACED_TAG}"%'`
+const NOT_REPLACED = (column: string): string => `NOT EXISTS (SELECT 1 FROM json_each(${column}) j WHERE j.value = '${REPLACED_TAG}')`
 
 const SNAPSHOT_COLUMNS = 's.id, s.time, s.host, s.kind, s.name, s.tags, s.volumes, s.bytes, s.new_bytes, s.files, s.parent'
 

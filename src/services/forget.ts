@@ -6,7 +6,7 @@
  */
 import * as os from 'node:os'
 import {Backend} from '../backend/backend.js'
-import {Catalogue, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
+import {Catalogue, REPLACED_TAG, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress} from '../progress.js'
 import {snapshotKey} from '../repo/format.js'
@@ -29,6 +29,8 @@ export interface ForgetSelection {
   tag?: string
   /** only snapshots taken on this host */
   host?: string
+  /** these snapshots (ids or unique prefixes), instead of rules: each is removed */
+  ids?: string[]
 }
 
 export interface ForgetOptions extends ForgetSelection {
@@ -72,6 +74,13 @@ export interface ForgetResult {
 type Decision = ForgetSelection & {policy: KeepPolicy; dryRun?: boolean; utc?: boolean}
 
 function checkRules(opts: Decision): void {
+  if (opts.ids?.length) {
+    if (Object.keys(opts.policy).length || opts.container !== undefined || opts.volume !== undefined || opts.tag !== undefined || opts.host !== undefined) {
+      throw new HolyshipError('USAGE', 'give snapshot ids, or --keep-* rules (with --container, --volume, --tag, --host), not both')
+    }
+    for (const ref of opts.ids) if (!/^[0-9a-fA-F]{4,64}$/.test(ref)) throw new HolyshipError('USAGE', `forget takes snapshot ids (or unique prefixes of 4 or more hex characters), not "${ref}"`)
+    return
+  }
   if (!keepsSomething(opts.policy)) {
     throw new HolyshipError('USAGE', 'give at least one --keep-* rule with a count above 0 (forget with no rule would keep nothing)')
   }
@@ -90,10 +99,14 @@ export async function forgetInContext(ctx: Context, opts: Decision): Promise<For
  */
 async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalogue}, opts: Decision): Promise<ForgetResult> {
   const {catalogue} = where
+  if (opts.ids?.length) return forgetIds(where, opts.ids, opts.dryRun ?? false)
   let rows: SnapshotRow[] = catalogue.listSnapshots(where.id, {container: opts.container, tag: opts.tag})
   if (opts.container !== undefined) rows = rows.filter((r) => r.kind === 'container')
   if (opts.volume !== undefined) rows = rows.filter((r) => r.kind === 'volume' && r.name === opts.volume)
   if (opts.host !== undefined) rows = rows.filter((r) => r.host === opts.host)
+  // what a restore replaced is not a backup: it neither takes a backup's place under
+  // --keep-last nor goes by the rules, unless --tag replaced-by-restore asks for it
+  if (opts.tag !== REPLACED_TAG) rows = rows.filter((r) => !r.tags.includes(REPLACED_TAG))
   const groups = new Map<string, SnapshotRow[]>()
   for (const r of rows) {
     const k = `${r.host}\0${r.kind}\0${r.name}`
@@ -128,6 +141,26 @@ async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalog
     }
   }
   return {dryRun: opts.dryRun ?? false, policy: formatKeep(opts.policy), groups: out, removed, kept}
+}
+
+/** forget ID…: each named snapshot goes (all are resolved before any is removed) */
+async function forgetIds(where: {id: string; backend: Backend; catalogue: Catalogue}, refs: string[], dryRun: boolean): Promise<ForgetResult> {
+  const ids = [...new Set(refs.map((r) => where.catalogue.resolveSnapshot(where.id, r)))]
+  const byId = new Map(where.catalogue.listSnapshots(where.id).map((r) => [r.id, r]))
+  const groups = new Map<string, ForgetGroup>()
+  for (const id of ids) {
+    const r = byId.get(id)!
+    const k = `${r.host}\0${r.kind}\0${r.name}`
+    if (!groups.has(k)) groups.set(k, {host: r.host, kind: r.kind, name: r.name, keep: [], remove: []})
+    groups.get(k)!.remove.push({id, time: r.time})
+  }
+  if (!dryRun) {
+    for (const id of ids) {
+      await where.backend.delete(snapshotKey(id))
+      where.catalogue.removeSnapshot(where.id, id)
+    }
+  }
+  return {dryRun, policy: 'by id', groups: [...groups.values()], removed: ids, kept: byId.size - ids.length}
 }
 
 export async function forget(opts: ForgetOptions): Promise<ForgetResult> {

@@ -95,7 +95,7 @@ export function planNetworks(container: string, networks: NetworkRecord[], there
       }
       for (const [id, c] of Object.entries(net.Containers ?? {})) {
         if (id === replacing) continue
-        const has = [c.IPv4Address, c.IPv6Address].some((a) => typeof a === 'string' && a.split('/')[0] === ip)
+        const has = [c.IPv4Address, c.IPv6Address].some((a) => typeof a === 'string' && sameAddress(a.split('/')[0], ip))
         if (has) {
           throw new HolyshipError('TARGET_EXISTS', `container ${container}'s fixed address ${ip} on network ${n.name} is taken by container ${c.Name} on ${host}`, {
             hint: `stop and remove ${c.Name}, or restore over it with --name ${c.Name} --force`,
@@ -133,9 +133,16 @@ export function inSubnet(ip: string, cidr: string): boolean | undefined {
   const [base, bitsText] = cidr.split('/')
   const a = addressBits(ip)
   const b = addressBits(base)
+  if (!a || !b || a.length !== b.length || !/^\d{1,3}$/.test(bitsText ?? '')) return undefined
   const bits = Number(bitsText)
-  if (!a || !b || a.length !== b.length || !Number.isInteger(bits) || bits < 0 || bits > a.length) return undefined
+  if (bits > a.length) return undefined
   return a.slice(0, bits) === b.slice(0, bits)
+}
+
+/** the same address, however written (fd00:0::5 is fd00::5) */
+function sameAddress(a: string, b: string): boolean {
+  const x = addressBits(a)
+  return x !== undefined ? x === addressBits(b) : a === b
 }
 
 /** an IPv4 or IPv6 address as a string of 32 or 128 bits, undefined when it is not one */

@@ -13,6 +13,7 @@ import {MAX_XATTRS_LISTED, SkippedEntry, TarOptions, XattrsNotSet, checkTreesRea
 import {TarWriter} from '../archive/tarwriter.js'
 import {Access, goDirect} from '../docker/direct.js'
 import {REPLACED_TAG, type Catalogue} from '../catalogue/catalogue.js'
+import type Docker from 'dockerode'
 import {ContainerInspect, Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
@@ -55,6 +56,11 @@ export interface RestoreOptions {
   keepReplaced?: boolean
   /** the shared repository lock the restore holds (for the snapshots of what it replaces) */
   lock?: {assertHeld(): Promise<void>}
+  /**
+   * volumes the container gets as they are on the engine: not replaced, not filled (putBack:
+   * the ones the failed restore did not remove)
+   */
+  attachAsIs?: Set<string>
 }
 
 export interface RestoreResult {
@@ -129,7 +135,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
   } catch (e) {
     await created.rollback()
-    if (replaced.removed && replaced.snapshots.length && e instanceof Error) e.message = `${e.message}; ${await putBack(opts, replaced)}`
+    if (replaced.removed && replaced.snapshots.length) {
+      const what = await putBack(opts, replaced)
+      if (e instanceof Error) e.message = `${e.message}; ${what}`
+    }
     throw e
   } finally {
     ;(opts.progress ?? silentProgress).done()
@@ -137,6 +146,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
+/** a network name as the engine allows it (it goes into request URLs) */
+const NETWORK_NAME = VOLUME_NAME
 const TREE_ID = /^[0-9a-f]{64}$/
 
 /** an absolute, clean container or host path, safe inside a `-v SRC:DST:OPTS` bind spec */
@@ -165,7 +176,16 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     const nets: unknown = m.container.networks
     if (!Array.isArray(nets)) bad('a container without its list of networks')
     for (const n of nets as NetworkRecord[]) {
-      if (!n || typeof n.name !== 'string' || !Array.isArray(n.aliases) || !n.aliases.every((a) => typeof a === 'string')) bad(`bad network ${JSON.stringify(n)}`)
+      if (!n || typeof n.name !== 'string' || !NETWORK_NAME.test(n.name) || !Array.isArray(n.aliases) || !n.aliases.every((a) => typeof a === 'string')) bad(`bad network ${JSON.stringify(n)}`)
+      const strings = (v: unknown): boolean => v === undefined || (typeof v === 'object' && v !== null && Object.values(v).every((x) => typeof x === 'string'))
+      const fine =
+        [n.ipv4, n.ipv6, n.driver].every((v) => v === undefined || typeof v === 'string') &&
+        [n.internal, n.attachable, n.enableIPv6].every((v) => v === undefined || typeof v === 'boolean') &&
+        strings(n.options) &&
+        strings(n.labels) &&
+        (n.linkLocalIPs === undefined || (Array.isArray(n.linkLocalIPs) && n.linkLocalIPs.every((v) => typeof v === 'string'))) &&
+        (n.ipam === undefined || (typeof n.ipam === 'object' && n.ipam !== null && (n.ipam.Config === undefined || Array.isArray(n.ipam.Config))))
+      if (!fine) bad(`network ${n.name} has bad settings`)
     }
   }
   for (const mount of m.mounts) {
@@ -206,7 +226,7 @@ function volumeName(opts: RestoreOptions, m: MountRecord): string {
 async function preflightVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], replacing?: string): Promise<string[]> {
   const there: string[] = []
   for (let i = 0; i < mounts.length; i++) {
-    if (mounts[i].type !== 'volume') continue
+    if (mounts[i].type !== 'volume' || opts.attachAsIs?.has(names[i])) continue
     if (!(await opts.engine.volumeExists(names[i]))) continue
     if (!opts.force) {
       throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} already exists on ${opts.engine.host}`, {
@@ -279,13 +299,19 @@ async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | u
  */
 async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string> {
   const ids = replaced.snapshots.map((s) => s.id.slice(0, 12)).join(', ')
+  let started = true
   try {
     for (const s of replaced.snapshots) {
       const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
       if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
-      await restore({...opts, snapshotId: s.id, manifest, name: undefined, volumePrefix: undefined, start: s.kind === 'container' && replaced.running, force: true, partial: false, keepReplaced: false})
+      // the volumes the failed restore did not remove are there as they were: taken as they are
+      const asIs = new Set<string>()
+      for (const m of manifest.mounts) if (m.type === 'volume' && (await opts.engine.volumeExists(m.source))) asIs.add(m.source)
+      const back = await restore({...opts, snapshotId: s.id, manifest, name: undefined, volumePrefix: undefined, start: false, force: true, partial: false, keepReplaced: false, attachAsIs: asIs})
+      // started apart from the restore: a start that fails does not take back what was put back
+      if (back.container && replaced.running) await opts.engine.start(back.container.id).catch(() => (started = false))
     }
-    return `what it replaced was put back as it was (from snapshot ${ids})`
+    return `what it replaced was put back as it was (from snapshot ${ids})${started ? '' : ', but did not start again'}`
   } catch (e) {
     debug('putting back %s failed: %s', ids, (e as Error).message)
     return `putting back what it replaced failed too (${(e as Error).message}): it is kept in snapshot ${ids}, \`holyship restore ${replaced.snapshots[0].id.slice(0, 12)} --force\` puts it back`
@@ -295,11 +321,11 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
 async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created, replaced: Replaced): Promise<void> {
   for (let i = 0; i < mounts.length; i++) {
     const m = mounts[i]
-    if (m.type !== 'volume') continue
+    if (m.type !== 'volume' || opts.attachAsIs?.has(names[i])) continue
     if (await opts.engine.volumeExists(names[i])) {
-      replaced.removed = true
       try {
         await opts.engine.removeVolume(names[i])
+        replaced.removed = true
       } catch (e) {
         throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} is in use and cannot be replaced: ${(e as Error).message}`, {cause: e})
       }
@@ -539,10 +565,16 @@ async function fileOfBind(opts: RestoreOptions | RestorePathOptions, m: MountRec
 }
 
 /** `fn` with a never-started helper container that has `binds` (any image will do when none is named) */
-async function withHelper<T>(opts: RestoreOptions, binds: string[], image: string | undefined, fn: (helper: string) => Promise<T>): Promise<T> {
+async function withHelper<T>(
+  opts: RestoreOptions,
+  binds: string[],
+  image: string | undefined,
+  fn: (helper: string) => Promise<T>,
+  network?: {name: string; endpoint: Docker.EndpointSettings},
+): Promise<T> {
   // the snapshot code (archiver, readers) only for the helper container: restore --path never loads it
   const {createHelperContainer} = await import('./snapshot.js')
-  const helper = await createHelperContainer(opts.engine, binds, image)
+  const helper = await createHelperContainer(opts.engine, binds, image, network)
   try {
     return await fn(helper)
   } finally {
@@ -712,7 +744,9 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   const names = mounts.map((m) => (m.type === 'volume' ? volumeName(opts, m) : m.source))
 
   // check everything before changing anything
-  const existing = (await engine.containerExists(name)) ? await engine.inspectContainer(name) : undefined
+  // the engine takes a name it does not know as an id prefix: only a container of that name is replaced
+  const found = (await engine.containerExists(name)) ? await engine.inspectContainer(name) : undefined
+  const existing = found?.Name === `/${name}` ? found : undefined
   if (existing && !opts.force) {
     throw new HolyshipError('TARGET_EXISTS', `container ${name} already exists on ${engine.host}`, {
       hint: 'use --name to restore beside it, or --force to replace it',
@@ -728,10 +762,16 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   }
 
   const there = new Map<string, Awaited<ReturnType<Engine['inspectNetwork']>>>()
-  for (const n of c.networks) if (!BUILTIN_NETWORKS.includes(n.name)) there.set(n.name, await engine.inspectNetwork(n.name))
+  for (const n of c.networks) {
+    if (BUILTIN_NETWORKS.includes(n.name)) continue
+    // a name the engine does not know it takes as an id prefix: only a network of that name is there
+    const net = await engine.inspectNetwork(n.name)
+    there.set(n.name, net?.Name === n.name ? net : undefined)
+  }
   const networks = planNetworks(c.name, c.networks, there, engine.host, existing?.Id)
 
   await ensureImage(opts, c)
+  await tryFixedAddresses(opts, c, there, existing)
   const files = await checkFileBinds(opts, mounts, c.image.id)
   await checkBinds(opts, mounts, c.image.id)
   // nothing of the user's has been changed before this: what is replaced is kept before any
@@ -747,8 +787,8 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
     created.add(`image ${img}`, () => engine.removeImage(img))
   }
   if (existing) {
-    replaced.removed = true
     await engine.removeContainer(existing.Id)
+    replaced.removed = true
   }
   await replaceVolumes(opts, mounts, names, created, replaced)
 
@@ -797,7 +837,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
       bytes += m.stats.bytes
       // a bind-mounted file is written already; the engine cannot extract over its mountpoint
       // in another mount (EBUSY), and makes it itself
-      if (m.file) continue
+      if (m.file || (m.type === 'volume' && opts.attachAsIs?.has(names[i]))) continue
       const without = innerMounts(mounts.filter((o) => o.file), m)
       await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without)
     }
@@ -818,6 +858,41 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
     ...(skipped ? {skipped} : {}),
     ...(networks.warnings.length ? {warnings: networks.warnings} : {}),
     ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {}),
+  }
+}
+
+/** what the engine says when it will not give a container an address it asked for */
+const ADDRESS_REFUSED = /user specified IP address|address already in use|no available (IPv4|IPv6)|invalid address|not in (the )?subnet|ipam/i
+
+/**
+ * A fixed address on a network the target has already is tried before anything is changed:
+ * the engine takes one only on a network whose subnet was set by the user (inspect shows an
+ * engine-chosen subnet alike), which it checks when the container starts and gets its
+ * network, before the container's process runs. A helper container is made on each such
+ * network with the address and started: its command does not exist, so starting it fails
+ * either way, at the address (refused here) or after it (the address is fine).
+ */
+async function tryFixedAddresses(opts: RestoreOptions, c: ContainerRecord, there: Map<string, unknown>, replacing?: ContainerInspect): Promise<void> {
+  for (const n of c.networks) {
+    if (!there.get(n.name) || (!n.ipv4 && !n.ipv6)) continue
+    // the container this restore replaces has the address there: the network takes it (and it is taken until then)
+    const held = (replacing?.NetworkSettings?.Networks as Record<string, {IPAMConfig?: {IPv4Address?: string; IPv6Address?: string} | null}> | undefined)?.[n.name]?.IPAMConfig
+    if (held && (held.IPv4Address ?? undefined) === n.ipv4 && (held.IPv6Address ?? undefined) === n.ipv6) continue
+    const start = async (helper: string): Promise<void> => {
+      await opts.engine.start(helper).catch((e: Error) => {
+        if (ADDRESS_REFUSED.test(e.message)) throw e
+        debug('probe of %s on network %s: %s', n.ipv4 ?? n.ipv6, n.name, e.message)
+      })
+    }
+    try {
+      await withHelper(opts, [], c.image.id, start, {name: n.name, endpoint: endpointConfig({...n, aliases: []})})
+    } catch (e) {
+      const why = (e as Error).message
+      throw new HolyshipError('TARGET_EXISTS', `network ${n.name} on ${opts.engine.host} does not take container ${c.name}'s fixed address ${n.ipv4 ?? n.ipv6}: ${why}`, {
+        hint: `remove network ${n.name} there (the restore makes it as it was), or make it with a subnet of its own (docker network create --subnet)`,
+        cause: e,
+      })
+    }
   }
 }
 

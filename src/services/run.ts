@@ -18,16 +18,17 @@ export async function withContext<T>(
 }
 
 /**
- * withContext under a shared repository lock (as a snapshot takes it): for commands that may
- * write to the repository beside other snapshots, and whose data a prune must not delete
- * while they read it (a restore).
+ * withContext, under a shared repository lock (as a snapshot takes it) when `lockFor` names
+ * what it is for: a command that writes to the repository beside other snapshots (a restore
+ * that keeps what it replaces). Without, nothing is written (a read-only repository will do).
  */
-export async function withLockedEngineContext<T>(
+export async function withEngineContext<T>(
   opts: {repo?: string; catalogue?: string; 'docker-host'?: string},
-  purpose: string,
-  fn: (ctx: Context, engine: Engine, lock: RepoLock) => Promise<T>,
+  lockFor: string | undefined,
+  fn: (ctx: Context, engine: Engine, lock?: RepoLock) => Promise<T>,
 ): Promise<T> {
-  return withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose, waitMs: 60_000}, async (ctx, lock) =>
+  if (!lockFor) return withContext(opts, (ctx, engine) => fn(ctx, engine))
+  return withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: lockFor, waitMs: 60_000}, async (ctx, lock) =>
     fn(ctx, await openEngine({dockerHost: opts['docker-host']}), lock),
   )
 }

@@ -7,6 +7,7 @@ import {realpathSync, statSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import debugFactory from 'debug'
+import type Docker from 'dockerode'
 import {Archiver, FILE_ROOT} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
 import {fsPath, hasEscapes, nameFromBytes} from '../archive/names.js'
@@ -475,7 +476,7 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
  * A container that is created but never started, only so the engine mounts volumes for
  * getArchive/putArchive. It needs an image: any image the engine has will do (nothing runs).
  */
-export async function createHelperContainer(engine: Engine, binds: string[], image?: string): Promise<string> {
+export async function createHelperContainer(engine: Engine, binds: string[], image?: string, network?: {name: string; endpoint: Docker.EndpointSettings}): Promise<string> {
   let img = image
   if (!img) {
     const images = await engine.listImages()
@@ -492,7 +493,7 @@ export async function createHelperContainer(engine: Engine, binds: string[], ima
     Cmd: ['/holyship-never-started'],
     Entrypoint: [],
     Labels: {'holyship.helper': 'true'},
-    HostConfig: {Binds: binds, NetworkMode: 'none'},
-    NetworkDisabled: true,
+    HostConfig: {Binds: binds, NetworkMode: network?.name ?? 'none'},
+    ...(network ? {NetworkingConfig: {EndpointsConfig: {[network.name]: network.endpoint}}} : {NetworkDisabled: true}),
   } as never)
 }

@@ -114,6 +114,31 @@ describe('user-defined networks', () => {
     expect((await addresses(b, app))[internal].ip).toBe('172.30.8.9')
   })
 
+  it('a network there with a subnet the engine chose does not take a fixed address: refused before anything is changed', async () => {
+    const auto = `${p}-auto`
+    // the target's network of that name, on a subnet of the engine's choosing
+    await b.createNetwork({Name: auto})
+    const subnet = (await b.getNetwork(auto).inspect()).IPAM.Config[0].Subnet as string
+    const ip = subnet.replace(/\.0\/\d+$/, '.77')
+    await a.createNetwork({Name: auto, IPAM: {Config: [{Subnet: subnet}]}})
+    const name = `${p}-fixed`
+    try {
+      const c = await a.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {NetworkMode: auto}, NetworkingConfig: {EndpointsConfig: {[auto]: {IPAMConfig: {IPv4Address: ip}}}}} as Docker.ContainerCreateOptions)
+      await c.start()
+      expect((await holyship(['snapshot', name], env)).code).toBe(0)
+      const r = await holyship(['restore', `latest:${name}`, '--start'], onB())
+      expect(r.code).toBe(25)
+      expect(r.stderr).toMatch(new RegExp(`^holyship: error: network ${auto} on .* does not take container ${name}'s fixed address ${ip.replace(/\./g, '\\.')}: .*user configured subnets.*\n$`))
+      await expect(b.getContainer(name).inspect()).rejects.toThrow(/no such container/i)
+      expect((await b.listContainers({all: true})).filter((x) => x.Labels?.['holyship.helper'] === 'true')).toEqual([])
+    } finally {
+      for (const d of [a, b]) {
+        await d.getContainer(name).remove({force: true}).catch(() => {})
+        await d.getNetwork(auto).remove().catch(() => {})
+      }
+    }
+  })
+
   it("a network whose subnet overlaps one of the target's is made on another when no fixed address needs it, with a warning", async () => {
     const dyn = `${p}-dyn`
     await a.createNetwork({Name: dyn, IPAM: {Config: [{Subnet: '172.30.9.0/24'}]}})

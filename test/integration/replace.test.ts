@@ -45,6 +45,27 @@ describe('restore --force over what is there', () => {
       await helper.remove({force: true})
     }
   }
+  /**
+   * restore --force of the latest snapshot of `name` (the service, with the catalogue, as the
+   * CLI calls it), made to fail once it has removed what it replaces: the snapshot's host had
+   * 64 cores, and the engine refuses to create a container on CPU 63 here. Its error.
+   */
+  const failingRestore = async (name: string): Promise<Error | undefined> => {
+    const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
+    const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
+    repo.treeCache = catalogue
+    try {
+      const id = catalogue.resolveSnapshot(repo.id, `latest:${name}`)
+      const m = catalogue.getManifest(repo.id, id)!
+      const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
+      return await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
+        () => undefined,
+        (e: Error) => e,
+      )
+    } finally {
+      catalogue.close()
+    }
+  }
   const writeV = async (v: string): Promise<void> => {
     const r = await dockerExec(docker, app, ['sh', '-c', `echo ${v} > /data/v`])
     expect(r.exitCode).toBe(0)
@@ -87,22 +108,7 @@ describe('restore --force over what is there', () => {
   it('fails after it removed them: the container and its volume are put back as they were, running', async () => {
     await writeV('v3')
     const before = await state()
-    const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
-    const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
-    repo.treeCache = catalogue
-    try {
-      const id = catalogue.resolveSnapshot(repo.id, `latest:${app}`)
-      const m = catalogue.getManifest(repo.id, id)!
-      // the snapshot's host had 64 cores: the engine refuses to create its container here, once the old one is gone
-      const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
-      const err = await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
-        () => undefined,
-        (e: Error) => e,
-      )
-      expect(err?.message).toMatch(/cpu.*; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/i)
-    } finally {
-      catalogue.close()
-    }
+    expect((await failingRestore(app))?.message).toMatch(/cpu.*; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/i)
     const after = await state()
     expect(after).toEqual({...before, id: expect.any(String)})
     expect(after.id).not.toBe(before.id)
@@ -117,25 +123,39 @@ describe('restore --force over what is there', () => {
       await c.start()
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
       writeFileSync(conf, 'B\n')
-      const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
-      const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
-      repo.treeCache = catalogue
-      try {
-        const id = catalogue.resolveSnapshot(repo.id, `latest:${name}`)
-        const m = catalogue.getManifest(repo.id, id)!
-        const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
-        const err = await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
-          () => undefined,
-          (e: Error) => e,
-        )
-        expect(err?.message).toMatch(/; what it replaced was put back as it was/)
-      } finally {
-        catalogue.close()
-      }
+      expect((await failingRestore(name))?.message).toMatch(/; what it replaced was put back as it was/)
       expect(readFileSync(conf, 'utf8')).toBe('B\n')
       expect((await docker.getContainer(name).inspect()).State.Running).toBe(true)
     } finally {
       await docker.getContainer(name).remove({force: true}).catch(() => {})
+    }
+  })
+
+  it("putting back takes a volume the failed restore did not touch as it is (a sidecar's)", async () => {
+    const name = `${p}-two`
+    const [va, vb] = [`${p}-va`, `${p}-vb`]
+    const cleanup = async (): Promise<void> => {
+      for (const n of [name, `${p}-side`]) await docker.getContainer(n).remove({force: true}).catch(() => {})
+      for (const v of [va, vb]) await docker.getVolume(v).remove().catch(() => {})
+    }
+    try {
+      const first = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`]}})
+      await first.start()
+      expect((await holyship(['snapshot', name], env)).code).toBe(0)
+      // the app made anew with a second volume, which a sidecar writes to
+      await first.remove({force: true})
+      const again = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`, `${vb}:/b`]}})
+      await again.start()
+      const side = await docker.createContainer({name: `${p}-side`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vb}:/b`]}})
+      await side.start()
+      expect((await dockerExec(docker, side.id, ['sh', '-c', 'echo live > /b/f'])).exitCode).toBe(0)
+      expect((await failingRestore(name))?.message).toMatch(/; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/)
+      const back = await docker.getContainer(name).inspect()
+      expect(back.State.Running).toBe(true)
+      expect(back.Mounts.map((x) => x.Name).sort()).toEqual([va, vb])
+      expect((await dockerExec(docker, side.id, ['sh', '-c', 'echo more >> /b/f; cat /b/f'])).stdout).toBe('live\nmore\n')
+    } finally {
+      await cleanup()
     }
   })
 
@@ -152,7 +172,24 @@ describe('restore --force over what is there', () => {
     expect(await state()).toEqual(before)
     // nothing was snapshotted either: the check comes first
     const list = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {tags: string[]}[]
-    expect(list.filter((s) => s.tags.includes('replaced-by-restore'))).toHaveLength(3)
+    expect(list.filter((s) => s.tags.includes('replaced-by-restore'))).toHaveLength(4)
+  })
+
+  it('forget ID drops the snapshots a restore kept; it takes ids, not latest', async () => {
+    const kept = (JSON.parse((await holyship(['list', '--json'], env)).stdout) as {id: string; tags: string[]}[]).filter((s) => s.tags.includes('replaced-by-restore'))
+    expect(kept.length).toBeGreaterThan(0)
+    const bad = await holyship(['forget', 'latest'], env)
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toBe('holyship: error: forget takes snapshot ids (or unique prefixes of 4 or more hex characters), not "latest"\n')
+    const both = await holyship(['forget', kept[0].id, '--keep-last', '1'], env)
+    expect(both.code).toBe(2)
+    const r = await holyship(['forget', ...kept.map((k) => k.id.slice(0, 12)), '--json'], env)
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(0)
+    expect(JSON.parse(r.stdout).removed.sort()).toEqual(kept.map((k) => k.id).sort())
+    const left = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {tags: string[]}[]
+    expect(left.filter((s) => s.tags.includes('replaced-by-restore'))).toEqual([])
+    expect(left.length).toBeGreaterThan(0)
   })
 
   it('a volume another container uses is refused before anything is changed', async () => {

@@ -292,7 +292,19 @@ describe('crafted trees never write outside the target and never reach the engin
     // networks: a list of named ones with aliases
     const withNets = (networks: unknown) => ({...good, container: {...good.container!, networks: networks as never}})
     expect(() => checkManifest('f'.repeat(64), withNets([{name: 'front', aliases: ['web']}]))).not.toThrow()
-    for (const nets of [undefined, {}, [null], [{name: 1, aliases: []}], [{name: 'x'}], [{name: 'x', aliases: [7]}]]) {
+    for (const nets of [
+      undefined,
+      {},
+      [null],
+      [{name: 1, aliases: []}],
+      [{name: 'x'}],
+      [{name: 'x', aliases: [7]}],
+      [{name: '../x', aliases: []}],
+      [{name: 'x', aliases: [], ipv4: 7}],
+      [{name: 'x', aliases: [], internal: 'yes'}],
+      [{name: 'x', aliases: [], options: {a: 1}}],
+      [{name: 'x', aliases: [], ipam: {Config: 'all'}}],
+    ]) {
       expect(() => checkManifest('f'.repeat(64), withNets(nets)), JSON.stringify(nets)).toThrow(/damaged or hostile/)
     }
   })

@@ -30,6 +30,8 @@ describe('inSubnet', () => {
     expect(inSubnet('1::2::3', 'fd00::/8')).toBeUndefined()
     expect(inSubnet('1:2:3', 'fd00::/8')).toBeUndefined()
     expect(inSubnet('10.0.0.1', '10.0.0.0')).toBeUndefined()
+    expect(inSubnet('10.0.0.1', '10.0.0.0/')).toBeUndefined()
+    expect(inSubnet('10.0.0.1', '10.0.0.0/-1')).toBeUndefined()
   })
 })
 
@@ -90,6 +92,10 @@ describe('planNetworks', () => {
     expect(e.code).toBe('TARGET_EXISTS')
     expect(e.message).toBe("container app's fixed address 172.30.7.50 on network front is taken by container other on B")
     expect(planNetworks('app', [front], there(held), 'B', 'c1').make).toEqual([])
+    // an IPv6 address however the engine writes it
+    const v6 = {...front, ipv4: undefined, ipv6: 'fd00::5'}
+    const held6 = {IPAM: {Config: [{Subnet: 'fd00::/64'}]}, Containers: {c1: {Name: 'other', EndpointID: '', MacAddress: '', IPv4Address: '', IPv6Address: 'fd00:0:0::5/64'}}}
+    expect(refused(() => planNetworks('app', [v6], there(held6), 'B')).message).toBe("container app's fixed address fd00::5 on network front is taken by container other on B")
   })
 
   it('warns when a network there is internal where the snapshot\'s was not, or the other way', () => {
