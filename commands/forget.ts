@@ -10,9 +10,9 @@ const keep = (what: string) => Flags.integer({description: `keep the newest snap
 
 export default class Forget extends BaseCommand<typeof Forget> {
   static override strict = false
-  static override args = {snapshots: Args.string({description: 'snapshot ids (or unique prefixes) to forget, instead of --keep-* rules'})}
+  static override args = {snapshots: Args.string({description: 'snapshot ids (or unique prefixes) to forget, instead of --keep-* rules', ignoreStdin: true})}
   static override description =
-    'Remove the snapshots the retention rules do not keep, per container/volume and host (rules count snapshots: a missed day never deletes history; the newest is always kept)'
+    'Remove the snapshots the retention rules do not keep, per container/volume and host (rules count snapshots: a missed day never deletes history; the newest is always kept), or the snapshots named by id'
   static override examples = [
     '<%= config.bin %> forget --keep-last 3 --keep-daily 7 --dry-run',
     '<%= config.bin %> forget --container db --keep-daily 7 --keep-weekly 4 --prune',

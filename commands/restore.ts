@@ -33,9 +33,10 @@ export default class Restore extends BaseCommand<typeof Restore> {
 
   async run(): Promise<RestoreResult | RestorePathResult> {
     const f = this.flags
-    // the lock only when it may write: what --force replaces is snapshotted into the repository
+    // it writes when what --force replaces is snapshotted into the repository
     const writes = f.force && f['keep-replaced'] && !f.path
-    const r = await withEngineContext(f, writes ? 'restore' : undefined, async (ctx, engine, lock): Promise<RestoreResult | RestorePathResult> => {
+    const unlocked = (why: string): void => void this.warn(`the repository's lock cannot be written (${why}): restoring without it, so a prune meanwhile could fail this restore`)
+    const r = await withEngineContext(f, {purpose: 'restore', writes, unlocked}, async (ctx, engine, lock): Promise<RestoreResult | RestorePathResult> => {
       const {id, manifest} = resolveSnapshot(ctx, this.args.snapshot)
       if (f.path) {
         const r = await restorePath({repo: ctx.repo, snapshotId: id, manifest, path: f.path, target: f.target!, force: f.force, partial: f.partial, progress: this.progress()})

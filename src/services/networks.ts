@@ -140,7 +140,7 @@ export function inSubnet(ip: string, cidr: string): boolean | undefined {
 }
 
 /** the same address, however written (fd00:0::5 is fd00::5) */
-function sameAddress(a: string, b: string): boolean {
+export function sameAddress(a: string, b: string): boolean {
   const x = addressBits(a)
   return x !== undefined ? x === addressBits(b) : a === b
 }

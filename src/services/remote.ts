@@ -345,12 +345,11 @@ export async function land(opts: LandOptions): Promise<LandResult> {
       const id = pulled.snapshots[0]
       const manifest = cat.getManifest(local!.id, id)
       if (!manifest) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in the local catalogue after the pull`)
-      // with --force, under a shared lock, as a restore: what it replaces is snapshotted into
-      // the local repository, against an index read again under the lock (a prune may have run
-      // since the pull read it)
-      const lock = opts.force && opts.keepReplaced !== false ? await RepoLock.acquire(local!.backend, {exclusive: false, purpose: 'land', waitMs: 60_000}) : undefined
-      if (lock) await syncCatalogue(cat, local!)
+      // under a shared lock, as a restore (what --force replaces is snapshotted into the local
+      // repository), with the index read again under it: a prune may have run since the pull
+      const lock = await RepoLock.acquire(local!.backend, {exclusive: false, purpose: 'land', waitMs: 60_000})
       try {
+        await syncCatalogue(cat, local!)
         const restored = await restore({
           repo: local!,
           engine,
@@ -367,7 +366,7 @@ export async function land(opts: LandOptions): Promise<LandResult> {
         })
         return {pull: pulled, restore: restored}
       } finally {
-        await lock?.release().catch(() => undefined)
+        await lock.release().catch(() => undefined)
       }
     } finally {
       cat.close()

@@ -20,7 +20,7 @@ import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, NetworkRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
 import {innerMounts} from './mounts.js'
-import {BUILTIN_NETWORKS, endpointConfig, planNetworks, type NetworkPlan} from './networks.js'
+import {BUILTIN_NETWORKS, endpointConfig, planNetworks, sameAddress, type NetworkPlan} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
 
 const debug = debugFactory('holyship:restore')
@@ -129,7 +129,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // containers a killed holyship left paused or stopped on this engine are put back first
   await recoverOnce(opts.engine)
   const created = new Created()
-  const replaced: Replaced = {snapshots: [], running: false, removed: false}
+  const replaced: Replaced = {snapshots: [], running: false, removed: false, removedVolumes: new Set()}
   try {
     const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created, replaced) : await restoreVolumes(opts, created, replaced)
     return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
@@ -146,8 +146,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 }
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/
-/** a network name as the engine allows it (it goes into request URLs) */
-const NETWORK_NAME = VOLUME_NAME
+/** a network name: the engine allows most (`sdk:user`); not what would be a path, nor control characters */
+const NETWORK_NAME = /^(?!\.{1,2}$)[^/\\?#%\x00-\x1f\x7f]+$/
 const TREE_ID = /^[0-9a-f]{64}$/
 
 /** an absolute, clean container or host path, safe inside a `-v SRC:DST:OPTS` bind spec */
@@ -250,8 +250,21 @@ interface Replaced {
   snapshots: {id: string; kind: 'container' | 'volume'; name: string}[]
   /** the old container was running (it is started again when put back) */
   running: boolean
-  /** something of it has been removed: a failure puts it back */
+  /** something of it has been removed or written over: a failure puts it back */
   removed: boolean
+  /** the volumes removed (the others are the user's as they were: putBack takes them as they are) */
+  removedVolumes: Set<string>
+}
+
+/** remove the container a restore replaces; `removed` once it is gone, even when the engine's answer was an error */
+async function removeReplaced(opts: RestoreOptions, id: string, replaced: Replaced): Promise<void> {
+  try {
+    await opts.engine.removeContainer(id)
+  } catch (e) {
+    if (!(await opts.engine.containerExists(id).catch(() => true))) replaced.removed = true
+    throw e
+  }
+  replaced.removed = true
 }
 
 /**
@@ -304,9 +317,13 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
     for (const s of replaced.snapshots) {
       const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
       if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
-      // the volumes the failed restore did not remove are there as they were: taken as they are
+      // what the failed restore did not touch is there as it was: the volumes it did not
+      // remove, the bind sources it had none of its own at; taken as they are
+      const touched = new Set(opts.manifest.mounts.filter((m) => m.type === 'bind').map((m) => m.source))
       const asIs = new Set<string>()
-      for (const m of manifest.mounts) if (m.type === 'volume' && (await opts.engine.volumeExists(m.source))) asIs.add(m.source)
+      for (const m of manifest.mounts) {
+        if (m.type === 'volume' ? !replaced.removedVolumes.has(m.source) && (await opts.engine.volumeExists(m.source)) : !touched.has(m.source)) asIs.add(m.source)
+      }
       const back = await restore({...opts, snapshotId: s.id, manifest, name: undefined, volumePrefix: undefined, start: false, force: true, partial: false, keepReplaced: false, attachAsIs: asIs})
       // started apart from the restore: a start that fails does not take back what was put back
       if (back.container && replaced.running) await opts.engine.start(back.container.id).catch(() => (started = false))
@@ -326,6 +343,7 @@ async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names
       try {
         await opts.engine.removeVolume(names[i])
         replaced.removed = true
+        replaced.removedVolumes.add(names[i])
       } catch (e) {
         throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} is in use and cannot be replaced: ${(e as Error).message}`, {cause: e})
       }
@@ -664,7 +682,7 @@ async function fileAtSource(opts: RestoreOptions, image: string, source: string,
 async function checkFileBinds(opts: RestoreOptions, mounts: MountRecord[], image: string): Promise<FileToWrite[]> {
   const out: FileToWrite[] = []
   for (const m of mounts) {
-    if (!m.file) continue
+    if (!m.file || opts.attachAsIs?.has(m.source)) continue
     const node = await fileOfBind(opts, m)
     if (!node) continue
     const there = await fileAtSource(opts, image, m.source, node)
@@ -774,11 +792,6 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   await tryFixedAddresses(opts, c, there, existing)
   const files = await checkFileBinds(opts, mounts, c.image.id)
   await checkBinds(opts, mounts, c.image.id)
-  // nothing of the user's has been changed before this: what is replaced is kept before any
-  // of it is written over (a bind-mounted file) or removed
-  await keepReplaced(opts, existing, volumesThere, replaced)
-  await makeNetworks(opts, networks, created)
-  await writeFileBinds(opts, files, c.image.id, created)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -786,10 +799,15 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
     const img = image
     created.add(`image ${img}`, () => engine.removeImage(img))
   }
-  if (existing) {
-    await engine.removeContainer(existing.Id)
-    replaced.removed = true
-  }
+  // nothing of the user's has been changed before this: what is replaced is kept, and then
+  // (quickly: what the replaced container writes from now on is not in what is kept) removed
+  // or written over
+  await keepReplaced(opts, existing, volumesThere, replaced)
+  await makeNetworks(opts, networks, created)
+  if (existing) await removeReplaced(opts, existing.Id, replaced)
+  // before the container is made (a missing source would become a directory); a file written
+  // over is put back by `created` when it was small enough to keep, and by putBack from what was kept
+  await writeFileBinds(opts, files, c.image.id, created)
   await replaceVolumes(opts, mounts, names, created, replaced)
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
@@ -837,7 +855,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
       bytes += m.stats.bytes
       // a bind-mounted file is written already; the engine cannot extract over its mountpoint
       // in another mount (EBUSY), and makes it itself
-      if (m.file || (m.type === 'volume' && opts.attachAsIs?.has(names[i]))) continue
+      if (m.file || opts.attachAsIs?.has(names[i])) continue
       const without = innerMounts(mounts.filter((o) => o.file), m)
       await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without)
     }
@@ -875,9 +893,11 @@ const ADDRESS_REFUSED = /user specified IP address|address already in use|no ava
 async function tryFixedAddresses(opts: RestoreOptions, c: ContainerRecord, there: Map<string, unknown>, replacing?: ContainerInspect): Promise<void> {
   for (const n of c.networks) {
     if (!there.get(n.name) || (!n.ipv4 && !n.ipv6)) continue
-    // the container this restore replaces has the address there: the network takes it (and it is taken until then)
-    const held = (replacing?.NetworkSettings?.Networks as Record<string, {IPAMConfig?: {IPv4Address?: string; IPv6Address?: string} | null}> | undefined)?.[n.name]?.IPAMConfig
-    if (held && (held.IPv4Address ?? undefined) === n.ipv4 && (held.IPv6Address ?? undefined) === n.ipv6) continue
+    // the running container this restore replaces has the address there: the network takes it
+    // (and it is taken until that one is removed)
+    const ep = (replacing?.NetworkSettings?.Networks as Record<string, {IPAddress?: string; GlobalIPv6Address?: string}> | undefined)?.[n.name]
+    const holds = (want: string | undefined, has: string | undefined): boolean => !want || (!!has && sameAddress(want, has))
+    if (replacing?.State.Running && ep && holds(n.ipv4, ep.IPAddress) && holds(n.ipv6, ep.GlobalIPv6Address)) continue
     const start = async (helper: string): Promise<void> => {
       await opts.engine.start(helper).catch((e: Error) => {
         if (ADDRESS_REFUSED.test(e.message)) throw e
@@ -934,6 +954,7 @@ async function restoreVolumes(opts: RestoreOptions, created: Created, replaced: 
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   const xattrs: XattrsNotSet = {total: 0, first: []}
   for (let i = 0; i < mounts.length; i++) {
+    if (opts.attachAsIs?.has(names[i])) continue
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     // written straight into the volume's directory where it can be (volumeDir), else through the helper
     await withHelper(opts, [`${names[i]}:/holyship-volume:nocopy`], undefined, (helper) => fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, left, names[i]))

@@ -18,19 +18,35 @@ export async function withContext<T>(
 }
 
 /**
- * withContext, under a shared repository lock (as a snapshot takes it) when `lockFor` names
- * what it is for: a command that writes to the repository beside other snapshots (a restore
- * that keeps what it replaces). Without, nothing is written (a read-only repository will do).
+ * withContext under a shared repository lock (as a snapshot takes it): a prune waits while a
+ * command reads data it could repack (a restore), and the command may write beside other
+ * snapshots. `lock.writes` false: a repository where the lock cannot be written (read-only)
+ * is read without it, after `lock.unlocked` is told why.
  */
 export async function withEngineContext<T>(
   opts: {repo?: string; catalogue?: string; 'docker-host'?: string},
-  lockFor: string | undefined,
+  lock: {purpose: string; writes: boolean; unlocked: (why: string) => void},
   fn: (ctx: Context, engine: Engine, lock?: RepoLock) => Promise<T>,
 ): Promise<T> {
-  if (!lockFor) return withContext(opts, (ctx, engine) => fn(ctx, engine))
-  return withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: lockFor, waitMs: 60_000}, async (ctx, lock) =>
-    fn(ctx, await openEngine({dockerHost: opts['docker-host']}), lock),
-  )
+  let held = false
+  try {
+    return await withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: lock.purpose, waitMs: 60_000}, async (ctx, l) => {
+      held = true
+      return fn(ctx, await openEngine({dockerHost: opts['docker-host']}), l)
+    })
+  } catch (e) {
+    if (held || lock.writes || !unwritable(e)) throw e
+    lock.unlocked((e as Error).message)
+    return withContext(opts, (ctx, engine) => fn(ctx, engine))
+  }
+}
+
+/** an error of a write the file system refuses (a read-only repository) */
+function unwritable(e: unknown): boolean {
+  for (let x = e as {code?: unknown; cause?: unknown} | undefined; x; x = x.cause as typeof x) {
+    if (typeof x.code === 'string' && ['EROFS', 'EACCES', 'EPERM', 'IO_FAILED'].includes(x.code)) return true
+  }
+  return false
 }
 
 /**

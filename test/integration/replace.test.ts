@@ -6,7 +6,8 @@
  * first (tag replaced-by-restore, never `latest`), and put back if the restore fails after it
  * removed it.
  */
-import {mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {spawnSync} from 'node:child_process'
+import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
@@ -190,6 +191,28 @@ describe('restore --force over what is there', () => {
     const left = JSON.parse((await holyship(['list', '--json'], env)).stdout) as {tags: string[]}[]
     expect(left.filter((s) => s.tags.includes('replaced-by-restore'))).toEqual([])
     expect(left.length).toBeGreaterThan(0)
+  })
+
+  it('a read-only repository restores without its lock, with a warning; a --force that would keep what it replaces refuses', async () => {
+    const ro = path.join(work, 'ro')
+    mkdirSync(ro)
+    expect(spawnSync('mount', ['--bind', env.HOLYSHIP_REPO, ro]).status).toBe(0)
+    try {
+      expect(spawnSync('mount', ['-o', 'remount,ro,bind', ro]).status).toBe(0)
+      const roEnv = {...env, HOLYSHIP_REPO: ro}
+      const target = path.join(work, 'out')
+      const r = await holyship(['restore', `latest:${app}`, '--path', '/data/v', '--target', target], roEnv)
+      expect(r.code).toBe(0)
+      expect(r.stderr).toMatch(/^holyship: warning: the repository's lock cannot be written \(.*\): restoring without it, so a prune meanwhile could fail this restore\n$/)
+      expect(readFileSync(path.join(target, 'v'), 'utf8')).toBe('v1\n')
+      const before = await state()
+      const forced = await holyship(['restore', `latest:${app}`, '--force'], roEnv)
+      expect(forced.code).toBe(51)
+      expect(forced.stderr).toMatch(/^holyship: error: read-only file system/)
+      expect(await state()).toEqual(before)
+    } finally {
+      spawnSync('umount', [ro])
+    }
   })
 
   it('a volume another container uses is refused before anything is changed', async () => {
