@@ -253,6 +253,8 @@ export interface TarOptions {
    * (the engine cannot extract over a mounted file; it makes the mountpoint itself)
    */
   without?: string[]
+  /** relative paths of directories left out with all they hold: mounts inside this one that are to stay as they are */
+  skipUnder?: string[]
   onBytes?: (n: number) => void
   /**
    * --partial: a file whose data is damaged, a directory whose listing is, and hard links to
@@ -372,6 +374,7 @@ async function writeTree(repo: Repository, treeId: string, tw: TarWriter, opts: 
   const without = new Set(opts.without ?? [])
   for await (const {path: rel, node: n} of walkTree(repo, treeId, '', walkOpts)) {
     if (without.has(rel) && n.type !== 'dir') continue
+    if (opts.skipUnder?.some((d) => rel === d || rel.startsWith(`${d}/`))) continue
     const p = pre + renamed(rel)
     if (n.type === 'whiteout') {
       if (opts.layer) {

@@ -103,8 +103,9 @@ export async function pull(opts: TransferOptions & {snapshots?: string[]}): Prom
   return withRemote(opts, async (remote) => {
     const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
     try {
-      const {local, ...result} = await pullWith(opts, remote, cat)
+      const {local, lock, ...result} = await pullWith(opts, remote, cat)
       void local
+      await lock?.release().catch(() => undefined)
       return result
     } finally {
       cat.close()
@@ -112,11 +113,15 @@ export async function pull(opts: TransferOptions & {snapshots?: string[]}): Prom
   })
 }
 
+/**
+ * The pull itself. With snapshots, it returns the local repository and its shared lock, taken
+ * before its index was read and held: the caller releases it (land, once it has restored).
+ */
 async function pullWith(
   opts: TransferOptions & {snapshots?: string[]},
   remote: RemoteHandle,
   cat: Catalogue,
-): Promise<PullResult & {local?: Repository}> {
+): Promise<PullResult & {local?: Repository; lock?: RepoLock}> {
   const t0 = Date.now()
   const parallel = opts.parallel ?? 4
   const progress = opts.progress ?? silentProgress
@@ -161,30 +166,39 @@ async function pullWith(
       throw e
     }
   })
-  const {repo, created} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw, rc.config.encryption ? remote.backend : undefined)
-  if ((key || repo.encrypted) && (repo.id !== rc.config.id || !key || !repo.masterKey || !repo.masterKey.equals(key))) {
-    // one side's key cannot read the other's objects
-    throw new HolyshipError(
-      repo.id === rc.config.id ? 'REMOTE_CORRUPT' : 'USAGE',
-      repo.id === rc.config.id
-        ? `${remote.location} has this repository's id but not its key`
-        : `${remote.location} holds repository ${rc.config.id.slice(0, 12)}${key ? ' (encrypted)' : ''}, not the local ${repo.encrypted ? 'encrypted ' : ''}repository ${repo.id.slice(0, 12)}: an encrypted repository is only pulled into its own copy`,
-      {hint: repo.id === rc.config.id ? undefined : 'pull into a new directory (--repo)'},
-    )
+  const {repo, created, lock} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw, rc.config.encryption ? remote.backend : undefined)
+  try {
+    return {...(await pullInto(repo, created)), lock}
+  } catch (e) {
+    await lock.release().catch(() => undefined)
+    throw e
   }
-  if (repo.id !== rc.config.id) {
-    progress.note(`note: the local repository ${repo.id.slice(0, 12)} is not ${remote.location}'s (${rc.config.id.slice(0, 12)}); data still dedups by content hash`)
-  }
-  const stats = await pullSnapshots({repo, catalogue: cat, remote, ids, parallel, progress})
-  return {
-    ...base,
-    repository: repo.id,
-    sameRepository: repo.id === rc.config.id,
-    createdRepository: created,
-    snapshots: ids,
-    ...stats,
-    durationMs: Date.now() - t0,
-    local: repo,
+
+  async function pullInto(repo: Repository, created: boolean): Promise<PullResult & {local: Repository}> {
+    if ((key || repo.encrypted) && (repo.id !== rc.config.id || !key || !repo.masterKey || !repo.masterKey.equals(key))) {
+      // one side's key cannot read the other's objects
+      throw new HolyshipError(
+        repo.id === rc.config.id ? 'REMOTE_CORRUPT' : 'USAGE',
+        repo.id === rc.config.id
+          ? `${remote.location} has this repository's id but not its key`
+          : `${remote.location} holds repository ${rc.config.id.slice(0, 12)}${key ? ' (encrypted)' : ''}, not the local ${repo.encrypted ? 'encrypted ' : ''}repository ${repo.id.slice(0, 12)}: an encrypted repository is only pulled into its own copy`,
+        {hint: repo.id === rc.config.id ? undefined : 'pull into a new directory (--repo)'},
+      )
+    }
+    if (repo.id !== rc.config.id) {
+      progress.note(`note: the local repository ${repo.id.slice(0, 12)} is not ${remote.location}'s (${rc.config.id.slice(0, 12)}); data still dedups by content hash`)
+    }
+    const stats = await pullSnapshots({repo, catalogue: cat, remote, ids, parallel, progress})
+    return {
+      ...base,
+      repository: repo.id,
+      sameRepository: repo.id === rc.config.id,
+      createdRepository: created,
+      snapshots: ids,
+      ...stats,
+      durationMs: Date.now() - t0,
+      local: repo,
+    }
   }
 }
 
@@ -193,7 +207,7 @@ async function pullWith(
  * or empty, create the repository first with the remote's config (same id and chunker seed)
  * and, for an encrypted remote (`keysFrom`), its key files.
  */
-async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: Buffer, keysFrom?: Backend): Promise<{repo: Repository; created: boolean}> {
+async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: Buffer, keysFrom?: Backend): Promise<{repo: Repository; created: boolean; lock: RepoLock}> {
   const dir = path.resolve(dirArg)
   const entries = await fsp.readdir(dir).catch((e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return undefined
@@ -211,10 +225,19 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
   } else if (!entries.includes('config')) {
     throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})
   }
-  const repo = await Repository.open(new LocalBackend(dir), {loadIndex: false})
-  repo.treeCache = cat
-  await syncCatalogue(cat, repo)
-  return {repo, created}
+  // a shared lock (pull writes packs, index files and manifests; a prune waits), taken before
+  // the index is read: a prune that finished a moment ago has rewritten it, and the sync sees that
+  const backend = new LocalBackend(dir)
+  const lock = await RepoLock.acquire(backend, {exclusive: false, purpose: 'pull', waitMs: 60_000})
+  try {
+    const repo = await Repository.open(backend, {loadIndex: false})
+    repo.treeCache = cat
+    await syncCatalogue(cat, repo)
+    return {repo, created, lock}
+  } catch (e) {
+    await lock.release().catch(() => undefined)
+    throw e
+  }
 }
 
 /** the remote's repository config: REMOTE_NOT_FOUND when no holyship repository is there */
@@ -341,15 +364,13 @@ export async function land(opts: LandOptions): Promise<LandResult> {
   return withRemote(opts, async (remote) => {
     const cat = Catalogue.open(opts.catalogue ?? defaultCataloguePath())
     try {
-      const {local, ...pulled} = await pullWith({...opts, snapshots: [opts.snapshot]}, remote, cat)
-      const id = pulled.snapshots[0]
-      const manifest = cat.getManifest(local!.id, id)
-      if (!manifest) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in the local catalogue after the pull`)
-      // under a shared lock, as a restore (what --force replaces is snapshotted into the local
-      // repository), with the index read again under it: a prune may have run since the pull
-      const lock = await RepoLock.acquire(local!.backend, {exclusive: false, purpose: 'land', waitMs: 60_000})
+      // the pull's lock is held through the restore (what --force replaces is snapshotted into
+      // the local repository, against the index the pull read under it)
+      const {local, lock, ...pulled} = await pullWith({...opts, snapshots: [opts.snapshot]}, remote, cat)
       try {
-        await syncCatalogue(cat, local!)
+        const id = pulled.snapshots[0]
+        const manifest = cat.getManifest(local!.id, id)
+        if (!manifest) throw new HolyshipError('SNAPSHOT_NOT_FOUND', `snapshot ${id} is not in the local catalogue after the pull`)
         const restored = await restore({
           repo: local!,
           engine,
@@ -366,7 +387,7 @@ export async function land(opts: LandOptions): Promise<LandResult> {
         })
         return {pull: pulled, restore: restored}
       } finally {
-        await lock.release().catch(() => undefined)
+        await lock?.release().catch(() => undefined)
       }
     } finally {
       cat.close()

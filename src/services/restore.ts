@@ -129,7 +129,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // containers a killed holyship left paused or stopped on this engine are put back first
   await recoverOnce(opts.engine)
   const created = new Created()
-  const replaced: Replaced = {snapshots: [], running: false, removed: false, removedVolumes: new Set()}
+  const replaced: Replaced = {snapshots: [], running: false, removed: false, removedVolumes: new Set(), wrote: new Set()}
   try {
     const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created, replaced) : await restoreVolumes(opts, created, replaced)
     return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
@@ -254,6 +254,8 @@ interface Replaced {
   removed: boolean
   /** the volumes removed (the others are the user's as they were: putBack takes them as they are) */
   removedVolumes: Set<string>
+  /** the bind sources written into (bind-mounted files, directories filled): the others are as they were */
+  wrote: Set<string>
 }
 
 /** remove the container a restore replaces; `removed` once it is gone, even when the engine's answer was an error */
@@ -261,7 +263,9 @@ async function removeReplaced(opts: RestoreOptions, id: string, replaced: Replac
   try {
     await opts.engine.removeContainer(id)
   } catch (e) {
-    if (!(await opts.engine.containerExists(id).catch(() => true))) replaced.removed = true
+    // gone, or left dead or being removed by the engine: it is not the user's container any more
+    const left = await opts.engine.inspectContainer(id).catch((x: unknown) => (x instanceof HolyshipError && x.code === 'CONTAINER_NOT_FOUND' ? null : undefined))
+    if (left === null || (left && (left.State.Dead || left.State.Status === 'removing'))) replaced.removed = true
     throw e
   }
   replaced.removed = true
@@ -319,10 +323,10 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
       if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
       // what the failed restore did not touch is there as it was: the volumes it did not
       // remove, the bind sources it had none of its own at; taken as they are
-      const touched = new Set(opts.manifest.mounts.filter((m) => m.type === 'bind').map((m) => m.source))
+      const touched = (src: string): boolean => [...replaced.wrote].some((w) => w === src || w.startsWith(`${src}/`) || src.startsWith(`${w}/`))
       const asIs = new Set<string>()
       for (const m of manifest.mounts) {
-        if (m.type === 'volume' ? !replaced.removedVolumes.has(m.source) && (await opts.engine.volumeExists(m.source)) : !touched.has(m.source)) asIs.add(m.source)
+        if (m.type === 'volume' ? !replaced.removedVolumes.has(m.source) && (await opts.engine.volumeExists(m.source)) : !touched(m.source)) asIs.add(m.source)
       }
       const back = await restore({...opts, snapshotId: s.id, manifest, name: undefined, volumePrefix: undefined, start: false, force: true, partial: false, keepReplaced: false, attachAsIs: asIs})
       // started apart from the restore: a start that fails does not take back what was put back
@@ -538,7 +542,17 @@ async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, 
  * Fill a mounted volume or bind of a created (never started) container: a new volume `volume`
  * straight into its directory where the writer may (volumeDir), else through the API.
  */
-async function fillMount(opts: RestoreOptions, containerId: string, m: MountRecord, destination: string, xattrs: XattrsNotSet, skipped?: SkippedEntry[], volume?: string, without: string[] = []): Promise<void> {
+async function fillMount(
+  opts: RestoreOptions,
+  containerId: string,
+  m: MountRecord,
+  destination: string,
+  xattrs: XattrsNotSet,
+  skipped?: SkippedEntry[],
+  volume?: string,
+  without: string[] = [],
+  skipUnder: string[] = [],
+): Promise<void> {
   const progress = opts.progress ?? silentProgress
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
@@ -549,7 +563,7 @@ async function fillMount(opts: RestoreOptions, containerId: string, m: MountReco
   }
   // extract into the parent under the mount's own name, so the root's mode, owner and time apply
   const left: SkippedEntry[] | undefined = skipped ? [] : undefined
-  await putTree(opts, containerId, path.posix.dirname(destination), m.tree, {root: m.root, rootName: path.posix.basename(destination), onBytes: (n) => progress.add(n), skipped: left, without})
+  await putTree(opts, containerId, path.posix.dirname(destination), m.tree, {root: m.root, rootName: path.posix.basename(destination), onBytes: (n) => progress.add(n), skipped: left, without, skipUnder})
   if (left) skipped!.push(...underBase(destination, left))
 }
 
@@ -807,6 +821,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   if (existing) await removeReplaced(opts, existing.Id, replaced)
   // before the container is made (a missing source would become a directory); a file written
   // over is put back by `created` when it was small enough to keep, and by putBack from what was kept
+  for (const f of files) replaced.wrote.add(f.m.source)
   await writeFileBinds(opts, files, c.image.id, created)
   await replaceVolumes(opts, mounts, names, created, replaced)
 
@@ -857,7 +872,10 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
       // in another mount (EBUSY), and makes it itself
       if (m.file || opts.attachAsIs?.has(names[i])) continue
       const without = innerMounts(mounts.filter((o) => o.file), m)
-      await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without)
+      // mounts inside it that are taken as they are (putBack) keep what they hold
+      const asIs = innerMounts(mounts.filter((o, j) => !o.file && opts.attachAsIs?.has(names[j])), m)
+      replaced.wrote.add(m.source)
+      await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without, asIs)
     }
   })
   let started = false

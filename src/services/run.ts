@@ -1,3 +1,4 @@
+import * as path from 'node:path'
 import type {Engine} from '../docker/engine.js'
 import type {RepoLock} from '../repo/lock.js'
 import {Context, ContextOptions, openContext, openEngine} from './context.js'
@@ -41,10 +42,10 @@ export async function withEngineContext<T>(
   }
 }
 
-/** an error of a write the file system refuses (a read-only repository) */
+/** the file system refused to write the lock file (a read-only repository), and nothing else failed */
 function unwritable(e: unknown): boolean {
-  for (let x = e as {code?: unknown; cause?: unknown} | undefined; x; x = x.cause as typeof x) {
-    if (typeof x.code === 'string' && ['EROFS', 'EACCES', 'EPERM', 'IO_FAILED'].includes(x.code)) return true
+  for (let x = e as {code?: unknown; path?: unknown; cause?: unknown} | undefined; x; x = x.cause as typeof x) {
+    if (typeof x.code === 'string' && ['EROFS', 'EACCES', 'EPERM'].includes(x.code)) return typeof x.path === 'string' && x.path.includes(`${path.sep}locks${path.sep}`)
   }
   return false
 }

@@ -7,7 +7,7 @@
  * removed it.
  */
 import {spawnSync} from 'node:child_process'
-import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync} from 'node:fs'
+import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
@@ -132,7 +132,7 @@ describe('restore --force over what is there', () => {
     }
   })
 
-  it("putting back takes a volume the failed restore did not touch as it is (a sidecar's)", async () => {
+  it("putting back takes a volume and a bind directory the failed restore did not touch as they are (a sidecar's)", async () => {
     const name = `${p}-two`
     const [va, vb] = [`${p}-va`, `${p}-vb`]
     const cleanup = async (): Promise<void> => {
@@ -145,7 +145,11 @@ describe('restore --force over what is there', () => {
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
       // the app made anew with a second volume, which a sidecar writes to
       await first.remove({force: true})
-      const again = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`, `${vb}:/b`]}})
+      const dir = path.join(work, 'shared-dir')
+      mkdirSync(dir, {recursive: true})
+      writeFileSync(path.join(dir, 'f'), 'host\n')
+      const inode = statSync(path.join(dir, 'f')).ino
+      const again = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`, `${vb}:/b`, `${dir}:/shared`]}})
       await again.start()
       const side = await docker.createContainer({name: `${p}-side`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vb}:/b`]}})
       await side.start()
@@ -153,7 +157,9 @@ describe('restore --force over what is there', () => {
       expect((await failingRestore(name))?.message).toMatch(/; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/)
       const back = await docker.getContainer(name).inspect()
       expect(back.State.Running).toBe(true)
-      expect(back.Mounts.map((x) => x.Name).sort()).toEqual([va, vb])
+      expect(back.Mounts.filter((x) => x.Type === 'volume').map((x) => x.Name).sort()).toEqual([va, vb])
+      // the bind directory was not written (a put back writes a file anew: another inode)
+      expect(statSync(path.join(dir, 'f')).ino).toBe(inode)
       expect((await dockerExec(docker, side.id, ['sh', '-c', 'echo more >> /b/f; cat /b/f'])).stdout).toBe('live\nmore\n')
     } finally {
       await cleanup()
