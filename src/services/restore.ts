@@ -57,8 +57,8 @@ export interface RestoreOptions {
   /** the shared repository lock the restore holds (for the snapshots of what it replaces) */
   lock?: {assertHeld(): Promise<void>}
   /**
-   * volumes the container gets as they are on the engine: not replaced, not filled (putBack:
-   * the ones the failed restore did not remove)
+   * volumes (by name) and bind sources (by host path) the container gets as they are on the
+   * engine: not replaced, not filled (putBack: what the failed restore did not touch)
    */
   attachAsIs?: Set<string>
 }
@@ -322,7 +322,7 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
       const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
       if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
       // what the failed restore did not touch is there as it was: the volumes it did not
-      // remove, the bind sources it had none of its own at; taken as they are
+      // remove, the bind sources it did not write into (nor above or below one); taken as they are
       const touched = (src: string): boolean => [...replaced.wrote].some((w) => w === src || w.startsWith(`${src}/`) || src.startsWith(`${w}/`))
       const asIs = new Set<string>()
       for (const m of manifest.mounts) {
