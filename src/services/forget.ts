@@ -82,7 +82,7 @@ function checkRules(opts: Decision): void {
     return
   }
   if (!keepsSomething(opts.policy)) {
-    throw new HolyshipError('USAGE', 'give at least one --keep-* rule with a count above 0 (forget with no rule would keep nothing)')
+    throw new HolyshipError('USAGE', 'give snapshot ids, or at least one --keep-* rule with a count above 0 (forget with no rule would keep nothing)')
   }
   if (opts.container !== undefined && opts.volume !== undefined) throw new HolyshipError('USAGE', 'give --container or --volume, not both')
 }
