@@ -166,14 +166,18 @@ export class Engine {
     )
   }
 
-  async containerExists(ref: string): Promise<boolean> {
+  /** the container's inspect; undefined when the engine has none by that name or id */
+  async findContainer(ref: string): Promise<ContainerInspect | undefined> {
     try {
-      await this.inspectContainer(ref)
-      return true
+      return await this.inspectContainer(ref)
     } catch (e) {
-      if (e instanceof HolyshipError && e.code === 'CONTAINER_NOT_FOUND') return false
+      if (e instanceof HolyshipError && e.code === 'CONTAINER_NOT_FOUND') return undefined
       throw e
     }
+  }
+
+  async containerExists(ref: string): Promise<boolean> {
+    return (await this.findContainer(ref)) !== undefined
   }
 
   async changes(id: string): Promise<Change[]> {

@@ -109,7 +109,7 @@ async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalog
   if (opts.tag !== REPLACED_TAG) rows = rows.filter((r) => !r.tags.includes(REPLACED_TAG))
   const groups = new Map<string, SnapshotRow[]>()
   for (const r of rows) {
-    const k = `${r.host}\0${r.kind}\0${r.name}`
+    const k = groupKey(r)
     const g = groups.get(k)
     if (g) g.push(r)
     else groups.set(k, [r])
@@ -134,13 +134,19 @@ async function forgetIn(where: {id: string; backend: Backend; catalogue: Catalog
     removed.push(...d.remove.map((r) => r.id))
   }
   out.sort((a, b) => (a.kind + a.name + a.host < b.kind + b.name + b.host ? -1 : 1))
-  if (!opts.dryRun) {
-    for (const id of removed) {
-      await where.backend.delete(snapshotKey(id))
-      catalogue.removeSnapshot(where.id, id)
-    }
-  }
+  if (!opts.dryRun) await removeSnapshots(where, removed)
   return {dryRun: opts.dryRun ?? false, policy: formatKeep(opts.policy), groups: out, removed, kept}
+}
+
+/** the group a snapshot is decided in: its host, kind and name */
+const groupKey = (r: SnapshotRow): string => `${r.host}\0${r.kind}\0${r.name}`
+
+/** delete the manifests of `ids` from the repository or remote, and their rows from the catalogue */
+async function removeSnapshots(where: {id: string; backend: Backend; catalogue: Catalogue}, ids: string[]): Promise<void> {
+  for (const id of ids) {
+    await where.backend.delete(snapshotKey(id))
+    where.catalogue.removeSnapshot(where.id, id)
+  }
 }
 
 /** forget ID…: each named snapshot goes (all are resolved before any is removed) */
@@ -150,16 +156,11 @@ async function forgetIds(where: {id: string; backend: Backend; catalogue: Catalo
   const groups = new Map<string, ForgetGroup>()
   for (const id of ids) {
     const r = byId.get(id)!
-    const k = `${r.host}\0${r.kind}\0${r.name}`
+    const k = groupKey(r)
     if (!groups.has(k)) groups.set(k, {host: r.host, kind: r.kind, name: r.name, keep: [], remove: []})
     groups.get(k)!.remove.push({id, time: r.time})
   }
-  if (!dryRun) {
-    for (const id of ids) {
-      await where.backend.delete(snapshotKey(id))
-      where.catalogue.removeSnapshot(where.id, id)
-    }
-  }
+  if (!dryRun) await removeSnapshots(where, ids)
   return {dryRun, policy: 'by id', groups: [...groups.values()], removed: ids, kept: byId.size - ids.length}
 }
 

@@ -175,9 +175,9 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
   if (m.container) {
     const nets: unknown = m.container.networks
     if (!Array.isArray(nets)) bad('a container without its list of networks')
+    const strings = (v: unknown): boolean => v === undefined || (typeof v === 'object' && v !== null && Object.values(v).every((x) => typeof x === 'string'))
     for (const n of nets as NetworkRecord[]) {
       if (!n || typeof n.name !== 'string' || !NETWORK_NAME.test(n.name) || !Array.isArray(n.aliases) || !n.aliases.every((a) => typeof a === 'string')) bad(`bad network ${JSON.stringify(n)}`)
-      const strings = (v: unknown): boolean => v === undefined || (typeof v === 'object' && v !== null && Object.values(v).every((x) => typeof x === 'string'))
       const fine =
         [n.ipv4, n.ipv6, n.driver].every((v) => v === undefined || typeof v === 'string') &&
         [n.internal, n.attachable, n.enableIPv6].every((v) => v === undefined || typeof v === 'boolean') &&
@@ -264,8 +264,8 @@ async function removeReplaced(opts: RestoreOptions, id: string, replaced: Replac
     await opts.engine.removeContainer(id)
   } catch (e) {
     // gone, or left dead or being removed by the engine: it is not the user's container any more
-    const left = await opts.engine.inspectContainer(id).catch((x: unknown) => (x instanceof HolyshipError && x.code === 'CONTAINER_NOT_FOUND' ? null : undefined))
-    if (left === null || (left && (left.State.Dead || left.State.Status === 'removing'))) replaced.removed = true
+    const left = await opts.engine.findContainer(id).catch(() => 'unknown' as const)
+    if (left === undefined || (left !== 'unknown' && (left.State.Dead || left.State.Status === 'removing'))) replaced.removed = true
     throw e
   }
   replaced.removed = true
@@ -317,13 +317,13 @@ async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | u
 async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string> {
   const ids = replaced.snapshots.map((s) => s.id.slice(0, 12)).join(', ')
   let started = true
+  // what the failed restore did not touch is there as it was: the volumes it did not remove,
+  // the bind sources it did not write into (nor above or below one); taken as they are
+  const touched = (src: string): boolean => [...replaced.wrote].some((w) => w === src || w.startsWith(`${src}/`) || src.startsWith(`${w}/`))
   try {
     for (const s of replaced.snapshots) {
       const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
       if (!manifest) throw new Error(`snapshot ${s.id.slice(0, 12)} is not in the catalogue`)
-      // what the failed restore did not touch is there as it was: the volumes it did not
-      // remove, the bind sources it did not write into (nor above or below one); taken as they are
-      const touched = (src: string): boolean => [...replaced.wrote].some((w) => w === src || w.startsWith(`${src}/`) || src.startsWith(`${w}/`))
       const asIs = new Set<string>()
       for (const m of manifest.mounts) {
         if (m.type === 'volume' ? !replaced.removedVolumes.has(m.source) && (await opts.engine.volumeExists(m.source)) : !touched(m.source)) asIs.add(m.source)
@@ -777,7 +777,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
 
   // check everything before changing anything
   // the engine takes a name it does not know as an id prefix: only a container of that name is replaced
-  const found = (await engine.containerExists(name)) ? await engine.inspectContainer(name) : undefined
+  const found = await engine.findContainer(name)
   const existing = found?.Name === `/${name}` ? found : undefined
   if (existing && !opts.force) {
     throw new HolyshipError('TARGET_EXISTS', `container ${name} already exists on ${engine.host}`, {
@@ -841,9 +841,9 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   const config = {...c.config} as Record<string, unknown>
   withoutNetworkConflicts(config, hostConfig)
   const labels = {...((config.Labels as Record<string, string> | null) ?? {})}
-  const [firstNet, ...otherNets] = c.networks.filter((n) => !['default'].includes(n.name))
+  const [firstNet, ...otherNets] = c.networks.filter((n) => n.name !== 'default')
   const networkingConfig =
-    firstNet && !['bridge', 'host', 'none'].includes(firstNet.name)
+    firstNet && !BUILTIN_NETWORKS.includes(firstNet.name)
       ? {EndpointsConfig: {[firstNet.name]: endpointConfig(firstNet)}}
       : undefined
   const id = await engine.createContainer({
@@ -856,7 +856,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   } as never)
   created.add(`container ${name}`, () => engine.removeContainer(id))
   for (const n of otherNets) {
-    if (['bridge', 'host', 'none'].includes(n.name)) continue
+    if (BUILTIN_NETWORKS.includes(n.name)) continue
     await engine.connectNetwork(n.name, id, endpointConfig(n))
   }
 
