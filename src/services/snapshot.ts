@@ -79,6 +79,13 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
   // check every name first so a typo fails before any work is done
   const infos = []
   for (const c of containers) infos.push(await opts.engine.inspectContainer(c))
+  // a container started with --rm is removed by the engine once stopped, with its anonymous volumes
+  const autoRemoved = opts.consistency === 'stop' ? infos.find((i) => i.State.Running && i.HostConfig?.AutoRemove) : undefined
+  if (autoRemoved) {
+    throw new HolyshipError('USAGE', `--stop would remove container ${autoRemoved.Name.replace(/^\//, '')}: it was started with --rm, so the engine removes it (and its anonymous volumes) once it stops`, {
+      hint: 'snapshot it paused (the default) or with --no-pause',
+    })
+  }
   for (const v of volumes) await opts.engine.inspectVolume(v)
   const results: SnapshotResult[] = []
   for (const info of infos) results.push(await snapshotContainer(opts, info))

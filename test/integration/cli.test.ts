@@ -115,6 +115,9 @@ describe('holyship CLI', () => {
 
   it('gives each bad input its own exit code and changes nothing', async () => {
     const before = await tree(path.join(work, 'repo'))
+    // started with --rm: stopped for a snapshot, the engine would remove it and its anonymous volume
+    const rm = await docker.createContainer({name: `${name}-rm`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], Volumes: {'/scratch': {}}, HostConfig: {AutoRemove: true}})
+    await rm.start()
     const cases: [string[], number, RegExp, Record<string, string>?][] = [
       [['snapshot', 'no-such-container'], 22, /no container named "no-such-container"/],
       [['snapshot', '--volume', 'no-such-volume'], 23, /no volume named "no-such-volume"/],
@@ -125,6 +128,7 @@ describe('holyship CLI', () => {
       [['snapshot', name], 30, /cannot reach the Docker engine at unix:\/\/\/nonexistent\/docker.sock/, {DOCKER_HOST: 'unix:///nonexistent/docker.sock'}],
       [['snapshot'], 2, /name at least one container/],
       [['snapshot', name, '--stop', '--no-pause'], 2, /cannot also be provided|--no-pause/],
+      [['snapshot', name, `${name}-rm`, '--stop'], 2, new RegExp(`--stop would remove container ${name}-rm: it was started with --rm`)],
       [['list', '--bogus-flag'], 2, /Nonexistent flag|bogus/],
     ]
     for (const [args, code, msg, extra] of cases) {
@@ -136,6 +140,8 @@ describe('holyship CLI', () => {
     expect(await tree(path.join(work, 'repo'))).toEqual(before)
     const state = (await docker.getContainer(name).inspect()).State
     expect(state.Running && !state.Paused).toBe(true)
+    expect((await rm.inspect()).State.Running).toBe(true)
+    await rm.remove({force: true, v: true})
   })
 
   it('refuses a repository of a newer format (12)', async () => {
