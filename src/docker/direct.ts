@@ -52,3 +52,37 @@ export async function goDirect(engine: Engine, want: Access, probe: Probe, refus
   if (!ok && want === 'direct') throw new HolyshipError('USAGE', refusal)
   return ok
 }
+
+/** what volumeReadPath needs of a volume's inspect */
+export interface VolumeSite {
+  Driver?: string
+  Mountpoint?: string
+  Options?: Record<string, string> | null
+}
+
+/**
+ * Where a direct read finds a volume's files on the engine's host, or undefined where only
+ * the API can read them. A local volume without a mount of its own: its Mountpoint. One the
+ * engine mounts (driver options `type` or `device`: an NFS share, a tmpfs, a bind of another
+ * directory) is mounted there only while a container uses it; otherwise the Mountpoint is an
+ * empty directory, and reading it would record an empty volume. A bind's source directory is
+ * read instead; any other such volume, or another driver's, is read through the API, which
+ * mounts it for the read.
+ */
+export function volumeReadPath(v: VolumeSite): string | undefined {
+  if (v.Driver !== 'local' || typeof v.Mountpoint !== 'string') return undefined
+  const o = v.Options ?? {}
+  if (!o.type && !o.device) return v.Mountpoint
+  return bindDevice(v.Driver, o)
+}
+
+/**
+ * The directory of the host a local volume binds (driver options `o=bind`, `device=DIR`:
+ * compose's `driver_opts` for a volume "at" a host path), where its files are kept whatever
+ * the volume is named and after it is removed; undefined for any other volume.
+ */
+export function bindDevice(driver: string | undefined, options: Record<string, string> | null | undefined): string | undefined {
+  const o = options ?? {}
+  if ((driver ?? 'local') !== 'local' || typeof o.device !== 'string' || !o.device.startsWith('/')) return undefined
+  return (o.o ?? '').split(',').some((x) => x === 'bind' || x === 'rbind') ? o.device : undefined
+}

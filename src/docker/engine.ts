@@ -300,6 +300,10 @@ export class Engine {
     await this.call(`remove volume ${name}`, () => this.docker.getVolume(name).remove())
   }
 
+  async listVolumes(): Promise<Docker.VolumeInspectInfo[]> {
+    return this.call('list volumes', async () => (await this.docker.listVolumes()).Volumes ?? [])
+  }
+
   async listContainers(all = true, filters?: Record<string, string[]>): Promise<Docker.ContainerInfo[]> {
     const q = new URLSearchParams(all ? {all: 'true'} : {})
     if (filters) q.set('filters', JSON.stringify(filters))

@@ -3,7 +3,7 @@
  * bind mounts) or standalone volumes from a snapshot, or copy paths out to a host directory.
  * On failure everything this restore created is removed again.
  */
-import {createHash} from 'node:crypto'
+import {createHash, randomBytes} from 'node:crypto'
 import {createReadStream, createWriteStream, promises as fsp} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
@@ -11,7 +11,7 @@ import {PassThrough, Readable} from 'node:stream'
 import debugFactory from 'debug'
 import {MAX_XATTRS_LISTED, SkippedEntry, TarOptions, XattrsNotSet, checkTreesReadable, fileContent, findNode, makeTarget, restoreToDir, writeTreeAsTar} from '../archive/restorer.js'
 import {TarWriter} from '../archive/tarwriter.js'
-import {Access, goDirect} from '../docker/direct.js'
+import {Access, bindDevice, directAccess, goDirect} from '../docker/direct.js'
 import {REPLACED_TAG, type Catalogue} from '../catalogue/catalogue.js'
 import type Docker from 'dockerode'
 import {ContainerInspect, Engine} from '../docker/engine.js'
@@ -129,12 +129,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // containers a killed holyship left paused or stopped on this engine are put back first
   await recoverOnce(opts.engine)
   const created = new Created()
-  const replaced: Replaced = {snapshots: [], running: false, removed: false, removedVolumes: new Set(), wrote: new Set()}
+  const replaced: Replaced = {snapshots: [], running: false, removed: false, removedVolumes: new Set(), wrote: new Set(), asides: []}
   try {
     const r = opts.manifest.kind === 'container' ? await restoreContainer(opts, created, replaced) : await restoreVolumes(opts, created, replaced)
+    const left = await removeAsides(replaced.asides)
+    if (left.length) r.warnings = [...(r.warnings ?? []), ...left]
     return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
   } catch (e) {
     await created.rollback()
+    // a move back that failed: say where the files are
+    if (replaced.asides.length && e instanceof Error) e.message = `${e.message}; the files the restore replaced are in ${replaced.asides.join(', ')}`
     if (replaced.removed && replaced.snapshots.length) {
       const what = await putBack(opts, replaced)
       if (e instanceof Error) e.message = `${e.message}; ${what}`
@@ -192,6 +196,8 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     if (!TREE_ID.test(String(mount.tree))) bad(`mount ${JSON.stringify(mount.destination)} has a bad tree id`)
     if (mount.type === 'volume') {
       if (typeof mount.source !== 'string' || !VOLUME_NAME.test(mount.source)) bad(`bad volume name ${JSON.stringify(mount.source)}`)
+      const device = bindDevice(mount.driver, mount.options)
+      if (device !== undefined && (badAbsPath(deviceDir(device)) || deviceDir(device) === '/')) bad(`volume ${mount.source} binds a bad path ${JSON.stringify(device)}`)
     } else if (mount.type === 'bind') {
       if (badAbsPath(mount.source) || mount.source === '/') bad(`bad bind mount source ${JSON.stringify(mount.source)}`)
     } else bad(`unknown mount type ${JSON.stringify((mount as MountRecord).type)}`)
@@ -256,6 +262,8 @@ interface Replaced {
   removedVolumes: Set<string>
   /** the bind sources written into (bind-mounted files, directories filled): the others are as they were */
   wrote: Set<string>
+  /** where the files of the bind volumes' directories it replaced were moved aside (replaceVolumes): removed once it succeeds */
+  asides: string[]
 }
 
 /** remove the container a restore replaces; `removed` once it is gone, even when the engine's answer was an error */
@@ -339,21 +347,51 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
   }
 }
 
-async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created, replaced: Replaced): Promise<void> {
+/**
+ * Remove the volumes the restore replaces and make them new. `toEmpty` (checkBindDevices): the
+ * directories of the bind volumes it replaces (by volume name), whose files are moved aside
+ * into a directory of their own in it, which goes once the restore succeeds; if it fails, they
+ * are moved back and the old volume is made again as it was (so putBack takes it as it is).
+ */
+async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names: string[], created: Created, replaced: Replaced, toEmpty = new Map<string, string>()): Promise<void> {
   for (let i = 0; i < mounts.length; i++) {
     const m = mounts[i]
-    if (m.type !== 'volume' || opts.attachAsIs?.has(names[i])) continue
-    if (await opts.engine.volumeExists(names[i])) {
+    const n = names[i]
+    if (m.type !== 'volume' || opts.attachAsIs?.has(n)) continue
+    const dir = toEmpty.get(n)
+    if (await opts.engine.volumeExists(n)) {
+      const old = await opts.engine.inspectVolume(n)
       try {
-        await opts.engine.removeVolume(names[i])
+        await opts.engine.removeVolume(n)
         replaced.removed = true
-        replaced.removedVolumes.add(names[i])
+        replaced.removedVolumes.add(n)
       } catch (e) {
-        throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} is in use and cannot be replaced: ${(e as Error).message}`, {cause: e})
+        throw new HolyshipError('TARGET_EXISTS', `volume ${n} is in use and cannot be replaced: ${(e as Error).message}`, {cause: e})
+      }
+      // a bind volume's files are in its directory, not in the volume: made again as it was, it has them
+      // (once they are back, below), and putBack takes it as it is
+      const options = (old.Options as Record<string, string> | null) ?? {}
+      if (bindDevice(old.Driver, options) !== undefined) {
+        created.add(`the old volume ${n}`, async () => {
+          if (await opts.engine.volumeExists(n)) return
+          await opts.engine.createVolume(n, old.Driver, old.Labels ?? {}, options)
+          replaced.removedVolumes.delete(n)
+        })
       }
     }
-    await opts.engine.createVolume(names[i], m.driver, m.labels, m.options)
-    const n = names[i]
+    if (dir !== undefined) {
+      // undone from the first rename on: a failure halfway through the move moves back what it moved
+      const aside = path.join(dir, `${ASIDE}${randomBytes(6).toString('hex')}`)
+      replaced.asides.push(aside)
+      let moved = false
+      created.add(`the files of ${dir}`, async () => {
+        await moveBack(dir, aside, moved)
+        replaced.asides.splice(replaced.asides.indexOf(aside), 1)
+      })
+      await moveAside(dir, aside)
+      moved = true
+    }
+    await opts.engine.createVolume(n, m.driver, m.labels, m.options)
     created.add(`volume ${n}`, () => opts.engine.removeVolume(n))
   }
 }
@@ -472,6 +510,142 @@ async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], image: st
       })
     }
   }
+}
+
+/** a bind volume's directory as checkBindDevices compares it: normalized, without a trailing slash */
+function deviceDir(device: string): string {
+  return path.posix.normalize(device).replace(/(.)\/+$/, '$1')
+}
+
+/** one of two paths is the other or inside it */
+function overlaps(a: string, b: string): boolean {
+  const under = (x: string, y: string): boolean => x === y || x.startsWith(y === '/' ? '/' : `${y}/`)
+  return under(a, b) || under(b, a)
+}
+
+/**
+ * A volume that binds a directory of the host (bindDevice: compose's `driver_opts` with
+ * `o: bind`) keeps its files there, whatever it is named (--volume-prefix) and after it is
+ * removed: that directory is looked at as a bind's source is. One that another volume of the
+ * engine binds too, or a directory in or around it (the original's, when restoring beside it),
+ * is refused even with --force; one that holds files is refused without --force. A missing
+ * one is made, empty (the engine would refuse to mount the volume, after what the restore
+ * replaces is gone). With --force, the files of one the volume it replaces binds (they are in
+ * what keepReplaced keeps) are moved aside by replaceVolumes: checked here that this host
+ * sees that directory, with nothing mounted inside it and no other container's bind mount in
+ * or around it. Returns those directories, as this host names them, by volume name.
+ * `replacing`: the volumes the restore removes; `existing`: the container it replaces.
+ */
+async function checkBindDevices(opts: RestoreOptions, mounts: MountRecord[], names: string[], replacing: string[], existing?: string, image?: string): Promise<Map<string, string>> {
+  const toEmpty = new Map<string, string>()
+  let binding: {name: string; dir: string; mountpoint: string}[] | undefined
+  for (let i = 0; i < mounts.length; i++) {
+    const m = mounts[i]
+    const device = m.type === 'volume' && !opts.attachAsIs?.has(names[i]) ? bindDevice(m.driver, m.options) : undefined
+    if (device === undefined) continue
+    const dir = deviceDir(device)
+    binding ??= (await opts.engine.listVolumes()).flatMap((v) => {
+      const d = bindDevice(v.Driver, v.Options as Record<string, string> | null)
+      return d !== undefined ? [{name: v.Name, dir: deviceDir(d), mountpoint: v.Mountpoint}] : []
+    })
+    const shared = binding.find((o) => overlaps(o.dir, dir) && !(o.dir === dir && replacing.includes(o.name)))
+    if (shared) {
+      const also = shared.dir === dir ? `as volume ${shared.name} there does` : `and volume ${shared.name} there keeps its in ${shared.dir}`
+      throw new HolyshipError('TARGET_EXISTS', `volume ${names[i]} keeps its files in ${dir} on ${opts.engine.host}, ${also}`, {
+        hint: '--volume-prefix does not move them: restore it on another host, or with --path',
+      })
+    }
+    const inner = innerMounts(mounts, m)
+    // the helper (its state directory) also proves whether this is the engine's host
+    const [held, direct] = await withHelper(opts, [`${dir}:/holyship-mount`], image, async (helper) => [await firstEntryIn(opts.engine, helper, '/holyship-mount', inner), await directAccess(opts.engine, {containerId: helper})] as const)
+    const at = `volume ${names[i]} keeps its files in ${dir} on ${opts.engine.host}`
+    if (held === '/holyship-mount') throw new HolyshipError('TARGET_EXISTS', `${at}, which is not a directory`, {hint: 'move it away'})
+    if (held === undefined) {
+      // empty (or made just now): on the engine's host, what a failed restore writes there goes again
+      const real = direct ? await fsp.realpath(dir).catch(() => undefined) : undefined
+      if (real !== undefined && real !== '/') toEmpty.set(names[i], real)
+      continue
+    }
+    const full = `${at}, which is not empty (it holds ${JSON.stringify(held)})`
+    if (!opts.force) throw new HolyshipError('TARGET_EXISTS', full, {hint: 'restore it elsewhere with --path, or use --force to replace the volume that keeps them'})
+    if (!binding.some((o) => o.dir === dir && replacing.includes(o.name))) {
+      throw new HolyshipError('TARGET_EXISTS', `${full}, and no volume this restore replaces keeps them`, {hint: 'move them away: --force replaces volumes, it does not throw away a directory'})
+    }
+    if (!direct) throw new HolyshipError('TARGET_EXISTS', `${full}: replacing it needs root on the engine's own host`, {hint: `empty ${dir} there, or restore it elsewhere with --path`})
+    toEmpty.set(names[i], await localDeviceDir(opts, dir, held, full, existing))
+  }
+  return toEmpty
+}
+
+/**
+ * The bind volume directory `dir` of the engine's host as this process sees it (symlinks
+ * resolved), for replaceVolumes to move its files aside, on the engine's host as root
+ * (checkBindDevices asked directAccess): refused (before anything is changed) unless the
+ * directory here holds `held`
+ * (what the engine sees there: the same directory, not one of another mount namespace's),
+ * it is not `/`, holds no files an earlier restore moved aside, nothing is mounted inside it (a rename cannot move a mount) and no container but `existing`
+ * has a bind mount in or around it (a running one would see its files vanish).
+ */
+async function localDeviceDir(opts: RestoreOptions, dir: string, held: string, at: string, existing?: string): Promise<string> {
+  const refuse = (why: string, hint: string): never => {
+    throw new HolyshipError('TARGET_EXISTS', `${at}: ${why}`, {hint})
+  }
+  const real = await fsp.realpath(dir).catch(() => undefined)
+  const here = real === undefined ? undefined : await fsp.lstat(path.join(real, held)).catch(() => undefined)
+  if (real === undefined || here === undefined) refuse(`this host does not see it as the engine does (another mount namespace?)`, `empty ${dir} on the engine's host, or restore it elsewhere with --path`)
+  if (real === '/') refuse('it is the root directory', 'restore it elsewhere with --path')
+  const left = (await fsp.readdir(real!)).find((e) => e.startsWith(ASIDE))
+  if (left) refuse(`${left} in it holds what an earlier restore that did not finish replaced`, `look at ${path.join(real!, left)}, and move it away`)
+  const unescape = (p: string): string => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)))
+  const mounted = (await fsp.readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => unescape(l.split(' ')[4] ?? ''))
+  const inside = mounted.find((p) => p.startsWith(`${real}/`))
+  if (inside) refuse(`${inside} is mounted inside it`, 'unmount it, or stop what uses it')
+  for (const c of await opts.engine.listContainers(true)) {
+    if (c.Id === existing) continue
+    const bind = (c.Mounts ?? []).find((mt) => mt.Type === 'bind' && typeof mt.Source === 'string' && (overlaps(deviceDir(mt.Source), dir) || overlaps(deviceDir(mt.Source), real!)))
+    if (bind) refuse(`container ${(c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, '')} has a bind mount of ${bind.Source}, in or around it`, 'remove that container first')
+  }
+  return real!
+}
+
+/** the name of the directory replaceVolumes moves a bind volume directory's files into */
+const ASIDE = '.holyship-replaced-'
+
+/**
+ * move the entries of `dir` into the new directory `aside` in it (on the same file system:
+ * renames). One an earlier, killed restore left is not touched.
+ */
+async function moveAside(dir: string, aside: string): Promise<void> {
+  await fsp.mkdir(aside, {mode: 0o700})
+  for (const e of await fsp.readdir(dir)) if (e !== path.basename(aside)) await fsp.rename(path.join(dir, e), path.join(aside, e))
+}
+
+/**
+ * undo moveAside: what was moved aside comes back; once the move was `complete` (and the
+ * restore may have written into `dir`), what is in `dir` goes first. After a move that failed
+ * halfway, what is in `dir` is what was not moved yet: it stays.
+ */
+async function moveBack(dir: string, aside: string, complete: boolean): Promise<void> {
+  if (!(await fsp.stat(aside).then((st) => st.isDirectory(), () => false))) return
+  const own = path.basename(aside)
+  // each entry on its own: one that fails does not keep the others from coming back
+  const failed: string[] = []
+  const each = async (names: string[], fn: (e: string) => Promise<void>): Promise<void> => {
+    for (const e of names) await fn(e).catch((err: Error) => failed.push(`${e}: ${err.message}`))
+  }
+  if (complete) await each((await fsp.readdir(dir)).filter((e) => e !== own), (e) => fsp.rm(path.join(dir, e), {recursive: true, force: true}))
+  await each(await fsp.readdir(aside), (e) => fsp.rename(path.join(aside, e), path.join(dir, e)))
+  if (failed.length) throw new Error(`moving the files of ${dir} back from ${aside} failed for ${failed.slice(0, 3).join('; ')}`)
+  await fsp.rmdir(aside)
+}
+
+/** once the restore succeeded, the files moveAside kept go; one line each for those that could not */
+async function removeAsides(asides: string[]): Promise<string[]> {
+  const left: string[] = []
+  for (const a of asides) {
+    await fsp.rm(a, {recursive: true, force: true}).catch((e: Error) => left.push(`the replaced files in ${a} could not be removed (${e.message}): remove them by hand`))
+  }
+  return left
 }
 
 /**
@@ -806,6 +980,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   await tryFixedAddresses(opts, c, there, existing)
   const files = await checkFileBinds(opts, mounts, c.image.id)
   await checkBinds(opts, mounts, c.image.id)
+  const toEmpty = await checkBindDevices(opts, mounts, names, volumesThere, existing?.Id, c.image.id)
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   let image = c.image.id
   if (c.fsDiff) {
@@ -823,7 +998,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
   // over is put back by `created` when it was small enough to keep, and by putBack from what was kept
   for (const f of files) replaced.wrote.add(f.m.source)
   await writeFileBinds(opts, files, c.image.id, created)
-  await replaceVolumes(opts, mounts, names, created, replaced)
+  await replaceVolumes(opts, mounts, names, created, replaced, toEmpty)
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
   // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
@@ -966,8 +1141,9 @@ async function restoreVolumes(opts: RestoreOptions, created: Created, replaced: 
   if (opts.name && mounts.length !== 1) throw new HolyshipError('USAGE', '--name needs a snapshot of exactly one volume')
   const names = mounts.map((m) => opts.name ?? volumeName(opts, m))
   const there = await preflightVolumes(opts, mounts, names)
+  const toEmpty = await checkBindDevices(opts, mounts, names, there)
   await keepReplaced(opts, undefined, there, replaced)
-  await replaceVolumes(opts, mounts, names, created, replaced)
+  await replaceVolumes(opts, mounts, names, created, replaced, toEmpty)
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   const xattrs: XattrsNotSet = {total: 0, first: []}

@@ -3,7 +3,7 @@
  * mount) or standalone volumes, into the repository. Nothing is recorded unless everything
  * is durable; the container is always put back into the state it was in.
  */
-import {realpathSync, statSync} from 'node:fs'
+import {readdirSync, realpathSync, statSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import debugFactory from 'debug'
@@ -12,7 +12,7 @@ import {Archiver, FILE_ROOT} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
 import {fsPath, hasEscapes, nameFromBytes} from '../archive/names.js'
 import {Catalogue} from '../catalogue/catalogue.js'
-import {Access, Probe, goDirect} from '../docker/direct.js'
+import {Access, Probe, VolumeSite, goDirect, volumeReadPath} from '../docker/direct.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
@@ -211,6 +211,37 @@ async function readMount(
   return file ? {tree, stats: archiver.stats, file: true} : {tree, stats: archiver.stats, root: archiver.rootNode()}
 }
 
+/**
+ * How one mount of a container is read, with `reader` chosen for the container: a volume
+ * whose files a direct read cannot find (volumeReadPath: one the engine mounts only while a
+ * container uses it) through the API, or refused where --reader direct was asked; a direct
+ * read takes the volume's files where volumeReadPath finds them (a bind volume's source)
+ */
+function mountReader(opts: SnapshotOptions, reader: 'api' | 'direct', m: MountSource, v: VolumeSite | undefined): 'api' | 'direct' {
+  if (reader === 'api' || m.type !== 'volume' || !v) return reader
+  const at = volumeReadPath(v)
+  // a bind's directory as this host sees it: symlinks resolved; missing, not a directory or
+  // empty (another mount namespace than the engine's?), read through the engine
+  const real = at === undefined || at === v.Mountpoint ? at : realDir(at)
+  if (real !== undefined) {
+    m.hostPath = real
+    return reader
+  }
+  if (opts.reader === 'direct') {
+    throw new HolyshipError('USAGE', `--reader direct cannot read volume ${m.source}: the engine mounts it (driver ${v.Driver}, options ${JSON.stringify(v.Options ?? {})}) only while a container uses it`)
+  }
+  return 'api'
+}
+
+function realDir(p: string): string | undefined {
+  try {
+    const real = realpathSync(p)
+    return statSync(real).isDirectory() && readdirSync(real).length > 0 ? real : undefined
+  } catch {
+    return undefined
+  }
+}
+
 /** The writable layer's changes: added, modified and deleted paths, as an OCI-style diff tree. */
 async function readFsDiff(
   opts: SnapshotOptions,
@@ -317,27 +348,27 @@ async function snapshotContainer(opts: SnapshotOptions, info: ContainerInspect):
 
   const base = await containerRecord(engine, info, image.record)
   const mounts = mountsOf(info)
+  // the volumes' driver, labels and options; and where a direct read finds each one's files
+  const volumes = await Promise.all(mounts.map((m) => (m.type === 'volume' ? engine.inspectVolume(m.source) : undefined)))
+  const readers = mounts.map((m, i) => mountReader(opts, reader, m, volumes[i]))
   const parent = parentManifest(opts, name)
   const guard = new StateGuard(engine, info.Id, name)
   let fsDiff: {tree?: string; stats: ArchiveStats; unnamedDeletions?: string[]}
   const mountRecords: MountRecord[] = []
   try {
     await guard.enter(consistency, info.State)
-    // the volumes' driver, labels and options, asked while the data is read
-    const volumes = mounts.map((m) => (m.type === 'volume' ? engine.inspectVolume(m.source) : undefined))
-    for (const v of volumes) v?.catch(() => undefined)
     fsDiff = await readFsDiff(opts, reader, info, mounts, parent?.manifest.container?.fsDiff)
     addStats(total, fsDiff.stats)
     changed.push(...(fsDiff.stats.changed ?? []).map((p) => `/${p}`))
     for (const [i, m] of mounts.entries()) {
       const prev = parent?.manifest.mounts.find((p) => p.type === m.type && p.source === m.source && p.destination === m.destination)
-      const r = await readMount(opts, reader, info.Id, m, prev)
+      const r = await readMount(opts, readers[i], info.Id, m, prev)
       addStats(total, r.stats)
       changed.push(...(r.stats.changed ?? []).map((p) => `${m.destination}/${p}`))
       const rec: MountRecord = {type: m.type, source: m.source, destination: m.destination, readOnly: m.readOnly, tree: r.tree, stats: r.stats}
       if (r.root) rec.root = r.root
       if (r.file) rec.file = true
-      const v = await volumes[i]
+      const v = volumes[i]
       if (v) {
         rec.driver = v.Driver
         rec.labels = v.Labels ?? {}
@@ -431,9 +462,9 @@ async function snapshotVolume(opts: SnapshotOptions, volume: string): Promise<Sn
   const started = Date.now()
   const {repo, catalogue, engine} = opts
   const v = await engine.inspectVolume(volume)
-  const reader = await chooseReader(opts, {mountpoint: v.Mountpoint})
   const parent = parentManifest(opts, volume)
   const m: MountSource = {type: 'volume', source: volume, destination: '/holyship-volume', readOnly: true, hostPath: v.Mountpoint}
+  const reader = mountReader(opts, await chooseReader(opts, {mountpoint: v.Mountpoint}), m, v)
   let helper: string | undefined
   let r
   try {

@@ -927,3 +927,16 @@ export function demuxBuffer(buf: Buffer): {stdout: string; stderr: string} {
   }
   return {stdout: Buffer.concat(o).toString('utf8'), stderr: Buffer.concat(e).toString('utf8')}
 }
+
+/** the ids of the images an engine has now */
+export async function imageIds(docker: Dockerode): Promise<Set<string>> {
+  return new Set((await docker.listImages()).map((i) => i.Id))
+}
+
+/**
+ * Remove the images an engine got since `before` (imageIds): what a test's restores loaded
+ * into host B, which the next test file may expect to have never seen them.
+ */
+export async function removeImagesSince(docker: Dockerode, before: Set<string>): Promise<void> {
+  for (const i of await docker.listImages()) if (!before.has(i.Id)) await docker.getImage(i.Id).remove({force: true}).catch(() => {})
+}

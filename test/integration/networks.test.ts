@@ -12,7 +12,7 @@ import * as path from 'node:path'
 import type Docker from 'dockerode'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {holyship} from '../harness/cli.js'
-import {connectEngine} from '../harness/engine.js'
+import {connectEngine, imageIds, removeImagesSince} from '../harness/engine.js'
 
 describe('user-defined networks', () => {
   const infoA = inject('holyshipEngineA')
@@ -37,7 +37,10 @@ describe('user-defined networks', () => {
     return {subnets: n.IPAM?.Config?.map((c: {Subnet?: string; Gateway?: string}) => [c.Subnet, c.Gateway]), internal: n.Internal, options: n.Options, labels: n.Labels}
   }
 
+  let imagesOfB: Set<string>
+
   beforeAll(async () => {
+    imagesOfB = await imageIds(b)
     work = mkdtempSync(path.join(os.tmpdir(), 'hs-nets-'))
     env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: infoA.dockerHost}
     expect((await holyship(['init'], env)).code).toBe(0)
@@ -67,6 +70,7 @@ describe('user-defined networks', () => {
       for (const n of [app, `${app}-copy`]) await d.getContainer(n).remove({force: true}).catch(() => {})
       for (const n of [net, internal, `${p}-taken`]) await d.getNetwork(n).remove().catch(() => {})
     }
+    await removeImagesSince(b, imagesOfB)
     rmSync(work, {recursive: true, force: true})
   })
 

@@ -11,12 +11,8 @@ import {mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, wri
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
-import {LocalBackend} from '../../src/backend/local.js'
-import {Catalogue} from '../../src/catalogue/catalogue.js'
-import {Engine} from '../../src/docker/engine.js'
-import {Repository} from '../../src/repo/repository.js'
-import {restore} from '../../src/services/restore.js'
 import {holyship} from '../harness/cli.js'
+import {failingRestore} from '../harness/restore.js'
 import {connectEngine, dockerExec} from '../harness/engine.js'
 
 const files = (d: string): string[] => readdirSync(d, {withFileTypes: true}).flatMap((e) => (e.isDirectory() ? files(path.join(d, e.name)) : [path.join(d, e.name)]))
@@ -46,27 +42,8 @@ describe('restore --force over what is there', () => {
       await helper.remove({force: true})
     }
   }
-  /**
-   * restore --force of the latest snapshot of `name` (the service, with the catalogue, as the
-   * CLI calls it), made to fail once it has removed what it replaces: the snapshot's host had
-   * 64 cores, and the engine refuses to create a container on CPU 63 here. Its error.
-   */
-  const failingRestore = async (name: string): Promise<Error | undefined> => {
-    const repo = await Repository.open(new LocalBackend(env.HOLYSHIP_REPO))
-    const catalogue = Catalogue.open(env.HOLYSHIP_CATALOGUE)
-    repo.treeCache = catalogue
-    try {
-      const id = catalogue.resolveSnapshot(repo.id, `latest:${name}`)
-      const m = catalogue.getManifest(repo.id, id)!
-      const manifest = {...m, container: {...m.container!, hostConfig: {...m.container!.hostConfig, CpusetCpus: '63'}}}
-      return await restore({repo, engine: new Engine(info.dockerHost), snapshotId: id, manifest, force: true, catalogue}).then(
-        () => undefined,
-        (e: Error) => e,
-      )
-    } finally {
-      catalogue.close()
-    }
-  }
+  /** restore --force of the latest snapshot of `name`, made to fail once it has removed what it replaces (the engine refuses CPU 63) */
+  const failing = (name: string): Promise<Error | undefined> => failingRestore(env, info.dockerHost, name)
   const writeV = async (v: string): Promise<void> => {
     const r = await dockerExec(docker, app, ['sh', '-c', `echo ${v} > /data/v`])
     expect(r.exitCode).toBe(0)
@@ -109,7 +86,7 @@ describe('restore --force over what is there', () => {
   it('fails after it removed them: the container and its volume are put back as they were, running', async () => {
     await writeV('v3')
     const before = await state()
-    expect((await failingRestore(app))?.message).toMatch(/cpu.*; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/i)
+    expect((await failing(app))?.message).toMatch(/cpu.*; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/i)
     const after = await state()
     expect(after).toEqual({...before, id: expect.any(String)})
     expect(after.id).not.toBe(before.id)
@@ -124,7 +101,7 @@ describe('restore --force over what is there', () => {
       await c.start()
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
       writeFileSync(conf, 'B\n')
-      expect((await failingRestore(name))?.message).toMatch(/; what it replaced was put back as it was/)
+      expect((await failing(name))?.message).toMatch(/; what it replaced was put back as it was/)
       expect(readFileSync(conf, 'utf8')).toBe('B\n')
       expect((await docker.getContainer(name).inspect()).State.Running).toBe(true)
     } finally {
@@ -154,7 +131,7 @@ describe('restore --force over what is there', () => {
       const side = await docker.createContainer({name: `${p}-side`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vb}:/b`]}})
       await side.start()
       expect((await dockerExec(docker, side.id, ['sh', '-c', 'echo live > /b/f'])).exitCode).toBe(0)
-      expect((await failingRestore(name))?.message).toMatch(/; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/)
+      expect((await failing(name))?.message).toMatch(/; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/)
       const back = await docker.getContainer(name).inspect()
       expect(back.State.Running).toBe(true)
       expect(back.Mounts.filter((x) => x.Type === 'volume').map((x) => x.Name).sort()).toEqual([va, vb])

@@ -7,7 +7,7 @@ import {mkdirSync, mkdtempSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, describe, expect, it} from 'vitest'
-import {directAccess, goDirect} from '../../src/docker/direct.js'
+import {bindDevice, directAccess, goDirect, volumeReadPath} from '../../src/docker/direct.js'
 import type {Engine} from '../../src/docker/engine.js'
 
 const root = mkdtempSync(path.join(os.tmpdir(), 'hs-direct-'))
@@ -72,5 +72,31 @@ describe('goDirect', () => {
     expect(await goDirect(fakeEngine(true), 'auto', {containerId: 'c1'}, 'no', usable(false))).toBe(false)
     await expect(goDirect(fakeEngine(true), 'direct', {containerId: 'c1'}, 'not writable', usable(false))).rejects.toMatchObject({code: 'USAGE'})
     expect(asked).toBe(3)
+  })
+})
+
+describe('volumeReadPath: where a direct read finds a volume\'s files', () => {
+  const mp = '/var/lib/docker/volumes/v/_data'
+  it('a local volume without a mount of its own: its Mountpoint (a quota alone is not a mount)', () => {
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: null})).toBe(mp)
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {}})).toBe(mp)
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {size: '10G'}})).toBe(mp)
+  })
+  it("a bind of a host directory: the directory, which holds the files whether or not it is mounted", () => {
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'none', o: 'bind', device: '/srv/data'}})).toBe('/srv/data')
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'none', o: 'ro,rbind', device: '/srv/data'}})).toBe('/srv/data')
+  })
+  it('one the engine mounts otherwise, a relative bind, or another driver\'s: none (the API reads it)', () => {
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'nfs', o: 'addr=10.0.0.1,rw', device: ':/export'}})).toBeUndefined()
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'tmpfs', device: 'tmpfs'}})).toBeUndefined()
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'none', o: 'bind', device: 'data'}})).toBeUndefined()
+    expect(volumeReadPath({Driver: 'local', Mountpoint: mp, Options: {type: 'none', o: 'binder', device: '/srv/data'}})).toBeUndefined()
+    expect(volumeReadPath({Driver: 'rexray/ebs', Mountpoint: mp, Options: {}})).toBeUndefined()
+  })
+  it('bindDevice: only a local bind of an absolute path', () => {
+    expect(bindDevice(undefined, {o: 'bind', device: '/srv/x'})).toBe('/srv/x')
+    expect(bindDevice('local', {type: 'ext4', device: '/dev/sdb1'})).toBeUndefined()
+    expect(bindDevice('other', {o: 'bind', device: '/srv/x'})).toBeUndefined()
+    expect(bindDevice('local', null)).toBeUndefined()
   })
 })

@@ -280,7 +280,12 @@ describe('crafted trees never write outside the target and never reach the engin
       ['tree id that is not an id', {tree: '../../x'}],
       ['a file mount that is a volume', {file: true}],
       ['a file mount flag that is not true', {type: 'bind', source: '/srv/app.conf', file: 'yes' as never}],
+      ['a volume that binds /', {driver: 'local', options: {type: 'none', o: 'bind', device: '/'}}],
+      ['a volume that binds /.. (/ again)', {driver: 'local', options: {type: 'none', o: 'bind', device: '/srv/../..'}}],
+      ['a volume that binds a path with options smuggled in', {driver: 'local', options: {type: 'none', o: 'bind', device: '/srv:/etc'}}],
     ]
+    // a bind volume of a directory, trailing slash and all, as a user may have made it
+    expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, driver: 'local', options: {type: 'none', o: 'bind', device: '/srv/pgdata/'}}]})).not.toThrow()
     expect(() => checkManifest('f'.repeat(64), {...good, mounts: [{...mount, type: 'bind', source: '/srv/app.conf', file: true}]})).not.toThrow()
     // versions: 1 and 2 are read; a newer one is not restored as if it were one of these (a catalogue's copy is not checked when read)
     expect(() => checkManifest('f'.repeat(64), {...good, version: 2})).not.toThrow()
