@@ -86,6 +86,13 @@ export async function snapshot(opts: SnapshotOptions): Promise<SnapshotResult[]>
       hint: 'snapshot it paused (the default) or with --no-pause',
     })
   }
+  // started again after the read, a container the user paused would be left running
+  const paused = opts.consistency === 'stop' ? infos.find((i) => i.State.Paused) : undefined
+  if (paused) {
+    throw new HolyshipError('USAGE', `--stop would leave container ${paused.Name.replace(/^\//, '')} running: it is paused, and a stopped container starts again unpaused`, {
+      hint: 'snapshot it as it is, paused (without --stop), or unpause it first',
+    })
+  }
   for (const v of volumes) await opts.engine.inspectVolume(v)
   const results: SnapshotResult[] = []
   for (const info of infos) results.push(await snapshotContainer(opts, info))

@@ -118,6 +118,10 @@ describe('holyship CLI', () => {
     // started with --rm: stopped for a snapshot, the engine would remove it and its anonymous volume
     const rm = await docker.createContainer({name: `${name}-rm`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], Volumes: {'/scratch': {}}, HostConfig: {AutoRemove: true}})
     await rm.start()
+    // paused by its owner: stopped and started for a snapshot, it would run again
+    const paused = await docker.createContainer({name: `${name}-paused`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000']})
+    await paused.start()
+    await paused.pause()
     const cases: [string[], number, RegExp, Record<string, string>?][] = [
       [['snapshot', 'no-such-container'], 22, /no container named "no-such-container"/],
       [['snapshot', '--volume', 'no-such-volume'], 23, /no volume named "no-such-volume"/],
@@ -129,6 +133,7 @@ describe('holyship CLI', () => {
       [['snapshot'], 2, /name at least one container/],
       [['snapshot', name, '--stop', '--no-pause'], 2, /cannot also be provided|--no-pause/],
       [['snapshot', name, `${name}-rm`, '--stop'], 2, new RegExp(`--stop would remove container ${name}-rm: it was started with --rm`)],
+      [['snapshot', `${name}-paused`, '--stop'], 2, new RegExp(`--stop would leave container ${name}-paused running: it is paused`)],
       [['list', '--bogus-flag'], 2, /Nonexistent flag|bogus/],
     ]
     for (const [args, code, msg, extra] of cases) {
@@ -142,6 +147,8 @@ describe('holyship CLI', () => {
     expect(state.Running && !state.Paused).toBe(true)
     expect((await rm.inspect()).State.Running).toBe(true)
     await rm.remove({force: true, v: true})
+    expect((await paused.inspect()).State.Paused).toBe(true)
+    await paused.remove({force: true})
   })
 
   it('refuses a repository of a newer format (12)', async () => {
