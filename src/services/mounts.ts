@@ -6,3 +6,28 @@ export function innerMounts(mounts: {destination: string}[], m: {destination: st
   const under = m.destination === '/' ? '/' : `${m.destination}/`
   return mounts.filter((o) => o !== m && o.destination.startsWith(under)).map((o) => path.posix.relative(m.destination, o.destination))
 }
+
+/** the options of a bind spec (`-v SRC:DST:OPTS`) a restore keeps: propagation and SELinux relabelling */
+const KEPT_BIND_OPTIONS = new Set(['shared', 'rshared', 'slave', 'rslave', 'private', 'rprivate', 'z', 'Z'])
+
+/**
+ * The options of the mount at `destination` beyond read-only that a restore must declare
+ * again, from the container's recorded HostConfig: its propagation (`rshared`: a mount the
+ * container makes inside shows on the host) and SELinux relabelling (`z`, `Z`: without it, a
+ * container on an SELinux host cannot read its bind mount), from `-v` (Binds) or `--mount`
+ * (Mounts, BindOptions.Propagation).
+ */
+export function keptMountOptions(hostConfig: Record<string, unknown>, destination: string): string[] {
+  const at = (p: string): boolean => path.posix.normalize(p).replace(/(.)\/+$/, '$1') === destination
+  const out: string[] = []
+  for (const spec of Array.isArray(hostConfig.Binds) ? hostConfig.Binds : []) {
+    if (typeof spec !== 'string') continue
+    const parts = spec.split(':')
+    if (parts.length === 3 && at(parts[1])) out.push(...parts[2].split(',').filter((o) => KEPT_BIND_OPTIONS.has(o)))
+  }
+  for (const m of Array.isArray(hostConfig.Mounts) ? (hostConfig.Mounts as {Type?: unknown; Target?: unknown; BindOptions?: {Propagation?: unknown} | null}[]) : []) {
+    const p = m?.BindOptions?.Propagation
+    if (m?.Type === 'bind' && typeof m.Target === 'string' && at(m.Target) && typeof p === 'string' && KEPT_BIND_OPTIONS.has(p)) out.push(p)
+  }
+  return [...new Set(out)]
+}

@@ -19,7 +19,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, NetworkRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
-import {innerMounts} from './mounts.js'
+import {innerMounts, keptMountOptions} from './mounts.js'
 import {BUILTIN_NETWORKS, endpointConfig, planNetworks, sameAddress, type NetworkPlan} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
 
@@ -1002,10 +1002,15 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
 
   const hostConfig = {...c.hostConfig} as Record<string, unknown>
   // mounts are re-declared as binds; volumes with nocopy, so the image's files are not copied in
+  // with the propagation and SELinux options the container had (keptMountOptions)
   const bindSpecs = (writable: boolean): string[] =>
     mounts.map((m, i) => {
-      const ro = m.readOnly && !writable
-      return m.type === 'volume' ? `${names[i]}:${m.destination}:${ro ? 'ro,' : ''}nocopy` : `${m.source}:${m.destination}${ro ? ':ro' : ''}`
+      const ro = m.readOnly && !writable ? ['ro'] : []
+      // a volume takes no propagation; the helper that fills them needs only an SELinux label (shared) to write there
+      const kept = keptMountOptions(c.hostConfig, m.destination).filter((o) => m.type === 'bind' || o === 'z' || o === 'Z')
+      const extra = writable ? (kept.some((o) => o === 'z' || o === 'Z') ? ['z'] : []) : kept
+      const opts = [...ro, ...extra, ...(m.type === 'volume' ? ['nocopy'] : [])]
+      return `${m.type === 'volume' ? names[i] : m.source}:${m.destination}${opts.length ? `:${opts.join(',')}` : ''}`
     })
   hostConfig.Binds = bindSpecs(false)
   // what else --mount declared stays: tmpfs mounts (compose's `type: tmpfs`) hold no data to

@@ -9,8 +9,9 @@
  * sources removed, restored as a new container that runs with them; the file is written back
  * to its host path, and `restore --path` gives it under the container's name. A file that is
  * there with the snapshot's content is left alone; one with other content is refused without
- * --force and written over with it.
+ * --force and written over with it. A bind mount's propagation and SELinux label come back too.
  */
+import {spawnSync} from 'node:child_process'
 import {chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, promises as fsp, rmSync, statSync, symlinkSync, writeFileSync} from 'node:fs'
 import * as net from 'node:net'
 import * as os from 'node:os'
@@ -171,5 +172,61 @@ describe.each(['direct', 'api'] as const)('bind-mounted files, sockets and read-
     expect(forced.code).toBe(0)
     expect(await fsp.readFile(conf, 'utf8')).toBe('setting=1\n')
     await check(`${name}-copy`)
+  })
+})
+
+describe('bind mount propagation and SELinux labels', () => {
+  const info = inject('holyshipEngineA')
+  const docker = connectEngine(info).docker
+  const name = `propagation-${process.pid}`
+  let work: string
+  let shared: string
+  let env: Record<string, string>
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-propagation-'))
+    env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
+    // rshared and rslave need a source on a shared mount: this host's / is private
+    shared = path.join(work, 'shared')
+    mkdirSync(path.join(shared, 'sub'), {recursive: true})
+    for (const args of [['--bind', shared, shared], ['--make-rshared', shared]]) expect(spawnSync('mount', args).status).toBe(0)
+    mkdirSync(path.join(work, 'label'))
+    writeFileSync(path.join(work, 'label', 'f'), 'x\n')
+    const c = await docker.createContainer({
+      name,
+      Image: inject('holyshipBusyboxImage'),
+      Cmd: ['sleep', '100000'],
+      HostConfig: {
+        Binds: [`${shared}:/shared:rshared`, `${path.join(work, 'label')}:/label:ro,z`],
+        Mounts: [{Type: 'bind', Source: path.join(shared, 'sub'), Target: '/slave', BindOptions: {Propagation: 'rslave'}}] as never,
+      },
+    })
+    await c.start()
+    expect((await holyship(['init'], env)).code).toBe(0)
+  })
+
+  afterAll(async () => {
+    await docker.getContainer(name).remove({force: true}).catch(() => {})
+    spawnSync('umount', ['-l', shared])
+    rmSync(work, {recursive: true, force: true})
+  })
+
+  it('a restored container has them as the original had', async () => {
+    const modes = async (): Promise<Record<string, [string, string, boolean]>> =>
+      Object.fromEntries((await docker.getContainer(name).inspect()).Mounts.map((m) => [m.Destination, [m.Propagation, m.Mode, m.RW]]))
+    const before = await modes()
+    expect(before['/shared'][0]).toBe('rshared')
+    expect(before['/slave'][0]).toBe('rslave')
+    expect(before['/label'][1]).toMatch(/z/)
+    expect((await holyship(['snapshot', name], env)).code).toBe(0)
+    await docker.getContainer(name).remove({force: true})
+    // the sources are there as they were: written over with the same files
+    const r = await holyship(['restore', 'latest', '--start', '--force'], env)
+    expect(r.stderr).toBe('')
+    expect(r.code).toBe(0)
+    const after = await modes()
+    expect(Object.fromEntries(Object.entries(after).map(([k, v]) => [k, [v[0], v[1].includes('z'), v[2]]]))).toEqual(
+      Object.fromEntries(Object.entries(before).map(([k, v]) => [k, [v[0], v[1].includes('z'), v[2]]])),
+    )
   })
 })
