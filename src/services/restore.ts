@@ -22,6 +22,7 @@ import {Repository} from '../repo/repository.js'
 import {innerMounts, keptMountOptions} from './mounts.js'
 import {BUILTIN_NETWORKS, endpointConfig, planNetworks, sameAddress, type NetworkPlan} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
+import {StateGuard} from './state-guard.js'
 
 const debug = debugFactory('holyship:restore')
 
@@ -136,6 +137,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (left.length) r.warnings = [...(r.warnings ?? []), ...left]
     return replaced.snapshots.length ? {...r, replaced: replaced.snapshots} : r
   } catch (e) {
+    // stopped to be replaced, but still there: started again
+    await replaced.stopped?.restore().catch((err: Error) => debug('starting the replaced container again failed: %s', err.message))
     await created.rollback()
     // a move back that failed: say where the files are
     if (replaced.asides.length && e instanceof Error) e.message = `${e.message}; the files the restore replaced are in ${replaced.asides.join(', ')}`
@@ -264,6 +267,8 @@ interface Replaced {
   wrote: Set<string>
   /** where the files of the bind volumes' directories it replaced were moved aside (replaceVolumes): removed once it succeeds */
   asides: string[]
+  /** the replaced container, stopped by keepReplaced: started again if the restore fails before it is removed */
+  stopped?: StateGuard
 }
 
 /** remove the container a restore replaces; `removed` once it is gone, even when the engine's answer was an error */
@@ -273,10 +278,16 @@ async function removeReplaced(opts: RestoreOptions, id: string, replaced: Replac
   } catch (e) {
     // gone, or left dead or being removed by the engine: it is not the user's container any more
     const left = await opts.engine.findContainer(id).catch(() => 'unknown' as const)
-    if (left === undefined || (left !== 'unknown' && (left.State.Dead || left.State.Status === 'removing'))) replaced.removed = true
+    if (left === undefined || (left !== 'unknown' && (left.State.Dead || left.State.Status === 'removing'))) await removedNow(replaced)
     throw e
   }
+  await removedNow(replaced)
+}
+
+/** the replaced container is gone: putBack makes it again; the stop keepReplaced made is not undone */
+async function removedNow(replaced: Replaced): Promise<void> {
   replaced.removed = true
+  await replaced.stopped?.release()
 }
 
 /**
@@ -295,6 +306,16 @@ async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | u
     const progress = opts.progress ?? silentProgress
     progress.phase('checking the snapshot\'s data before replacing', opts.manifest.mounts.reduce((n, m) => n + m.stats.bytes, 0))
     await checkTreesReadable(opts.repo, opts.manifest.mounts.map((m) => m.tree), (n) => progress.add(n))
+  }
+  replaced.running = existing?.State.Running === true
+  // stopped first (as `docker stop` does: its own signal and timeout), so what is kept is what
+  // it left after a clean shutdown, and it writes nothing after that which would be in neither;
+  // started again if the restore fails before it is removed. Not one started with --rm (the
+  // engine would remove it once stopped: it is kept paused, as a snapshot does), nor one paused
+  if (existing?.State.Running && !existing.State.Paused && !existing.HostConfig?.AutoRemove) {
+    const guard = new StateGuard(opts.engine, existing.Id, existing.Name.replace(/^\//, ''))
+    replaced.stopped = guard
+    await guard.enter('stop', existing.State)
   }
   if (!opts.catalogue || opts.keepReplaced === false) return
   // the container's snapshot holds its own volumes; any other volume the restore replaces is snapshotted alone
@@ -315,7 +336,6 @@ async function keepReplaced(opts: RestoreOptions, existing: ContainerInspect | u
     throw e
   })
   replaced.snapshots = results.map((r) => ({id: r.id, kind: r.kind, name: r.name}))
-  replaced.running = existing?.State.Running === true
 }
 
 /**

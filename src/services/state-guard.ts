@@ -74,6 +74,18 @@ export class StateGuard {
   }
 
   /**
+   * leave the container as enter() made it, for good (a restore --force stopped it to replace
+   * it, and has removed it): the journal record goes, nothing is put back
+   */
+  async release(): Promise<void> {
+    this.restoring ??= (async () => {
+      await clearPause(this.journal)
+      active.delete(this)
+    })()
+    return this.restoring
+  }
+
+  /**
    * undo what enter() did (waiting a little for an engine that is restarting); safe to call
    * more than once. When that fails the journal record stays for the next run to act on.
    */

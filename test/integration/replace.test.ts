@@ -83,6 +83,32 @@ describe('restore --force over what is there', () => {
     expect((await state()).data).toBe('v2 300000')
   })
 
+  it('stops the container it replaces before keeping it: what is kept is what it left after a clean shutdown', async () => {
+    const name = `${p}-term`
+    const data = `${p}-term-data`
+    // a repository of its own: the other tests count the snapshots of theirs
+    const env = {HOLYSHIP_REPO: path.join(work, 'term-repo'), HOLYSHIP_CATALOGUE: path.join(work, 'term-cat.sqlite3'), DOCKER_HOST: info.dockerHost}
+    expect((await holyship(['init'], env)).code).toBe(0)
+    // a service that writes its last state when asked to stop, as a database flushes
+    const c = await docker.createContainer({name, Image: image, Cmd: ['sh', '-c', "trap 'echo clean > /data/shutdown; exit 0' TERM; while true; do sleep 1; done"], HostConfig: {Binds: [`${data}:/data`]}})
+    try {
+      await c.start()
+      expect((await holyship(['snapshot', name], env)).code).toBe(0)
+      const r = await holyship(['restore', `latest:${name}`, '--force', '--json'], env)
+      expect(r.stderr).toBe('')
+      expect(r.code).toBe(0)
+      const kept = JSON.parse(r.stdout).replaced[0].id as string
+      const out = path.join(work, 'term-out')
+      expect((await holyship(['restore', kept, '--path', '/data/shutdown', '--target', out], env)).code).toBe(0)
+      expect(readFileSync(path.join(out, 'shutdown'), 'utf8')).toBe('clean\n')
+      // the backup restored has none: it was taken while the service ran
+      expect((await holyship(['restore', `latest:${name}`, '--path', '/data/shutdown', '--target', path.join(work, 'term-none')], env)).code).toBe(24)
+    } finally {
+      await docker.getContainer(name).remove({force: true}).catch(() => {})
+      await docker.getVolume(data).remove().catch(() => {})
+    }
+  })
+
   it('fails after it removed them: the container and its volume are put back as they were, running', async () => {
     await writeV('v3')
     const before = await state()
