@@ -47,7 +47,7 @@ describe.each(['direct', 'api'] as const)('a volume that binds a host directory 
     writeFileSync(path.join(dir, 'PG_VERSION'), '15\n')
     writeFileSync(path.join(dir, 'base', '1'), 'relation\n')
     await a.createVolume({Name: vol, DriverOpts: {type: 'none', o: 'bind', device: dir}})
-    const c = await a.createContainer({name: app, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/var/lib/data`]}})
+    const c = await a.createContainer({name: app, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vol}:/var/lib/data`]}})
     await c.start()
     expect((await dockerExec(a, c.id, ['cat', '/var/lib/data/PG_VERSION'])).stdout).toBe('15\n')
     // stopped: the engine has unmounted the directory from the volume's Mountpoint
@@ -159,7 +159,7 @@ describe.each(['direct', 'api'] as const)('a volume that binds a host directory 
   })
 
   it('with --force, refuses while another container has a bind mount inside the directory', async () => {
-    const other = await a.createContainer({name: `${app}-other`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${path.join(dir, 'base')}:/base`]}})
+    const other = await a.createContainer({name: `${app}-other`, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${path.join(dir, 'base')}:/base`]}})
     const today = await listing(dir)
     const r = await holyship(['restore', `latest:${app}`, '--force'], env)
     expect(r.code).toBe(25)
@@ -192,7 +192,7 @@ describe('a volume the engine mounts on use, not a bind (a tmpfs here, NFS in re
     work = mkdtempSync(path.join(os.tmpdir(), 'hs-tmpfsvol-'))
     env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
     await docker.createVolume({Name: vol, DriverOpts: {type: 'tmpfs', device: 'tmpfs', o: 'size=1m'}})
-    const c = await docker.createContainer({name: app, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/cache`]}})
+    const c = await docker.createContainer({name: app, Image: inject('holyshipBusyboxImage'), Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vol}:/cache`]}})
     await c.start()
     expect((await dockerExec(docker, c.id, ['sh', '-c', 'echo hot > /cache/entry'])).exitCode).toBe(0)
     expect((await holyship(['init'], env)).code).toBe(0)

@@ -146,7 +146,7 @@ describe('kill -9 at many points', () => {
     await fsp.mkdir(env.HOLYSHIP_REPO)
     await Repository.init(new LocalBackend(env.HOLYSHIP_REPO), {packSize: 192 * 1024})
     await docker.createVolume({Name: vol})
-    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/data`]}})
+    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vol}:/data`]}})
     await c.start()
     containerId = c.id
   }, 120_000)

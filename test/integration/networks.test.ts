@@ -55,6 +55,8 @@ describe('user-defined networks', () => {
       name: app,
       Image: image,
       Cmd: ['sleep', '100000'],
+      // PID 1 ignores SIGTERM: a restore --force stops it before replacing it, waiting this long
+      StopTimeout: 1,
       HostConfig: {NetworkMode: net},
       NetworkingConfig: {EndpointsConfig: {[net]: {IPAMConfig: {IPv4Address: '172.30.7.50'}, Aliases: ['web']}}},
     } as Docker.ContainerCreateOptions)
@@ -127,7 +129,7 @@ describe('user-defined networks', () => {
     await a.createNetwork({Name: auto, IPAM: {Config: [{Subnet: subnet}]}})
     const name = `${p}-fixed`
     try {
-      const c = await a.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {NetworkMode: auto}, NetworkingConfig: {EndpointsConfig: {[auto]: {IPAMConfig: {IPv4Address: ip}}}}} as Docker.ContainerCreateOptions)
+      const c = await a.createContainer({name, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {NetworkMode: auto}, NetworkingConfig: {EndpointsConfig: {[auto]: {IPAMConfig: {IPv4Address: ip}}}}} as Docker.ContainerCreateOptions)
       await c.start()
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
       const r = await holyship(['restore', `latest:${name}`, '--start'], onB())
@@ -146,7 +148,7 @@ describe('user-defined networks', () => {
   it("a network whose subnet overlaps one of the target's is made on another when no fixed address needs it, with a warning", async () => {
     const dyn = `${p}-dyn`
     await a.createNetwork({Name: dyn, IPAM: {Config: [{Subnet: '172.30.9.0/24'}]}})
-    const c = await a.createContainer({name: `${p}-free`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {NetworkMode: dyn}})
+    const c = await a.createContainer({name: `${p}-free`, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {NetworkMode: dyn}})
     await c.start()
     try {
       expect((await holyship(['snapshot', `${p}-free`], env)).code).toBe(0)

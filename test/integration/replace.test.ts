@@ -53,7 +53,7 @@ describe('restore --force over what is there', () => {
     work = mkdtempSync(path.join(os.tmpdir(), 'hs-repl-'))
     env = {HOLYSHIP_REPO: path.join(work, 'repo'), HOLYSHIP_CATALOGUE: path.join(work, 'cat.sqlite3'), DOCKER_HOST: info.dockerHost}
     expect((await holyship(['init'], env)).code).toBe(0)
-    const c = await docker.createContainer({name: app, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/data`]}})
+    const c = await docker.createContainer({name: app, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vol}:/data`]}})
     await c.start()
     const r = await dockerExec(docker, app, ['sh', '-c', 'head -c 300000 /dev/urandom > /data/big && echo v1 > /data/v'])
     expect(r.exitCode).toBe(0)
@@ -122,7 +122,7 @@ describe('restore --force over what is there', () => {
     const conf = path.join(work, 'app.conf')
     writeFileSync(conf, 'A\n')
     const name = `${p}-conf`
-    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${conf}:/etc/app.conf`]}})
+    const c = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${conf}:/etc/app.conf`]}})
     try {
       await c.start()
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
@@ -143,7 +143,7 @@ describe('restore --force over what is there', () => {
       for (const v of [va, vb]) await docker.getVolume(v).remove().catch(() => {})
     }
     try {
-      const first = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`]}})
+      const first = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${va}:/a`]}})
       await first.start()
       expect((await holyship(['snapshot', name], env)).code).toBe(0)
       // the app made anew with a second volume, which a sidecar writes to
@@ -152,9 +152,9 @@ describe('restore --force over what is there', () => {
       mkdirSync(dir, {recursive: true})
       writeFileSync(path.join(dir, 'f'), 'host\n')
       const inode = statSync(path.join(dir, 'f')).ino
-      const again = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${va}:/a`, `${vb}:/b`, `${dir}:/shared`]}})
+      const again = await docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${va}:/a`, `${vb}:/b`, `${dir}:/shared`]}})
       await again.start()
-      const side = await docker.createContainer({name: `${p}-side`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vb}:/b`]}})
+      const side = await docker.createContainer({name: `${p}-side`, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vb}:/b`]}})
       await side.start()
       expect((await dockerExec(docker, side.id, ['sh', '-c', 'echo live > /b/f'])).exitCode).toBe(0)
       expect((await failing(name))?.message).toMatch(/; what it replaced was put back as it was \(from snapshot [0-9a-f]{12}\)$/)
@@ -225,7 +225,7 @@ describe('restore --force over what is there', () => {
   })
 
   it('a volume another container uses is refused before anything is changed', async () => {
-    const other = await docker.createContainer({name: `${p}-other`, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: [`${vol}:/shared`]}})
+    const other = await docker.createContainer({name: `${p}-other`, Image: image, Cmd: ['sleep', '100000'], StopTimeout: 1, HostConfig: {Binds: [`${vol}:/shared`]}})
     await other.start()
     const before = await state()
     const r = await holyship(['restore', `latest:${app}`, '--force'], env)

@@ -44,6 +44,8 @@ describe('ship from host A, land on host B', () => {
       name,
       Image: inject('holyshipBusyboxImage'),
       Cmd: ['sleep', '100000'],
+      // PID 1 ignores SIGTERM: a restore --force stops it before replacing it, waiting this long
+      StopTimeout: 1,
       Env: ['ROLE=web'],
       HostConfig: {Binds: [`${vol}:/srv`], RestartPolicy: {Name: 'always', MaximumRetryCount: 0}},
     })
