@@ -280,14 +280,18 @@ export class Engine {
     )
   }
 
-  async volumeExists(name: string): Promise<boolean> {
+  /** the volume's inspect; undefined when the engine has none of that name */
+  async findVolume(name: string): Promise<(Docker.VolumeInspectInfo & {CreatedAt?: string}) | undefined> {
     try {
-      await this.inspectVolume(name)
-      return true
+      return await this.inspectVolume(name)
     } catch (e) {
-      if (e instanceof HolyshipError && e.code === 'VOLUME_NOT_FOUND') return false
+      if (e instanceof HolyshipError && e.code === 'VOLUME_NOT_FOUND') return undefined
       throw e
     }
+  }
+
+  async volumeExists(name: string): Promise<boolean> {
+    return (await this.findVolume(name)) !== undefined
   }
 
   async createVolume(name: string, driver?: string, labels?: Record<string, string>, options?: Record<string, string>): Promise<void> {

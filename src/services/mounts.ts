@@ -7,6 +7,17 @@ export function innerMounts(mounts: {destination: string}[], m: {destination: st
   return mounts.filter((o) => o !== m && o.destination.startsWith(under)).map((o) => path.posix.relative(m.destination, o.destination))
 }
 
+/** an absolute path as mounts are compared: normalized, without a trailing slash */
+export function cleanPath(p: string): string {
+  return path.posix.normalize(p).replace(/(.)\/+$/, '$1')
+}
+
+/** one of two absolute paths is the other or inside it */
+export function overlaps(a: string, b: string): boolean {
+  const under = (x: string, y: string): boolean => x === y || x.startsWith(y === '/' ? '/' : `${y}/`)
+  return under(a, b) || under(b, a)
+}
+
 /** the options of a bind spec (`-v SRC:DST:OPTS`) a restore keeps: propagation and SELinux relabelling */
 const KEPT_BIND_OPTIONS = new Set(['shared', 'rshared', 'slave', 'rslave', 'private', 'rprivate', 'z', 'Z'])
 
@@ -18,7 +29,7 @@ const KEPT_BIND_OPTIONS = new Set(['shared', 'rshared', 'slave', 'rslave', 'priv
  * (Mounts, BindOptions.Propagation).
  */
 export function keptMountOptions(hostConfig: Record<string, unknown>, destination: string): string[] {
-  const at = (p: string): boolean => path.posix.normalize(p).replace(/(.)\/+$/, '$1') === destination
+  const at = (p: string): boolean => cleanPath(p) === destination
   const out: string[] = []
   for (const spec of Array.isArray(hostConfig.Binds) ? hostConfig.Binds : []) {
     if (typeof spec !== 'string') continue

@@ -19,7 +19,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {ContainerRecord, MountRecord, NetworkRecord, SnapshotManifest, TreeNode, manifestVersion} from '../repo/format.js'
 import {Repository} from '../repo/repository.js'
-import {innerMounts, keptMountOptions} from './mounts.js'
+import {cleanPath, innerMounts, keptMountOptions, overlaps} from './mounts.js'
 import {BUILTIN_NETWORKS, endpointConfig, planNetworks, sameAddress, type NetworkPlan} from './networks.js'
 import {recoverOnce} from './pause-journal.js'
 import {StateGuard} from './state-guard.js'
@@ -200,7 +200,7 @@ export function checkManifest(id: string, m: SnapshotManifest): void {
     if (mount.type === 'volume') {
       if (typeof mount.source !== 'string' || !VOLUME_NAME.test(mount.source)) bad(`bad volume name ${JSON.stringify(mount.source)}`)
       const device = bindDevice(mount.driver, mount.options)
-      if (device !== undefined && (badAbsPath(deviceDir(device)) || deviceDir(device) === '/')) bad(`volume ${mount.source} binds a bad path ${JSON.stringify(device)}`)
+      if (device !== undefined && (badAbsPath(cleanPath(device)) || cleanPath(device) === '/')) bad(`volume ${mount.source} binds a bad path ${JSON.stringify(device)}`)
     } else if (mount.type === 'bind') {
       if (badAbsPath(mount.source) || mount.source === '/') bad(`bad bind mount source ${JSON.stringify(mount.source)}`)
     } else bad(`unknown mount type ${JSON.stringify((mount as MountRecord).type)}`)
@@ -347,7 +347,7 @@ async function putBack(opts: RestoreOptions, replaced: Replaced): Promise<string
   let started = true
   // what the failed restore did not touch is there as it was: the volumes it did not remove,
   // the bind sources it did not write into (nor above or below one); taken as they are
-  const touched = (src: string): boolean => [...replaced.wrote].some((w) => w === src || w.startsWith(`${src}/`) || src.startsWith(`${w}/`))
+  const touched = (src: string): boolean => [...replaced.wrote].some((w) => overlaps(w, src))
   try {
     for (const s of replaced.snapshots) {
       const manifest = opts.catalogue!.getManifest(opts.repo.id, s.id)
@@ -379,8 +379,8 @@ async function replaceVolumes(opts: RestoreOptions, mounts: MountRecord[], names
     const n = names[i]
     if (m.type !== 'volume' || opts.attachAsIs?.has(n)) continue
     const dir = toEmpty.get(n)
-    if (await opts.engine.volumeExists(n)) {
-      const old = await opts.engine.inspectVolume(n)
+    const old = await opts.engine.findVolume(n)
+    if (old) {
       try {
         await opts.engine.removeVolume(n)
         replaced.removed = true
@@ -532,17 +532,6 @@ async function checkBinds(opts: RestoreOptions, mounts: MountRecord[], image: st
   }
 }
 
-/** a bind volume's directory as checkBindDevices compares it: normalized, without a trailing slash */
-function deviceDir(device: string): string {
-  return path.posix.normalize(device).replace(/(.)\/+$/, '$1')
-}
-
-/** one of two paths is the other or inside it */
-function overlaps(a: string, b: string): boolean {
-  const under = (x: string, y: string): boolean => x === y || x.startsWith(y === '/' ? '/' : `${y}/`)
-  return under(a, b) || under(b, a)
-}
-
 /**
  * A volume that binds a directory of the host (bindDevice: compose's `driver_opts` with
  * `o: bind`) keeps its files there, whatever it is named (--volume-prefix) and after it is
@@ -558,15 +547,15 @@ function overlaps(a: string, b: string): boolean {
  */
 async function checkBindDevices(opts: RestoreOptions, mounts: MountRecord[], names: string[], replacing: string[], existing?: string, image?: string): Promise<Map<string, string>> {
   const toEmpty = new Map<string, string>()
-  let binding: {name: string; dir: string; mountpoint: string}[] | undefined
+  let binding: {name: string; dir: string}[] | undefined
   for (let i = 0; i < mounts.length; i++) {
     const m = mounts[i]
     const device = m.type === 'volume' && !opts.attachAsIs?.has(names[i]) ? bindDevice(m.driver, m.options) : undefined
     if (device === undefined) continue
-    const dir = deviceDir(device)
+    const dir = cleanPath(device)
     binding ??= (await opts.engine.listVolumes()).flatMap((v) => {
       const d = bindDevice(v.Driver, v.Options as Record<string, string> | null)
-      return d !== undefined ? [{name: v.Name, dir: deviceDir(d), mountpoint: v.Mountpoint}] : []
+      return d !== undefined ? [{name: v.Name, dir: cleanPath(d)}] : []
     })
     const shared = binding.find((o) => overlaps(o.dir, dir) && !(o.dir === dir && replacing.includes(o.name)))
     if (shared) {
@@ -622,7 +611,7 @@ async function localDeviceDir(opts: RestoreOptions, dir: string, held: string, a
   if (inside) refuse(`${inside} is mounted inside it`, 'unmount it, or stop what uses it')
   for (const c of await opts.engine.listContainers(true)) {
     if (c.Id === existing) continue
-    const bind = (c.Mounts ?? []).find((mt) => mt.Type === 'bind' && typeof mt.Source === 'string' && (overlaps(deviceDir(mt.Source), dir) || overlaps(deviceDir(mt.Source), real!)))
+    const bind = (c.Mounts ?? []).find((mt) => mt.Type === 'bind' && typeof mt.Source === 'string' && (overlaps(cleanPath(mt.Source), dir) || overlaps(cleanPath(mt.Source), real!)))
     if (bind) refuse(`container ${(c.Names?.[0] ?? c.Id.slice(0, 12)).replace(/^\//, '')} has a bind mount of ${bind.Source}, in or around it`, 'remove that container first')
   }
   return real!

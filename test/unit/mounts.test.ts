@@ -1,6 +1,6 @@
-/** keptMountOptions: what of a mount's declared options a restore declares again */
+/** keptMountOptions: what of a mount's declared options a restore declares again; the path helpers mounts are compared with */
 import {describe, expect, it} from 'vitest'
-import {keptMountOptions} from '../../src/services/mounts.js'
+import {cleanPath, keptMountOptions, overlaps} from '../../src/services/mounts.js'
 
 describe('keptMountOptions', () => {
   it('keeps propagation and SELinux labels of -v specs, not ro/rw/nocopy nor another mount\'s', () => {
@@ -21,5 +21,17 @@ describe('keptMountOptions', () => {
     expect(keptMountOptions({Binds: 'x', Mounts: {}}, '/a')).toEqual([])
     expect(keptMountOptions({Binds: [1, null, '/a:/a:rshared:extra'], Mounts: [null, {Type: 'bind', Target: '/a', BindOptions: {Propagation: 'rshared;rm -rf'}}]}, '/a')).toEqual([])
     expect(keptMountOptions({}, '/a')).toEqual([])
+  })
+})
+
+describe('cleanPath and overlaps', () => {
+  it('compare absolute paths as mounts are compared', () => {
+    expect(cleanPath('/srv//pg/./data/')).toBe('/srv/pg/data')
+    expect(cleanPath('/')).toBe('/')
+    expect(overlaps('/srv/app', '/srv/app')).toBe(true)
+    expect(overlaps('/srv/app', '/srv/app/uploads')).toBe(true)
+    expect(overlaps('/srv/app/uploads', '/srv/app')).toBe(true)
+    expect(overlaps('/srv/app', '/srv/apple')).toBe(false)
+    expect(overlaps('/', '/srv')).toBe(true)
   })
 })
