@@ -460,8 +460,10 @@ export interface RestoreToDirOptions {
  * on this host. Never writes outside `target`: every name is checked, no existing symlink is
  * followed, files are created new (O_EXCL|O_NOFOLLOW): in a directory the restore made,
  * under their own names; elsewhere under a temporary name, renamed into place once complete.
- * On failure everything this restore created is removed again
- * (files it replaced with `overwrite` stay replaced).
+ * On failure everything this restore created is removed again, and what `overwrite` replaced
+ * is put back: each entry in the way (a file, a link, a whole directory) is renamed aside, beside
+ * itself, and removed only once the whole restore has succeeded. So a failed `--force` leaves the
+ * target as it was, at the cost of room for both until the end.
  *
  * Every entry (directories too) is placed by one of up to RESTORE_PARALLEL concurrent jobs,
  * each once the directory it goes into is made; the blobs of the files being written are read with up
@@ -499,6 +501,8 @@ export interface RestoredDir {
   bytes: number
   skipped: SkippedEntry[]
   xattrsNotSet?: XattrsNotSet
+  /** what `overwrite` moved aside and could not remove once the restore succeeded, a line each; absent when none */
+  warnings?: string[]
 }
 
 /**
@@ -553,6 +557,8 @@ class DirRestore {
   /** directories this restore made or found to be real directories, their ancestors checked */
   private readonly safeDirs = new Set<string>()
   private readonly stats = {files: 0, bytes: 0}
+  /** entries `overwrite` moved out of the way (renamed beside themselves): put back if the restore fails, removed once it succeeds */
+  private readonly asides: {abs: string; aside: string}[] = []
   /** directories that were there: a failed restore, which added and removed entries in them, gives them their times back */
   private readonly foundDirs: {abs: string; st: Stats}[] = []
   /** directories this restore made whose final metadata is set (see the rollback) */
@@ -622,6 +628,13 @@ class DirRestore {
         }
       }
       for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
+      // what was replaced comes back (rename: nothing is at its name once what this restore made is gone)
+      const notBack: string[] = []
+      for (const {abs, aside} of this.asides.reverse()) {
+        await fsp.rename(fsPath(aside), fsPath(abs)).catch((err: Error) => notBack.push(`${abs} is at ${aside} (${err.message})`))
+      }
+      // the failure says where what could not be put back is (it is never removed)
+      if (notBack.length && e instanceof Error) e.message = `${e.message}; not put back: ${notBack.join(', ')}`
       for (const {abs, st} of this.foundDirs.reverse()) {
         // the same directory still (lutimes follows no symlink either)
         const now = lstatSync(fsPath(abs), {throwIfNoEntry: false})
@@ -631,7 +644,39 @@ class DirRestore {
     }
     const skipped = this.opts.skipped ?? []
     skipped.push(...this.skips.sort((a, b) => a.seq - b.seq).map((s) => s.entry))
-    return {...this.stats, skipped, ...(this.xattrsNotSet.total > 0 ? {xattrsNotSet: this.xattrsNotSet} : {})}
+    const warnings = await this.removeAsides()
+    return {...this.stats, skipped, ...(this.xattrsNotSet.total > 0 ? {xattrsNotSet: this.xattrsNotSet} : {}), ...(warnings.length ? {warnings} : {})}
+  }
+
+  /**
+   * The restore succeeded: what it replaced goes (after the directories are finished, so a
+   * failure there still puts it back), and the directories it was in get their times again;
+   * a line for each that could not go.
+   */
+  private async removeAsides(): Promise<string[]> {
+    const left: string[] = []
+    const finished = new Map(this.dirsToFinish.map(({abs, node}) => [abs, node]))
+    const touched = new Set<string>()
+    for (const {abs, aside} of this.asides) {
+      try {
+        await fsp.rm(fsPath(aside), {recursive: true, force: true})
+        touched.add(path.dirname(abs))
+      } catch (e) {
+        left.push(`what was at ${abs} before the restore is left at ${aside}: ${(e as Error).message}`)
+      }
+    }
+    for (const dir of touched) {
+      const n = finished.get(dir)
+      if (n) setTimes(dir, n)
+    }
+    return left
+  }
+
+  /** move what is at `abs` out of the way (see asides): renamed beside itself, so a rollback puts it back whole */
+  private async moveAside(abs: string): Promise<void> {
+    const aside = this.tmpName(path.dirname(abs))
+    await fsp.rename(fsPath(abs), fsPath(aside))
+    this.asides.push({abs, aside})
   }
 
   /** a setXattrs report for the entry written at `abs`: the attributes it could not set are listed, the restore goes on */
@@ -728,8 +773,8 @@ class DirRestore {
     if (replace && !this.opts.overwrite) {
       throw new HolyshipError('TARGET_EXISTS', `${abs} exists and is not a directory`, {hint: 'use --force to overwrite'})
     }
-    // with --force: what is in the way goes (a symlink itself, never what it points to)
-    if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
+    // with --force: what is in the way moves aside (a symlink itself, never what it points to)
+    if (replace) await this.moveAside(abs)
     if (!existing || replace) {
       // at once, not through the thread pool: see writeTemp's open. Only its owner may look
       // into it until its own mode is set, at the end (nothing of a 0700 directory shows meanwhile)
@@ -762,7 +807,7 @@ class DirRestore {
       const target = n.target ?? ''
       const first = this.written.get(target)
       if (first !== undefined) {
-        if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
+        if (replace) await this.moveAside(abs)
         await fsp.link(fsPath(first), fsPath(abs))
         this.made(abs)
         this.written.set(treePath, abs)
@@ -798,7 +843,7 @@ class DirRestore {
       }
     }
     try {
-      if (replace) await fsp.rm(fsPath(abs), {recursive: true, force: true})
+      if (replace) await this.moveAside(abs)
       switch (n.type) {
         case 'file':
         case 'hardlink':
@@ -916,9 +961,10 @@ class DirRestore {
       return f
     })
     opening.catch(() => undefined)
+    // each settles, never rejects (a failure is kept apart)
+    const writes: Promise<void>[] = []
     try {
       let end = 0
-      const writes: Promise<void>[] = []
       let failure: {e: unknown} | undefined
       let pos = 0
       for (let i = 0; i < ids.length && !failure; i++) {
@@ -943,6 +989,9 @@ class DirRestore {
       futimesSync(f, seconds(n), seconds(n))
     } catch (e) {
       await opening.catch(() => undefined)
+      // a write still in flight (blobs.start failed after others had started) must not reach
+      // another file that gets this descriptor's number once it is closed
+      await Promise.all(writes)
       // only what this restore created goes
       if (fd !== undefined) {
         closeSync(fd)

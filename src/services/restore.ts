@@ -1195,6 +1195,8 @@ export interface RestorePathResult {
   skipped?: SkippedEntry[]
   /** extended attributes that could not be set (paths on this host); absent when none */
   xattrsNotSet?: XattrsNotSet
+  /** --force: what it replaced and could not remove afterwards (see restoreToDir); absent when none */
+  warnings?: string[]
 }
 
 /**
@@ -1267,6 +1269,7 @@ export async function restorePath(opts: RestorePathOptions): Promise<RestorePath
     const out: RestorePathResult = {source, target: path.resolve(opts.target), files: r.files, bytes: r.bytes}
     if (opts.partial) out.skipped = underBase(base, r.skipped)
     if (r.xattrsNotSet) out.xattrsNotSet = r.xattrsNotSet
+    if (r.warnings) out.warnings = r.warnings
     return out
   } finally {
     progress.done()

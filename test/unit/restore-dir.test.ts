@@ -141,6 +141,19 @@ describe('restoreToDir with many entries in flight', () => {
       rename.mockRestore()
     }
     expect(await fsp.readFile(path.join(out, 'd1', 'f1.txt'))).toEqual(await fsp.readFile(path.join(src, 'd1', 'f1.txt')))
+    // what is in the way of another kind goes too, once the restore succeeded: a directory
+    // where the snapshot has a file, a file where it has a directory, a link to elsewhere
+    await fsp.rm(path.join(out, 'd2', 'f2.txt'))
+    await fsp.mkdir(path.join(out, 'd2', 'f2.txt'))
+    await fsp.rm(path.join(out, 'd2', 'sub'), {recursive: true})
+    await fsp.writeFile(path.join(out, 'd2', 'sub'), 'a file')
+    await fsp.rm(path.join(out, 'd2', 'link'))
+    await fsp.symlink('/etc', path.join(out, 'd2', 'link'))
+    const r = await restoreToDir(repo, root, 'd2', out, {overwrite: true})
+    expect(r.warnings).toBeUndefined()
+    const want = Object.entries(await describeTree(src)).filter(([p]) => p.startsWith('d2/'))
+    expect(Object.entries(await describeTree(out)).filter(([p]) => p.startsWith('d2/'))).toEqual(want)
+    expect(Object.keys(await describeTree(out)).filter((p) => p.includes('.holyship-restore-'))).toEqual([])
   })
 
   it('the whole tree: the target gets the root metadata given (a mount root), or keeps its own', async () => {
@@ -199,6 +212,26 @@ describe('restoreToDir with many entries in flight', () => {
     const d5 = await fsp.stat(path.join(there, 'd5'))
     expect([d5.mode & 0o7777, d5.mtimeMs]).toEqual([0o700, 1_300_000_000_000])
     expect(await fsp.readdir(path.join(there, 'd5'))).toEqual(['mine'])
+
+    // over a copy that differs everywhere, with overwrite (--force): what it replaced before
+    // the damaged file stopped it comes back, each entry as it was, none left beside it
+    const forced = path.join(work, 'forced')
+    await restoreToDir(repo, root, '', forced)
+    for (let d = 0; d < 5; d++) {
+      for (let f = 1; f < 30; f += 3) await fsp.writeFile(path.join(forced, `d${d}`, `f${f}.txt`), `mine ${d}/${f}\n`)
+    }
+    await fsp.rm(path.join(forced, 'd1', 'sub'), {recursive: true})
+    await fsp.writeFile(path.join(forced, 'd1', 'sub'), 'a file where a directory was')
+    await fsp.rm(path.join(forced, 'd2', 'f1.txt'))
+    await fsp.mkdir(path.join(forced, 'd2', 'f1.txt', 'deep'), {recursive: true})
+    await fsp.writeFile(path.join(forced, 'd2', 'f1.txt', 'deep', 'kept'), 'kept')
+    await fsp.rm(path.join(forced, 'd3', 'link'))
+    await fsp.symlink('elsewhere', path.join(forced, 'd3', 'link'))
+    await fsp.writeFile(path.join(forced, 'big-text.txt'), 'not so big')
+    for (const d of ['d0', 'd1', 'd2', 'd3', 'd4']) await fsp.utimes(path.join(forced, d), 1_300_000_000, 1_300_000_000)
+    const before = await describeTree(forced)
+    await expect(restoreToDir(r2, root, '', forced, {overwrite: true})).rejects.toMatchObject({code: 'REPO_DAMAGED'})
+    expect(await describeTree(forced)).toEqual(before)
 
     const skipped: {path: string; reason: string}[] = []
     await restoreToDir(r2, root, '', out, {skipped})
