@@ -37,7 +37,19 @@ export interface FsSourceOptions {
    * previous root directory's own node, when the snapshot recorded it
    */
   parent?: {tree?: string; root?: TreeNode; loadTree: (id: string) => Promise<Tree>}
+  /** the window of RACY_MS; a negative one turns the rule off (tests that compare the trees of files they wrote a moment ago) */
+  racyMs?: number
 }
+
+/**
+ * A file whose mtime or ctime is this close to the start of the snapshot, or after it, is read
+ * but not recorded for reuse (no ctime: the next snapshot reads it again). Timestamps come from
+ * a coarse clock (a few milliseconds; a second on some file systems): a write in the same tick
+ * as the read, after it, leaves size, mtime and ctime as they were read, and the next snapshot
+ * would keep the content read before that write for as long as the file stays so (git's
+ * "racily clean" entries).
+ */
+export const RACY_MS = 1000
 
 export function major(rdev: number): number {
   return Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
@@ -259,6 +271,8 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
   // a first snapshot needs every entry's attributes: one recursive run
   if (!opts.parent?.tree && opts.only === undefined) await xattrs.readAll()
   const links = new Map<string, string>()
+  const racyMs = opts.racyMs ?? RACY_MS
+  const racyFrom = racyMs < 0 ? undefined : BigInt(Date.now() - racyMs) * 1_000_000n
 
   /** the entry's common fields, with the attributes to record (overlayfs' own trusted.overlay.* left out) */
   const entryOf = (c: Child, type: NodeType): SourceEntry => {
@@ -368,8 +382,9 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     const same = unchangedSince(c)
     switch (c.kind) {
       case S_IFREG: {
+        let key: string | undefined
         if (st.nlink > 1n) {
-          const key = `${st.dev}:${st.ino}`
+          key = `${st.dev}:${st.ino}`
           const first = links.get(key)
           if (first !== undefined) {
             const e = entryOf(c, 'hardlink')
@@ -403,10 +418,13 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
             changed.push(rel)
+            // gone: its other names are not links to it (the next one seen is the file)
+            if (key !== undefined) links.delete(key)
             return false
           }
           throw err
         }
+        if (racyFrom !== undefined && (st.mtimeNs >= racyFrom || st.ctimeNs >= racyFrom)) delete e.ctime
         try {
           e.content = readFile(fd, c.size)
           e.fresh = true

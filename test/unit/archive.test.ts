@@ -78,11 +78,12 @@ describe('archiver and restorer', () => {
 
   it('stores identical content once and trees are content-addressed', async () => {
     const a = new Archiver(repo)
-    await archiveDir(src, a)
+    await archiveDir(src, a, {racyMs: -1})
     const root1 = await a.finish()
     const b = new Archiver(repo)
-    await archiveDir(src, b)
+    await archiveDir(src, b, {racyMs: -1})
     const root2 = await b.finish()
+    await repo.flush()
     expect(root2).toBe(root1)
     expect(b.stats.newBlobs).toBe(0)
     const names: string[] = []
@@ -97,6 +98,7 @@ describe('archiver and restorer', () => {
     const a = new Archiver(repo)
     await archiveDir(src, a)
     const root = await a.finish()
+    await repo.flush()
     const out = path.join(work, 'evil')
     const outside = path.join(work, 'outside')
     await fsp.mkdir(out)
@@ -107,6 +109,30 @@ describe('archiver and restorer', () => {
     await restoreToDir(repo, root, 'dir', out, {overwrite: true})
     expect((await fsp.lstat(path.join(out, 'dir'))).isDirectory()).toBe(true)
     expect(await fsp.readdir(outside)).toEqual([])
+  })
+
+  it('a file with other names whose first name goes while the snapshot runs: the next name holds the data, not a link to nothing', async () => {
+    const dir = path.join(work, 'vanish')
+    await fsp.mkdir(path.join(dir, 'a-dir'), {recursive: true})
+    await fsp.writeFile(path.join(dir, 'a-dir/x'), 'x\n')
+    await fsp.writeFile(path.join(dir, 'b'), 'data of b and c\n')
+    await fsp.link(path.join(dir, 'b'), path.join(dir, 'c'))
+    const a = new Archiver(repo)
+    const add = a.add.bind(a)
+    // b and c are stat'ed with the root's entries, then a-dir is walked: b goes meanwhile
+    a.add = async (e) => {
+      if (e.path === 'a-dir/x') rmSync(path.join(dir, 'b'))
+      return add(e)
+    }
+    const changed = await archiveDir(dir, a, {racyMs: -1})
+    const tree = await a.finish()
+    await repo.flush()
+    expect(changed).toEqual(['b'])
+    expect(await findNode(repo, tree, 'c')).toMatchObject({type: 'file', size: 16})
+    const out = path.join(work, 'vanish-out')
+    await restoreToDir(repo, tree, '', out)
+    expect(await fsp.readFile(path.join(out, 'c'), 'utf8')).toBe('data of b and c\n')
+    expect(await fsp.readdir(out)).toEqual(['a-dir', 'c'])
   })
 })
 
@@ -132,7 +158,8 @@ describe('direct reader with a parent snapshot', () => {
 
   const snap = async (parent?: {tree: string; root?: TreeNode}) => {
     const a = new Archiver(repo)
-    const changed = await archiveDir(src, a, parent ? {parent: {...parent, loadTree: (id) => repo.loadTree(id)}} : {})
+    // (the files were written a moment ago: see racy, below)
+    const changed = await archiveDir(src, a, {racyMs: -1, ...(parent ? {parent: {...parent, loadTree: (id) => repo.loadTree(id)}} : {})})
     const tree = await a.finish()
     await repo.flush()
     return {tree, root: a.rootNode(), stats: a.stats, changed}
@@ -185,7 +212,7 @@ describe('direct reader with a parent snapshot', () => {
     execFileSync('mknod', [path.join(upper, 'etc/deleted'), 'c', '0', '0'])
     const snapOverlay = async (parent?: {tree: string}) => {
       const a = new Archiver(repo)
-      await archiveDir(upper, a, {overlay: true, ...(parent ? {parent: {...parent, loadTree: (id: string) => repo.loadTree(id)}} : {})})
+      await archiveDir(upper, a, {overlay: true, racyMs: -1, ...(parent ? {parent: {...parent, loadTree: (id: string) => repo.loadTree(id)}} : {})})
       const tree = await a.finish()
       await repo.flush()
       return tree
@@ -252,10 +279,34 @@ describe('direct reader with a parent snapshot', () => {
     }
   })
 
+  it('does not record a file written a moment before (or while) it is read for reuse: a write in the same clock tick, after the read, would look unchanged', async () => {
+    const dir = path.join(work, 'racy')
+    await fsp.mkdir(dir)
+    await fsp.writeFile(path.join(dir, 'f'), 'written now\n')
+    const snapDir = async (racyMs: number, parent?: string) => {
+      const a = new Archiver(repo)
+      await archiveDir(dir, a, {racyMs, ...(parent ? {parent: {tree: parent, loadTree: (id) => repo.loadTree(id)}} : {})})
+      const tree = await a.finish()
+      await repo.flush()
+      return {tree, reused: a.stats.reused ?? 0, node: (await findNode(repo, tree, 'f'))!}
+    }
+    // written within the window (a minute): read, but without the ctime that reuse needs
+    const first = await snapDir(60_000)
+    expect(first.node.ctime).toBeUndefined()
+    expect(first.node.size).toBe(12)
+    const again = await snapDir(60_000, first.tree)
+    expect(again.reused).toBe(0)
+    // once it is older than the window, it is recorded for reuse, and reused
+    await new Promise((r) => setTimeout(r, 50))
+    const settled = await snapDir(20, again.tree)
+    expect(settled.node.ctime).toBeDefined()
+    expect((await snapDir(20, settled.tree)).reused).toBe(1)
+  })
+
   it('reads the attributes of everything when the parent tree cannot be read', async () => {
     const first = await snap()
     const a = new Archiver(repo)
-    await archiveDir(src, a, {parent: {tree: first.tree, loadTree: async () => Promise.reject(new Error('gone'))}})
+    await archiveDir(src, a, {racyMs: -1, parent: {tree: first.tree, loadTree: async () => Promise.reject(new Error('gone'))}})
     expect(await a.finish()).toBe(first.tree)
   })
 })
@@ -279,7 +330,7 @@ describe('direct reader of a bind-mounted file (only)', () => {
 
   const snap = async (parent?: string): Promise<{tree: string; files: number; changed: string[]}> => {
     const a = new Archiver(repo)
-    const changed = await archiveDir(path.join(work, 'etc'), a, {only: 'app.conf', ...(parent ? {parent: {tree: parent, loadTree: (id) => repo.loadTree(id)}} : {})})
+    const changed = await archiveDir(path.join(work, 'etc'), a, {only: 'app.conf', racyMs: -1, ...(parent ? {parent: {tree: parent, loadTree: (id) => repo.loadTree(id)}} : {})})
     const tree = await a.finish()
     await repo.flush()
     return {tree, files: a.stats.files, changed}
