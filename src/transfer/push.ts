@@ -20,6 +20,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {IndexFile, SnapshotManifest, dataKey, indexKey, snapshotKey} from '../repo/format.js'
 import {copyKeyFiles} from '../repo/keys.js'
+import {withSharedLock} from '../repo/lock.js'
 import {parsePackHeader, sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
 import {IndexBatcher, cachedTreeChildren, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex} from './common.js'
@@ -124,100 +125,107 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
     return {...base, snapshotsSent: [], snapshotsSkipped, packsSent: 0, packsSkipped: 0, bytesSent: 0, bytesSkipped: 0, indexFilesSent: 0, durationMs: Date.now() - t0}
   }
 
-  o.loadIndex?.()
-  // what the remote has: its index files, cached in the catalogue under its namespace
-  progress.phase(`reading the index of ${remote.location}`)
-  await syncRemoteIndex(cat, remote, parallel, repo.masterKey)
-  const remoteBlobs = new Set<string>()
-  for (const [id] of cat.blobLocations(remote.namespace)) remoteBlobs.add(id)
-  const remotePacks = cat.packSizes(remote.namespace)
+  // a prune of the remote (exclusive lock) must not delete what this push relies on: packs the
+  // remote's index names that no snapshot there uses yet, or the packs sent before their index
+  // files are; so its index is read, and everything written, under a shared lock of the remote's
+  return withSharedLock(remote.backend, 'push', async (lock) => {
+    o.loadIndex?.()
+    // what the remote has: its index files, cached in the catalogue under its namespace
+    progress.phase(`reading the index of ${remote.location}`)
+    await syncRemoteIndex(cat, remote, parallel, repo.masterKey)
+    const remoteBlobs = new Set<string>()
+    for (const [id] of cat.blobLocations(remote.namespace)) remoteBlobs.add(id)
+    const remotePacks = cat.packSizes(remote.namespace)
 
-  // every blob of the snapshots to send
-  const manifests = new Map<string, SnapshotManifest>()
-  for (const id of toSend) {
-    const m = cat.getManifest(repo.id, id) ?? (await repo.loadSnapshot(id))
-    manifests.set(id, m)
-  }
-  progress.phase('scanning snapshots')
-  const blobs = await collectBlobs(repo, cat, [...manifests.values()].flatMap(snapshotRoots))
+    // every blob of the snapshots to send
+    const manifests = new Map<string, SnapshotManifest>()
+    for (const id of toSend) {
+      const m = cat.getManifest(repo.id, id) ?? (await repo.loadSnapshot(id))
+      manifests.set(id, m)
+    }
+    progress.phase('scanning snapshots')
+    const blobs = await collectBlobs(repo, cat, [...manifests.values()].flatMap(snapshotRoots))
 
-  // the local packs that hold them, and those holding something the remote lacks
-  const localSizes = cat.packSizes(repo.id)
-  const localPacks = new Map<string, number>()
-  const candidates = new Set<string>()
-  for (const b of blobs) {
-    const loc = repo.blobLocation(b)
-    if (!loc) throw new HolyshipError('REPO_DAMAGED', `blob ${b.slice(0, 16)} is referenced by a snapshot but not in the local repository's index`)
-    if (!localPacks.has(loc.pack)) localPacks.set(loc.pack, localSizes.get(loc.pack) || repo.packs().get(loc.pack) || 0)
-    if (!remoteBlobs.has(b) && !remotePacks.has(loc.pack)) candidates.add(loc.pack)
-  }
-  for (const [p, size] of localPacks) {
-    if (size === 0) localPacks.set(p, (await repo.backend.stat(dataKey(p))) ?? 0)
-  }
+    // the local packs that hold them, and those holding something the remote lacks
+    const localSizes = cat.packSizes(repo.id)
+    const localPacks = new Map<string, number>()
+    const candidates = new Set<string>()
+    for (const b of blobs) {
+      const loc = repo.blobLocation(b)
+      if (!loc) throw new HolyshipError('REPO_DAMAGED', `blob ${b.slice(0, 16)} is referenced by a snapshot but not in the local repository's index`)
+      if (!localPacks.has(loc.pack)) localPacks.set(loc.pack, localSizes.get(loc.pack) || repo.packs().get(loc.pack) || 0)
+      if (!remoteBlobs.has(b) && !remotePacks.has(loc.pack)) candidates.add(loc.pack)
+    }
+    for (const [p, size] of localPacks) {
+      if (size === 0) localPacks.set(p, (await repo.backend.stat(dataKey(p))) ?? 0)
+    }
 
-  // candidates an interrupted push already uploaded: present, but no index names them yet
-  const present: string[] = []
-  const upload: string[] = []
-  progress.phase(`checking ${candidates.size} packs on ${remote.location}`)
-  let checked = 0
-  await pool([...candidates], parallel, async (p) => {
-    const size = await remote.backend.stat(dataKey(p))
-    if (size !== undefined && size === localPacks.get(p)) present.push(p)
-    else upload.push(p)
-    progress.detail?.(`${++checked} of ${candidates.size} checked`)
+    // candidates an interrupted push already uploaded: present, but no index names them yet
+    const present: string[] = []
+    const upload: string[] = []
+    progress.phase(`checking ${candidates.size} packs on ${remote.location}`)
+    let checked = 0
+    await pool([...candidates], parallel, async (p) => {
+      const size = await remote.backend.stat(dataKey(p))
+      if (size !== undefined && size === localPacks.get(p)) present.push(p)
+      else upload.push(p)
+      progress.detail?.(`${++checked} of ${candidates.size} checked`)
+    })
+    debug('%d snapshots, %d blobs, %d local packs, %d candidates (%d already uploaded)', toSend.length, blobs.size, localPacks.size, candidates.size, present.length)
+
+    const batcher = new IndexBatcher(async (id, data, file) => {
+      await remote.backend.put(indexKey(id), data)
+      cat.recordIndexFile(remote.namespace, id, file)
+    }, repo.masterKey)
+    for (const p of present) {
+      const data = await readLocalPack(repo, p)
+      await batcher.add({id: p, size: data.length, blobs: parsePackHeader(data, dataKey(p), repo.masterKey)})
+    }
+
+    const total = upload.reduce((n, p) => n + (localPacks.get(p) ?? 0), 0)
+    progress.phase(`uploading to ${remote.location}`, total)
+    let left = upload.length
+    let bytesSent = 0
+    progress.detail?.(`${left} packs left`)
+    await pool(upload, parallel, async (p) => {
+      const data = await readLocalPack(repo, p)
+      const packBlobs = parsePackHeader(data, dataKey(p), repo.masterKey)
+      await remote.backend.put(dataKey(p), data)
+      bytesSent += data.length
+      progress.add(data.length)
+      progress.detail?.(`${--left} packs left`)
+      const entry: IndexFile['packs'][number] = {id: p, size: data.length, blobs: packBlobs}
+      await batcher.add(entry)
+    })
+    await batcher.flush()
+
+    // manifests last, oldest first, with their exact bytes (their ids are their hashes)
+    const order = [...toSend].sort((a, b) => Date.parse(manifests.get(a)!.time) - Date.parse(manifests.get(b)!.time))
+    // the lock is still ours (a prune of the remote may have run if it was lost)
+    await lock.assertHeld()
+    for (const id of order) {
+      const data = await repo.backend.get(snapshotKey(id))
+      if (sha256(data) !== id) throw new HolyshipError('REPO_DAMAGED', `snapshot ${id} is damaged: its content does not match its id`)
+      await remote.backend.put(snapshotKey(id), data)
+      cat.recordSnapshot(remote.namespace, id, manifests.get(id)!)
+    }
+    progress.done()
+
+    const sent = new Set(upload)
+    let bytesSkipped = 0
+    for (const [p, size] of localPacks) if (!sent.has(p)) bytesSkipped += size
+    return {
+      ...base,
+      snapshotsSent: order,
+      snapshotsSkipped,
+      packsSent: upload.length,
+      packsSkipped: localPacks.size - upload.length,
+      bytesSent,
+      bytesSkipped,
+      indexFilesSent: batcher.written,
+      durationMs: Date.now() - t0,
+    }
   })
-  debug('%d snapshots, %d blobs, %d local packs, %d candidates (%d already uploaded)', toSend.length, blobs.size, localPacks.size, candidates.size, present.length)
-
-  const batcher = new IndexBatcher(async (id, data, file) => {
-    await remote.backend.put(indexKey(id), data)
-    cat.recordIndexFile(remote.namespace, id, file)
-  }, repo.masterKey)
-  for (const p of present) {
-    const data = await readLocalPack(repo, p)
-    await batcher.add({id: p, size: data.length, blobs: parsePackHeader(data, dataKey(p), repo.masterKey)})
-  }
-
-  const total = upload.reduce((n, p) => n + (localPacks.get(p) ?? 0), 0)
-  progress.phase(`uploading to ${remote.location}`, total)
-  let left = upload.length
-  let bytesSent = 0
-  progress.detail?.(`${left} packs left`)
-  await pool(upload, parallel, async (p) => {
-    const data = await readLocalPack(repo, p)
-    const packBlobs = parsePackHeader(data, dataKey(p), repo.masterKey)
-    await remote.backend.put(dataKey(p), data)
-    bytesSent += data.length
-    progress.add(data.length)
-    progress.detail?.(`${--left} packs left`)
-    const entry: IndexFile['packs'][number] = {id: p, size: data.length, blobs: packBlobs}
-    await batcher.add(entry)
-  })
-  await batcher.flush()
-
-  // manifests last, oldest first, with their exact bytes (their ids are their hashes)
-  const order = [...toSend].sort((a, b) => Date.parse(manifests.get(a)!.time) - Date.parse(manifests.get(b)!.time))
-  for (const id of order) {
-    const data = await repo.backend.get(snapshotKey(id))
-    if (sha256(data) !== id) throw new HolyshipError('REPO_DAMAGED', `snapshot ${id} is damaged: its content does not match its id`)
-    await remote.backend.put(snapshotKey(id), data)
-    cat.recordSnapshot(remote.namespace, id, manifests.get(id)!)
-  }
-  progress.done()
-
-  const sent = new Set(upload)
-  let bytesSkipped = 0
-  for (const [p, size] of localPacks) if (!sent.has(p)) bytesSkipped += size
-  return {
-    ...base,
-    snapshotsSent: order,
-    snapshotsSkipped,
-    packsSent: upload.length,
-    packsSkipped: localPacks.size - upload.length,
-    bytesSent,
-    bytesSkipped,
-    indexFilesSent: batcher.written,
-    durationMs: Date.now() - t0,
-  }
 }
 
 /**

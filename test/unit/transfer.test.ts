@@ -15,7 +15,9 @@ import {HolyshipError} from '../../src/errors.js'
 import {SnapshotManifest} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {listRemoteSnapshots, pull, push, remoteAdd, remoteList, remoteRemove} from '../../src/services/remote.js'
+import {RepoLock} from '../../src/repo/lock.js'
 import {LIST_INSTEAD_OF_HEAD} from '../../src/transfer/push.js'
+import {openRemote} from '../../src/transfer/remotes.js'
 import {S3Server, s3rverObjectPath, startS3Server, useS3rverEnv} from '../harness/s3.js'
 
 let s3: S3Server
@@ -333,6 +335,34 @@ describe('push and pull through S3', () => {
     expect(q.repository).toBe(winner)
     await expectRestored(I, sg.tree, cg)
     await expectRestored(I, sh.tree, ch)
+  })
+
+  it('sends under a shared lock of the remote: a prune of it (exclusive) holds off a push of new data, and no lock is left behind', async () => {
+    const E = side('E')
+    const repoE = await newRepo(E)
+    const first = await volumeSnapshot(repoE, 'data', files(3, 'a'))
+    const url = remoteUrl()
+    await push({repo: E.dir, catalogue: E.catalogue, remote: url, endpoint: endpoint()})
+    expect(await remoteKeys(url, 'locks')).toEqual([])
+    const packsThere = await remoteKeys(url, 'data')
+    const second = await volumeSnapshot(repoE, 'data', files(3, 'b'), new Date(Date.now() + 1000))
+    const remote = await openRemote({remote: url, endpoint: endpoint()})
+    const prune = await RepoLock.acquire(remote.backend, {exclusive: true, purpose: 'prune'})
+    try {
+      const err = await push({repo: E.dir, catalogue: E.catalogue, remote: url, endpoint: endpoint()}).catch((e: unknown) => e)
+      expect(err).toMatchObject({code: 'REPO_LOCKED'})
+      expect(await remoteKeys(url, 'snapshots')).toEqual([`snapshots/${first.id}`])
+      expect(await remoteKeys(url, 'data')).toEqual(packsThere)
+      // what the remote has is still answered (nothing is read from its index, nothing written)
+      const had = await push({repo: E.dir, catalogue: E.catalogue, remote: url, endpoint: endpoint(), snapshots: [first.id]})
+      expect(had.snapshotsSkipped).toEqual([first.id])
+    } finally {
+      await prune.release()
+      await remote.close()
+    }
+    const r = await push({repo: E.dir, catalogue: E.catalogue, remote: url, endpoint: endpoint()})
+    expect(r.snapshotsSent).toEqual([second.id])
+    expect(await remoteKeys(url, 'locks')).toEqual([])
   })
 })
 
