@@ -654,6 +654,8 @@ class DirRestore {
    * a line for each that could not go.
    */
   private async removeAsides(): Promise<string[]> {
+    // (nothing was replaced, as in every restore into a new target: no map of every directory)
+    if (this.asides.length === 0) return []
     const left: string[] = []
     const finished = new Map(this.dirsToFinish.map(({abs, node}) => [abs, node]))
     const touched = new Set<string>()
