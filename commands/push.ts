@@ -21,6 +21,7 @@ export default class Push extends BaseCommand<typeof Push> {
       ...transferOptions(f, f.to),
       snapshots: argv as string[],
       progress: this.progress(),
+      unlocked: (why) => this.warn(`the local repository's lock cannot be written (${why}): pushing without it, so a prune meanwhile could fail this push`),
     })
     if (!r.sameRepository) this.warn(`${r.remote} belongs to repository ${r.remoteRepository.slice(0, 12)}, not this one (${r.repository.slice(0, 12)}); data still dedups by content hash`)
     if (r.createdRemote) this.say(`created repository ${r.remoteRepository.slice(0, 12)} at ${r.remote}`)

@@ -16,13 +16,14 @@
  *   than `staleMs` (30 min) must assume its lock is gone (assertHeld throws): another host may
  *   have removed it as stale.
  * - stale: not refreshed for `staleMs`, or written on THIS host by a process that is gone
- *   (pid not running, or running since another start time: pid reuse, or another boot). Locks
+ *   (pid not running, or running since another start time: pid reuse, or another boot), in
+ *   this PID namespace (a holder in a container with the host's name is never judged). Locks
  *   of dead processes on this host are ignored (and removed) by acquire; locks that are only
  *   old (maybe a suspended process on another host) keep blocking until `holyship unlock
  *   --remove-stale` removes them.
  */
 import {randomInt} from 'node:crypto'
-import {readFileSync} from 'node:fs'
+import {readFileSync, readlinkSync} from 'node:fs'
 import * as os from 'node:os'
 import debugFactory from 'debug'
 import {Backend, isNotFound} from '../backend/backend.js'
@@ -45,6 +46,11 @@ export interface LockInfo {
   /** Linux boot id and the process's start time (clock ticks since boot): tell pid reuse apart */
   boot?: string
   start?: string
+  /**
+   * the holder's PID namespace (`pid:[inode]` of /proc/self/ns/pid): a process in a container
+   * that shares the host's name (--uts=host, --network=host) has pids that mean nothing here
+   */
+  pidns?: string
   /** when the holder first took the lock */
   created: string
   /** when this lock object was written (the last refresh) */
@@ -93,13 +99,25 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+function readPidNamespace(): string | undefined {
+  try {
+    return readlinkSync('/proc/self/ns/pid') || undefined
+  } catch {
+    return undefined
+  }
+}
+
 const BOOT_ID = readBootId()
+const PID_NS = readPidNamespace()
 
 /** Why a lock written on this host belongs to a process that is gone, or undefined. */
 export function deadReason(info: LockInfo, host = os.hostname()): string | undefined {
   if (info.host !== host) return undefined
   if (info.boot && BOOT_ID && info.boot !== BOOT_ID) return 'written before this host rebooted'
   if (!Number.isInteger(info.pid) || info.pid <= 0) return undefined
+  // its pid is not one of ours to look up (a lock of an older holyship has no namespace: it
+  // is judged as before)
+  if (info.pidns !== undefined && info.pidns !== PID_NS) return undefined
   if (!pidAlive(info.pid)) return `process ${info.pid} is not running`
   if (info.start) {
     const now = processStart(info.pid)
@@ -249,6 +267,7 @@ export class RepoLock {
       user: userName(),
       ...(BOOT_ID ? {boot: BOOT_ID} : {}),
       ...(processStart(process.pid) ? {start: processStart(process.pid)} : {}),
+      ...(PID_NS ? {pidns: PID_NS} : {}),
       created: now,
       time: now,
     }

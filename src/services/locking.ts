@@ -24,6 +24,8 @@ export interface LockedContextOptions {
   /** wait this long for a conflicting lock to go away (default 0) */
   waitMs?: number
   onWait?: (message: string) => void
+  /** read the blob index only when asked (Context.ensureIndex) */
+  lazyIndex?: boolean
 }
 
 /** The local repository's backend, after checking it is an initialised repository. */
@@ -43,7 +45,7 @@ export async function withLockedContext<T>(opts: LockedContextOptions, fn: (ctx:
   const backend = await localRepoBackend(opts.repo)
   const lock = await RepoLock.acquire(backend, {exclusive: opts.exclusive, purpose: opts.purpose, waitMs: opts.waitMs, onWait: opts.onWait})
   try {
-    const ctx = await openContext({repo: backend.location, catalogue: opts.catalogue})
+    const ctx = await openContext({repo: backend.location, catalogue: opts.catalogue, lazyIndex: opts.lazyIndex})
     try {
       return await fn(ctx, lock)
     } finally {

@@ -19,9 +19,11 @@ import {readRemoteConfig} from '../transfer/common.js'
 import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
 import {PushResult, pushSnapshots} from '../transfer/push.js'
 import {OpenRemoteOptions, RemoteHandle, RemoteRecord, addRemote, listRemotes, openRemote, removeRemote} from '../transfer/remotes.js'
-import {defaultRepoPath, openContext, openEngine} from './context.js'
+import {defaultRepoPath, openEngine} from './context.js'
+import {withLockedContext} from './locking.js'
 // ship and land only: loaded by them (dockerode, the archiver...), not by push, pull or list
 import type {RestoreResult} from './restore.js'
+import {withSharedContext} from './run.js'
 import type {ReaderChoice, SnapshotResult} from './snapshot.js'
 import type {Consistency} from './state-guard.js'
 import {syncCatalogue} from './sync.js'
@@ -62,18 +64,21 @@ async function withRemote<T>(opts: TransferOptions, fn: (remote: RemoteHandle) =
   }
 }
 
-/** Push local snapshots (default: every one the remote lacks) to a remote. */
-export async function push(opts: TransferOptions & {snapshots?: string[]}): Promise<PushResult> {
-  return withRemote(opts, async (remote) => {
+/**
+ * Push local snapshots (default: every one the remote lacks) to a remote. The local repository
+ * is read under a shared lock (a local prune must not repack the packs being sent); a read-only
+ * repository, where no lock can be written, is sent without it after `unlocked` is told why.
+ */
+export async function push(opts: TransferOptions & {snapshots?: string[]; unlocked?: (why: string) => void}): Promise<PushResult> {
+  return withRemote(opts, async (remote) =>
     // the blob index only once there is something to send: a push of what the remote already
     // has is answered from the catalogue and a few requests
-    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue, lazyIndex: true})
-    try {
-      return await pushSnapshots({repo: ctx.repo, catalogue: ctx.catalogue, remote, snapshots: opts.snapshots, parallel: opts.parallel, progress: opts.progress, loadIndex: ctx.ensureIndex})
-    } finally {
-      ctx.close()
-    }
-  })
+    withSharedContext(
+      {repo: opts.repo, catalogue: opts.catalogue, lazyIndex: true},
+      {purpose: 'push', writes: false, unlocked: opts.unlocked ?? (() => undefined)},
+      (ctx) => pushSnapshots({repo: ctx.repo, catalogue: ctx.catalogue, remote, snapshots: opts.snapshots, parallel: opts.parallel, progress: opts.progress, loadIndex: ctx.ensureIndex}),
+    ),
+  )
 }
 
 export interface PullResult extends PullTransferStats {
@@ -294,8 +299,9 @@ export async function ship(opts: ShipOptions): Promise<ShipResult> {
   return withRemote(opts, async (remote) => {
     // fail on a wrong bucket, endpoint or credentials before pausing anything
     await readRemoteConfig(remote)
-    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue})
-    try {
+    // the local repository under a shared lock from the snapshot to the end of the push: a
+    // prune there must neither delete what the snapshot dedups against nor repack what is sent
+    return withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: 'ship', waitMs: 60_000}, async (ctx, lock) => {
       const engine = await openEngine({dockerHost: opts.dockerHost})
       const {snapshot} = await import('./snapshot.js')
       const snaps = await snapshot({
@@ -308,6 +314,7 @@ export async function ship(opts: ShipOptions): Promise<ShipResult> {
         consistency: opts.consistency,
         reader: opts.reader,
         progress: opts.progress,
+        lock,
       })
       let pushed: PushResult
       try {
@@ -329,9 +336,7 @@ export async function ship(opts: ShipOptions): Promise<ShipResult> {
         throw e
       }
       return {snapshots: snaps, push: pushed}
-    } finally {
-      ctx.close()
-    }
+    })
   })
 }
 

@@ -26,19 +26,41 @@ export async function withContext<T>(
  */
 export async function withEngineContext<T>(
   opts: {repo?: string; catalogue?: string; 'docker-host'?: string},
-  lock: {purpose: string; writes: boolean; unlocked: (why: string) => void},
+  lock: SharedLockUse,
   fn: (ctx: Context, engine: Engine, lock?: RepoLock) => Promise<T>,
+): Promise<T> {
+  return withSharedContext(opts, lock, async (ctx, l) => fn(ctx, await openEngine({dockerHost: opts['docker-host']}), l))
+}
+
+export interface SharedLockUse {
+  purpose: string
+  /** the command writes to the repository: no lock, no command */
+  writes: boolean
+  /** told why a read-only command goes on without the lock */
+  unlocked: (why: string) => void
+}
+
+/** openContext under a shared repository lock; see withEngineContext */
+export async function withSharedContext<T>(
+  opts: {repo?: string; catalogue?: string; lazyIndex?: boolean},
+  lock: SharedLockUse,
+  fn: (ctx: Context, lock?: RepoLock) => Promise<T>,
 ): Promise<T> {
   let held = false
   try {
-    return await withLockedContext({repo: opts.repo, catalogue: opts.catalogue, exclusive: false, purpose: lock.purpose, waitMs: 60_000}, async (ctx, l) => {
+    return await withLockedContext({repo: opts.repo, catalogue: opts.catalogue, lazyIndex: opts.lazyIndex, exclusive: false, purpose: lock.purpose, waitMs: 60_000}, async (ctx, l) => {
       held = true
-      return fn(ctx, await openEngine({dockerHost: opts['docker-host']}), l)
+      return fn(ctx, l)
     })
   } catch (e) {
     if (held || lock.writes || !unwritable(e)) throw e
     lock.unlocked((e as Error).message)
-    return withContext(opts, (ctx, engine) => fn(ctx, engine))
+    const ctx = await openContext({repo: opts.repo, catalogue: opts.catalogue, lazyIndex: opts.lazyIndex})
+    try {
+      return await fn(ctx)
+    } finally {
+      ctx.close()
+    }
   }
 }
 

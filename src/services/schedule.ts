@@ -273,6 +273,7 @@ export async function runScheduler(opts: SchedulerOptions): Promise<SchedulerRes
                 tags: [SCHEDULED_TAG],
                 consistency: s.stop ? 'stop' : 'pause',
                 reader: opts.reader,
+                lock,
               })
               Object.assign(rec, {snapshot: r.id, files: r.files, bytes: r.bytes, newBytes: r.newBytes})
             } catch (e) {

@@ -9,6 +9,8 @@ import * as os from 'node:os'
 import * as path from 'node:path'
 import {ListObjectsV2Command, S3Client} from '@aws-sdk/client-s3'
 import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
+import {LocalBackend} from '../../src/backend/local.js'
+import {RepoLock} from '../../src/repo/lock.js'
 import {holyship} from '../harness/cli.js'
 import {connectEngine, dockerExec} from '../harness/engine.js'
 import {waitForPostgres} from '../harness/images.js'
@@ -106,8 +108,21 @@ describe('ship from host A, land on host B', () => {
       return new Map(readdirSync(dir, {recursive: true, withFileTypes: true}).filter((e) => e.isFile()).map((e) => [e.name, statSync(path.join(e.parentPath, e.name)).size]))
     }
     const before = packs()
-    const again = await holyship(['ship', name, '--to', remote, '--json'], envA)
+    // a local prune (exclusive lock) holds the ship off: no snapshot is taken under it
+    const snapshotsBefore = readdirSync(path.join(envA.HOLYSHIP_REPO, 'snapshots')).length
+    const prune = await RepoLock.acquire(new LocalBackend(envA.HOLYSHIP_REPO), {exclusive: true, purpose: 'prune'})
+    let shipped = false
+    const shipping = holyship(['ship', name, '--to', remote, '--json'], envA).then((r) => {
+      shipped = true
+      return r
+    })
+    await new Promise((r) => setTimeout(r, 2000))
+    expect(shipped).toBe(false)
+    expect(readdirSync(path.join(envA.HOLYSHIP_REPO, 'snapshots'))).toHaveLength(snapshotsBefore)
+    await prune.release()
+    const again = await shipping
     expect(again.code).toBe(0)
+    expect(readdirSync(path.join(envA.HOLYSHIP_REPO, 'locks'))).toEqual([])
     const res = JSON.parse(again.stdout)
     // exactly the packs the new snapshot made travel: the remote had the rest
     const made = [...packs()].filter(([id]) => !before.has(id))

@@ -4,7 +4,7 @@
  * locks, and `unlock`.
  */
 import {spawnSync} from 'node:child_process'
-import {mkdtempSync, promises as fsp, rmSync} from 'node:fs'
+import {mkdtempSync, promises as fsp, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -107,6 +107,14 @@ describe('repository locks', () => {
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, boot: 'not-this-boot', user: 'u', created: '', time: ''})).toMatch(/rebooted/)
     // another host's process: we cannot tell, it is alive as far as we know
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host: 'elsewhere', pid: dead, user: 'u', created: '', time: ''})).toBeUndefined()
+    // this host's name but another PID namespace (a container with --uts=host): its pid is not ours to judge
+    const ourNs = readlinkSync('/proc/self/ns/pid')
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, pidns: 'pid:[1]', user: 'u', created: '', time: ''})).toBeUndefined()
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, pidns: ourNs, user: 'u', created: '', time: ''})).toMatch(/not running/)
+    // and a lock we write names our namespace
+    const mine = await RepoLock.acquire(b, {exclusive: false, purpose: 'ns'})
+    expect((await listLocks(b)).map((l) => l.info?.pidns)).toEqual([ourNs])
+    await mine.release()
 
     // a dead exclusive lock of this host does not block and is cleaned up
     const deadKey = await plant(b, {host, pid: dead, exclusive: true, purpose: 'prune'})

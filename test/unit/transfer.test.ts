@@ -364,6 +364,25 @@ describe('push and pull through S3', () => {
     expect(r.snapshotsSent).toEqual([second.id])
     expect(await remoteKeys(url, 'locks')).toEqual([])
   })
+
+  it('reads the local repository under a shared lock: a local prune (exclusive) holds the push off until it is done, and no local lock is left', async () => {
+    const F = side('F')
+    const repoF = await newRepo(F)
+    const s = await volumeSnapshot(repoF, 'data', files(3, 'p'))
+    const url = remoteUrl()
+    const prune = await RepoLock.acquire(repoF.backend, {exclusive: true, purpose: 'prune'})
+    let pushed = false
+    const p = push({repo: F.dir, catalogue: F.catalogue, remote: url, endpoint: endpoint()}).then((r) => {
+      pushed = true
+      return r
+    })
+    await new Promise((r) => setTimeout(r, 1500))
+    expect(pushed).toBe(false)
+    expect(await remoteKeys(url, 'snapshots')).toEqual([])
+    await prune.release()
+    expect((await p).snapshotsSent).toEqual([s.id])
+    expect(await keys(F.dir, 'locks')).toEqual([])
+  })
 })
 
 describe('retries', () => {
