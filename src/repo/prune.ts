@@ -12,9 +12,10 @@
  *     snapshot or index file that prune sees is in its pack listing;
  *  4. only packs unreferenced at the start AND older than the start minus `graceMs` are
  *     deleted or repacked (a writer that holds no lock may be writing them right now);
- *  5. right before the old index files are deleted, and again right before packs are
- *     deleted, snapshots and index files are listed again: a snapshot or index file that
- *     appeared meanwhile and needs a doomed pack rescues it (it stays, and stays indexed);
+ *  5. before the new index is written, right before the old index files are deleted, and
+ *     again right before packs are deleted, snapshots and index files are listed again: a
+ *     snapshot or index file that appeared meanwhile and needs a doomed pack rescues it (it
+ *     stays, and stays indexed);
  *  6. order of writes: new packs → new index file(s) → delete old index files → delete packs.
  *     A crash at any point leaves every snapshot readable (at worst duplicates or
  *     unreferenced packs, which the next prune removes).
@@ -52,6 +53,8 @@ export interface PruneOptions {
   now?: () => number
   /** tests: runs after planning and repacking, before the first re-check and any deletion */
   beforeCommit?: () => Promise<void>
+  /** tests: runs after the new index is written, before the old index files are deleted */
+  afterIndexWritten?: () => Promise<void>
 }
 
 export interface PrunedObject {
@@ -112,7 +115,7 @@ const PACK_KEY_RE = /^data\/([0-9a-f]{2})\/([0-9a-f]{64})$/
 
 /** every blob a set of snapshots needs (trees and data), by walking their trees */
 async function usedBlobs(
-  repo: Repository,
+  loadBlob: (id: string) => Promise<Buffer>,
   manifests: {id: string; manifest: SnapshotManifest}[],
   inIndex: (id: string) => boolean,
   used: Set<string>,
@@ -121,7 +124,7 @@ async function usedBlobs(
   const loadTree = async (id: string): Promise<Tree> => {
     const cached = treeCache?.getTree(id)
     if (cached) return JSON.parse(cached.toString('utf8')) as Tree
-    const data = await repo.loadBlob(id)
+    const data = await loadBlob(id)
     treeCache?.putTree(id, data)
     return JSON.parse(data.toString('utf8')) as Tree
   }
@@ -227,6 +230,20 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     }
   }
   for (const p of packs.values()) if (stored.has(p.id)) indexBlob(p)
+  // a tree from a pack that is stored: the repository's index keeps the first location it
+  // read, which may be a pack that is gone while another holds the same blob
+  const loadTree = async (id: string): Promise<Buffer> => {
+    let failure: unknown = new Error(`blob ${id.slice(0, 16)} is in no stored pack`)
+    for (const pid of where.get(id) ?? []) {
+      const b = packs.get(pid)!.blobs.find((x) => x.id === id)!
+      try {
+        return decodeBlob(await backend.getRange(dataKey(pid), b.offset, b.length), id, b.raw, dataKey(pid), repo.masterKey)
+      } catch (e) {
+        failure = e
+      }
+    }
+    throw failure
+  }
 
   // 3. what the snapshots need
   progress.phase('reading snapshots')
@@ -234,7 +251,7 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
   const manifests: {id: string; manifest: SnapshotManifest}[] = []
   for (const id of snapshotIds) if (!forgotten.has(id)) manifests.push({id, manifest: await repo.loadSnapshot(id)})
   const used = new Set<string>()
-  await usedBlobs(repo, manifests, (b) => where.has(b), used, opts.treeCache)
+  await usedBlobs(loadTree, manifests, (b) => where.has(b), used, opts.treeCache)
 
   // 4. classify packs
   for (const p of packs.values()) {
@@ -412,7 +429,7 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
         ms.push({id, manifest: await repo.loadSnapshot(id)})
       }
       const need = new Set<string>()
-      await usedBlobs(repo, ms, (b) => where.has(b) || toCopy.has(b), need, opts.treeCache)
+      await usedBlobs(loadTree, ms, (b) => where.has(b) || toCopy.has(b), need, opts.treeCache)
       for (const b of need) {
         const holders = where.get(b) ?? []
         // kept elsewhere, or copied by the repack above (indexed with the new packs)
@@ -429,7 +446,7 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
   // 7. the new index: every kept indexed pack of a rewritten index file, and the new packs
   await opts.lock!.assertHeld()
   const doomedIds = (): Set<string> => new Set([...unused, ...repack, ...missing])
-  let gone = doomedIds()
+  const gone = doomedIds()
   const dirtyIndex = indexIds.filter((id) => indexFilePacks.get(id)!.some((p) => gone.has(p)))
   const stillIndexed = new Set<string>()
   for (const id of indexIds) if (!dirtyIndex.includes(id)) for (const p of indexFilePacks.get(id)!) stillIndexed.add(p)
@@ -471,23 +488,39 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     keep.add(p.id)
   }
 
-  // 8. old index files out, then a last re-check, then the packs
-  for (const id of dirtyIndex) {
-    await backend.delete(indexKey(id))
-    result.indexFiles.deleted++
+  // 8. a re-check, old index files out, a last re-check, then the packs. A pack rescued by a
+  // re-check whose every index file is being replaced is indexed again at once: before the old
+  // index files go when it was rescued before, so that a crash leaves no needed pack unindexed
+  // (only one rescued while they were being deleted waits for the moment that takes)
+  await opts.afterIndexWritten?.()
+  const reindexRescued = async (ids: string[]): Promise<void> => {
+    const lost = ids.filter((id) => packs.has(id) && !stillIndexed.has(id) && ![...packs.get(id)!.indexFiles].some((f) => !dirtyIndex.includes(f)))
+    for (const id of lost) stillIndexed.add(id)
+    if (lost.length > 0) await writeIndex(lost.map((id) => ({id, size: packs.get(id)!.size, blobs: packs.get(id)!.blobs})))
   }
-  const late = await rescue()
-  rescued = [...rescued, ...late]
-  // a pack rescued now may have lost its index file in step 8: index it again
-  const reindex = late.filter((id) => packs.has(id) && !stillIndexed.has(id) && ![...packs.get(id)!.indexFiles].some((f) => !dirtyIndex.includes(f)))
-  if (reindex.length > 0) await writeIndex(reindex.map((id) => ({id, size: packs.get(id)!.size, blobs: packs.get(id)!.blobs})))
+  for (const round of ['before', 'after'] as const) {
+    const late = await rescue()
+    rescued = [...rescued, ...late]
+    await reindexRescued(late)
+    if (round === 'after') break
+    await opts.lock!.assertHeld()
+    for (const id of dirtyIndex) {
+      await backend.delete(indexKey(id))
+      result.indexFiles.deleted++
+    }
+  }
   result.packs.rescued = rescued.length
-  gone = doomedIds()
 
   await opts.lock!.assertHeld()
   const victims = doomed()
   progress.phase(`deleting ${victims.length} packs`, victims.reduce((n, v) => n + v.size, 0))
+  let fenced = Date.now()
   for (const v of victims) {
+    // a long delete (thousands of packs on S3) checks now and then that the lock is still ours
+    if (Date.now() - fenced > 60_000) {
+      await opts.lock!.assertHeld()
+      fenced = Date.now()
+    }
     await backend.delete(v.key)
     progress.add(v.size)
   }

@@ -14,8 +14,9 @@ import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {Backend} from '../../src/backend/backend.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {Catalogue} from '../../src/catalogue/catalogue.js'
-import {dataKey, snapshotKey} from '../../src/repo/format.js'
+import {BlobType, IndexFile, dataKey, indexKey, snapshotKey} from '../../src/repo/format.js'
 import {RepoLock} from '../../src/repo/lock.js'
+import {PackBuilder, openJson, sealJson, sha256} from '../../src/repo/pack.js'
 import {pruneRepository} from '../../src/repo/prune.js'
 import {Repository} from '../../src/repo/repository.js'
 import {openContext} from '../../src/services/context.js'
@@ -73,6 +74,20 @@ async function scenario() {
   const a = await writeSnapshot(repo, 'vol-a', A)
   const b = await writeSnapshot(repo, 'vol-b', B)
   return {dir, repo, A, B, a, b}
+}
+
+/** `inner` with some of its methods replaced */
+function wrapped(inner: Backend, over: Partial<Backend>): Backend {
+  return {
+    location: inner.location,
+    get: (k) => inner.get(k),
+    getRange: (k, o, l) => inner.getRange(k, o, l),
+    put: (k, d) => inner.put(k, d),
+    stat: (k) => inner.stat(k),
+    delete: (k) => inner.delete(k),
+    list: (p) => inner.list(p),
+    ...over,
+  }
 }
 
 async function verifyClean(dir: string): Promise<void> {
@@ -179,18 +194,12 @@ describe('prune', () => {
     await age(dir, 2 * 3600_000)
     const before = await keys(dir, '')
     const inner = repo.backend
-    const faulty: Backend = {
-      location: inner.location,
-      get: (k) => inner.get(k),
-      getRange: (k, o, l) => inner.getRange(k, o, l),
-      put: (k, d) => inner.put(k, d),
-      stat: (k) => inner.stat(k),
-      delete: (k) => inner.delete(k),
+    const faulty = wrapped(inner, {
       list: async (p) => {
         if (p === prefix) throw Object.assign(new Error('SlowDown: please reduce your request rate'), {name: 'SlowDown'})
         return inner.list(p)
       },
-    }
+    })
     const lock = await exclusive(repo)
     await expect(pruneRepository(await Repository.open(faulty, {loadIndex: false}), {lock})).rejects.toThrow(/SlowDown/)
     await lock.release()
@@ -213,6 +222,39 @@ describe('prune', () => {
     await expect(pruneRepository(await Repository.open(repo.backend, {loadIndex: false}), {lock})).rejects.toMatchObject({code: 'REPO_DAMAGED'})
     await lock.release()
     expect(await keys(dir, '')).toEqual(before)
+  })
+
+  it('a tree stored twice, once in a pack that is gone: prune reads the other copy instead of stopping', async () => {
+    const {dir, repo, a, b, B} = await scenario()
+    await repo.backend.delete(snapshotKey(a))
+    await age(dir, 2 * 3600_000)
+    // a second pack with every blob of B's root tree's pack (another order: another pack id)
+    const fresh = await Repository.open(new LocalBackend(dir))
+    const root = (await fresh.loadSnapshot(b)).mounts[0].tree
+    const treePack = fresh.blobLocation(root)!.pack
+    const entries = [...fresh.blobs()].filter(([, l]) => l.pack === treePack).reverse()
+    const builder = new PackBuilder(fresh.masterKey)
+    for (const [id, l] of entries) builder.add(id, l.type as BlobType, await repo.backend.getRange(dataKey(treePack), l.offset, l.length), l.raw)
+    builder.add('f'.repeat(64), 'data', Buffer.from('x'), 1)
+    const copy = builder.finish()
+    expect(copy.id).not.toBe(treePack)
+    await repo.backend.put(dataKey(copy.id), copy.data)
+    const file = sealJson('index', {version: 1, packs: [{id: copy.id, size: copy.data.length, blobs: copy.blobs}]} satisfies IndexFile, fresh.masterKey)
+    const copyIndex = sha256(file)
+    await repo.backend.put(indexKey(copyIndex), file)
+    // the copy the index reads first is the one that goes missing
+    const order = (await repo.backend.list('index/')).map((e) => e.key.slice('index/'.length))
+    const names = async (id: string): Promise<string[]> => openJson<IndexFile>('index', await repo.backend.get(indexKey(id)), id, fresh.masterKey).packs.map((p) => p.id)
+    let treeIndex = -1
+    for (const [i, id] of order.entries()) if (id !== copyIndex && (await names(id)).includes(treePack)) treeIndex = i
+    expect(treeIndex).toBeGreaterThanOrEqual(0)
+    const firstIsCopy = order.indexOf(copyIndex) < treeIndex
+    await repo.backend.delete(dataKey(firstIsCopy ? copy.id : treePack))
+    const lock = await exclusive(repo)
+    const r = await pruneRepository(await Repository.open(repo.backend, {loadIndex: false}), {lock})
+    await lock.release()
+    expect(r.packs.missing).toBe(1)
+    expect(await readSnapshotFiles(await Repository.open(new LocalBackend(dir)), b)).toEqual(hashes(B))
   })
 
   it('the service prunes the local repository and brings the catalogue up to date', async () => {
@@ -289,6 +331,20 @@ function startWriter(args: {repo: string; lock: boolean; name: string; files: Re
   }
 }
 
+/**
+ * A forgotten, old A and a lockless writer that has loaded the index (A's packs still indexed)
+ * and waits for GO to write a snapshot of two of A's files
+ */
+async function lateWriter(): Promise<{dir: string; repo: Repository; child: Child}> {
+  const {dir, repo, a} = await scenario()
+  await repo.backend.delete(snapshotKey(a))
+  await age(dir, 2 * 3600_000)
+  const child = startWriter({repo: dir, lock: false, name: 'vol-r', files: {a07: ['a7', 20 * KiB], a13: ['a13', 20 * KiB]}})
+  await child.waitFor(/^PACKS$/)
+  return {dir, repo, child}
+}
+const LATE_FILES = (): Record<string, Buffer> => ({a07: content('a7', 20 * KiB), a13: content('a13', 20 * KiB)})
+
 describe('prune racing writers in other processes', () => {
   it('a writer holding the shared lock: prune cannot start under it, runs after it, and the snapshot keeps all its data (incl. data deduplicated against a forgotten snapshot)', async () => {
     const {dir, repo, a} = await scenario()
@@ -334,12 +390,7 @@ describe('prune racing writers in other processes', () => {
   }, 60_000)
 
   it('a snapshot that appears while prune is between planning and deleting rescues the doomed pack it deduplicated against', async () => {
-    const {dir, repo, a} = await scenario()
-    await repo.backend.delete(snapshotKey(a))
-    await age(dir, 2 * 3600_000)
-    // without a lock, the writer loads the index now (A's packs still indexed)
-    const child = startWriter({repo: dir, lock: false, name: 'vol-r', files: {a07: ['a7', 20 * KiB], a13: ['a13', 20 * KiB]}})
-    await child.waitFor(/^PACKS$/)
+    const {dir, repo, child} = await lateWriter()
     let id = ''
     const lock = await exclusive(repo)
     const r = await pruneRepository(await Repository.open(repo.backend, {loadIndex: false}), {
@@ -356,7 +407,41 @@ describe('prune racing writers in other processes', () => {
     // and, with a grace period of 0, old enough at the start)
     expect(r.packs.rescued).toBe(3)
     const fresh = await Repository.open(new LocalBackend(dir))
-    expect(await readSnapshotFiles(fresh, id)).toEqual(hashes({a07: content('a7', 20 * KiB), a13: content('a13', 20 * KiB)}))
+    expect(await readSnapshotFiles(fresh, id)).toEqual(hashes(LATE_FILES()))
     await verifyClean(dir)
+  }, 60_000)
+
+  it('a snapshot that appears after the new index is written keeps its rescued packs indexed even if prune dies while deleting the old index files', async () => {
+    const {dir, repo, child} = await lateWriter()
+    let id = ''
+    // prune "dies" right after it has deleted an old index file: its next listing fails
+    const inner = repo.backend
+    let indexDeleted = false
+    const dying = wrapped(inner, {
+      delete: async (k) => {
+        await inner.delete(k)
+        if (k.startsWith('index/')) indexDeleted = true
+      },
+      list: async (p) => {
+        if (indexDeleted) throw new Error('killed')
+        return inner.list(p)
+      },
+    })
+    const lock = await exclusive(repo)
+    await expect(
+      pruneRepository(await Repository.open(dying, {loadIndex: false}), {
+        lock,
+        graceMs: 0,
+        afterIndexWritten: async () => {
+          child.go()
+          id = (await child.waitFor(/^SNAPSHOT /)).split(' ')[1]
+        },
+      }),
+    ).rejects.toThrow('killed')
+    await lock.release()
+    expect(await child.exit).toBe(0)
+    expect(indexDeleted).toBe(true)
+    const fresh = await Repository.open(new LocalBackend(dir))
+    expect(await readSnapshotFiles(fresh, id)).toEqual(hashes(LATE_FILES()))
   }, 60_000)
 })
