@@ -118,7 +118,7 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
     createdRemote,
   }
 
-  const onRemote = await remoteHas(remote, selected, parallel)
+  const onRemote = await remoteHas(remote, selected, parallel, (id) => repo.backend.stat(snapshotKey(id)))
   const toSend = selected.filter((id) => !onRemote.has(id))
   const snapshotsSkipped = selected.filter((id) => onRemote.has(id))
   if (toSend.length === 0) {
@@ -240,14 +240,27 @@ export const LIST_INSTEAD_OF_HEAD = 16
  * manifests from s3rver and parsing the XML took longer than the rest of a push with nothing
  * to send.
  */
-export async function remoteHas(remote: RemoteHandle, ids: string[], parallel: number): Promise<Set<string>> {
-  if (ids.length > LIST_INSTEAD_OF_HEAD) {
-    const listed = new Set((await remote.backend.list('snapshots/')).map((e) => e.key.slice('snapshots/'.length)))
-    return new Set(ids.filter((id) => listed.has(id)))
+export async function remoteHas(remote: RemoteHandle, ids: string[], parallel: number, localSize: (id: string) => Promise<number | undefined>): Promise<Set<string>> {
+  // a manifest there with another size than ours is a damaged copy (a cut or aws-chunked
+  // upload), not the snapshot: it is sent again over it (its key is its hash)
+  const intact = async (id: string, size: number): Promise<boolean> => {
+    const want = await localSize(id)
+    if (want === undefined || want === size) return true
+    debug('snapshots/%s on %s has %d bytes, ours %d: sent again', id.slice(0, 12), remote.location, size, want)
+    return false
   }
   const has = new Set<string>()
+  if (ids.length > LIST_INSTEAD_OF_HEAD) {
+    const listed = new Map((await remote.backend.list('snapshots/')).map((e) => [e.key.slice('snapshots/'.length), e.size]))
+    await pool(ids, parallel, async (id) => {
+      const size = listed.get(id)
+      if (size !== undefined && (await intact(id, size))) has.add(id)
+    })
+    return has
+  }
   await pool(ids, parallel, async (id) => {
-    if ((await remote.backend.stat(snapshotKey(id))) !== undefined) has.add(id)
+    const size = await remote.backend.stat(snapshotKey(id))
+    if (size !== undefined && (await intact(id, size))) has.add(id)
   })
   return has
 }

@@ -2,7 +2,7 @@
  * push / pull through a real S3 server (s3rver) between real local repositories and real
  * catalogue files; no Docker. Snapshots are volume snapshots built with the Archiver.
  */
-import {randomBytes, randomUUID} from 'node:crypto'
+import {createHash, randomBytes, randomUUID} from 'node:crypto'
 import {existsSync, promises as fsp} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
@@ -197,6 +197,30 @@ describe('push and pull through S3', () => {
     // `list --remote` sees both
     const rows = await listRemoteSnapshots({catalogue: B.catalogue, remote: url, endpoint: endpoint(), volume: 'vol'})
     expect(rows.map((r) => r.id)).toEqual([s1.id, s2.id])
+  })
+
+  it('a damaged manifest on the remote (another size than ours) is not taken for the snapshot: the next push sends it again', async () => {
+    const D = side('D')
+    const repoD = await newRepo(D)
+    const snaps: string[] = []
+    for (let i = 0; i < LIST_INSTEAD_OF_HEAD + 1; i++) snaps.push((await volumeSnapshot(repoD, `m${i}`, files(1, `m${i}`), new Date(Date.UTC(2025, 1, 1, i)))).id)
+    const url = remoteUrl()
+    await push({repo: D.dir, catalogue: D.catalogue, remote: url, endpoint: endpoint()})
+    const manifestFile = (id: string): string => s3rverObjectPath(s3, `${url.slice(`s3://${s3.bucket}/`.length)}/snapshots/${id}`)
+    const remoteOk = async (id: string): Promise<boolean> => createHash('sha256').update(await fsp.readFile(manifestFile(id))).digest('hex') === id
+    // cut short, as a killed or mangled upload leaves it
+    for (const id of [snaps[0], snaps[1]]) {
+      const raw = await fsp.readFile(manifestFile(id))
+      await fsp.writeFile(manifestFile(id), raw.subarray(0, raw.length - 7))
+      expect(await remoteOk(id)).toBe(false)
+    }
+    // a few named (one HEAD each), then every snapshot (one listing)
+    const few = await push({repo: D.dir, catalogue: D.catalogue, remote: url, endpoint: endpoint(), snapshots: [snaps[0], snaps[2]]})
+    expect(few).toMatchObject({snapshotsSent: [snaps[0]], snapshotsSkipped: [snaps[2]], packsSent: 0})
+    expect(await remoteOk(snaps[0])).toBe(true)
+    const all = await push({repo: D.dir, catalogue: D.catalogue, remote: url, endpoint: endpoint()})
+    expect(all).toMatchObject({snapshotsSent: [snaps[1]], packsSent: 0})
+    expect(await remoteOk(snaps[1])).toBe(true)
   })
 
   it('looks up a few named snapshots with one HEAD each, not a listing of every snapshot on the remote', async () => {
