@@ -480,19 +480,61 @@ export async function restoreToDir(
   const node = await findNode(repo, treeId, rel)
   if (!node) throw new HolyshipError('PATH_NOT_FOUND', `no path ${JSON.stringify('/' + rel)} in the snapshot`)
   const whole = rel.split('/').every((p) => p === '' || p === '.')
-  const root = path.resolve(target)
-  const firstCreated = await makeTarget(root)
+  const final = path.resolve(target)
+  // a target that is not there is written under a temporary name beside it, and renamed into
+  // place once complete: a restore killed half way leaves `.NAME.holyship-partial-…`, never a
+  // target that looks whole (in a directory it made, a restore writes files under their own
+  // names, each sized before all its data is in)
+  let root = final
+  let firstCreated: string | undefined
+  const absent = (() => {
+    try {
+      return !lstatSync(final, {throwIfNoEntry: false})
+    } catch {
+      return false // below a file: makeTarget says so
+    }
+  })()
+  // what is said of the temporary name is said of the target
+  const named = <T extends Error>(e: T): T => {
+    if (root === final) return e
+    e.message = e.message.split(root).join(final)
+    const x = e as T & {path?: unknown}
+    if (x.path === root) x.path = final
+    return e
+  }
+  if (!opts.fresh && absent) {
+    const parentMade = await makeTarget(path.dirname(final))
+    root = path.join(path.dirname(final), `.${path.basename(final)}.holyship-partial-${randomBytes(4).toString('hex')}`)
+    await fsp.mkdir(root).catch((e: Error) => {
+      throw named(e)
+    })
+    firstCreated = parentMade ?? root
+  } else firstCreated = await makeTarget(final)
   const endReads = retainReads(repo.backend)
+  let done: RestoredDir
   try {
     const run = new DirRestore(repo, treeId, root, opts)
     // a target this restore made is empty: nothing in it needs looking at before it is written
     if (firstCreated) run.created.push(firstCreated)
     if (firstCreated || opts.fresh) run.madeDirs.add(root)
     if (whole && !opts.root) run.keepTargetMeta = true
-    return await run.restore(rel, whole && opts.root ? {...opts.root, name: '', type: 'dir', subtree: treeId} : node)
+    done = await run.restore(rel, whole && opts.root ? {...opts.root, name: '', type: 'dir', subtree: treeId} : node)
+  } catch (e) {
+    throw e instanceof Error ? named(e) : e
   } finally {
     endReads()
   }
+  if (root !== final) {
+    for (const x of done.xattrsNotSet?.first ?? []) x.path = final + x.path.slice(root.length)
+    try {
+      // an empty directory made there meanwhile is replaced; anything else stays and fails this
+      await fsp.rename(root, final)
+    } catch (e) {
+      const left = await fsp.rm(firstCreated!, {recursive: true, force: true}).then(() => '', (err: Error) => `; ${root} is left (${err.message})`)
+      throw new HolyshipError('TARGET_EXISTS', `the target ${final} appeared during the restore (${(e as Error).message}); nothing of the restore was kept${left}`, {cause: e})
+    }
+  }
+  return done
 }
 
 /** what restoreToDir wrote: files and bytes, what --partial left out, the extended attributes it could not set (none: absent) */

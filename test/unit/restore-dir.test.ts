@@ -100,10 +100,20 @@ describe('restoreToDir with many entries in flight', () => {
     const rename = vi.spyOn(fsp, 'rename')
     const inWorker = vi.spyOn(repo, 'writeFile')
     let r
+    const seenMidway: string[][] = []
     try {
-      r = await restoreToDir(repo, root, '', out, {onBytes: (n) => (bytes += n)})
-      // a new target holds nothing to protect: every file is written under its own name
-      expect(rename).not.toHaveBeenCalled()
+      r = await restoreToDir(repo, root, '', out, {
+        onBytes: (n) => {
+          // half way, the target is not there yet: only a directory that says it is partial
+          if (bytes === 0) seenMidway.push(readdirSync(work).filter((x) => x.startsWith('.out') || x === 'out'))
+          bytes += n
+        },
+      })
+      // a new target holds nothing to protect: every file is written under its own name, in
+      // a directory renamed to the target's name once all is in
+      expect(seenMidway).toEqual([[expect.stringMatching(/^\.out\.holyship-partial-[0-9a-f]{8}$/)]])
+      expect(rename.mock.calls).toEqual([[path.join(work, seenMidway[0][0]), out]])
+      expect(readdirSync(work).filter((x) => x.startsWith('.out'))).toEqual([])
       // the small files (but the first few) were written whole by the restore workers
       expect(repo.fileWorkers()?.size).toBe(2)
       expect(inWorker.mock.calls.length).toBeGreaterThan(280)
@@ -199,8 +209,12 @@ describe('restoreToDir with many entries in flight', () => {
     await fsp.writeFile(packFile, pack)
 
     const out = path.join(work, 'damaged')
-    await expect(restoreToDir(r2, root, '', out)).rejects.toMatchObject({code: 'REPO_DAMAGED'})
+    const failed = await restoreToDir(r2, root, '', out).catch((e: Error) => e)
+    expect(failed).toMatchObject({code: 'REPO_DAMAGED'})
     await expect(fsp.lstat(out)).rejects.toThrow()
+    // nor its temporary name, which no message names
+    expect(readdirSync(work).filter((x) => x.startsWith('.damaged'))).toEqual([])
+    expect((failed as Error).message).not.toContain('holyship-partial')
     // into a tree that was there: what it made goes, the directories it found get their owner,
     // mode and times back
     const there = path.join(work, 'there')
