@@ -46,6 +46,12 @@ export interface Backend {
 
 export interface PutOptions {
   released?: () => void
+  /**
+   * create only: fail with BackendExists if the key is there (atomic on a local disk, and on
+   * S3 stores that honour `If-None-Match: *`; one that ignores it overwrites, so a caller
+   * still reads back what is there)
+   */
+  ifAbsent?: boolean
 }
 
 export class BackendNotFound extends Error {
@@ -53,6 +59,18 @@ export class BackendNotFound extends Error {
     super(`${location}: object not found: ${key}`)
     this.name = 'BackendNotFound'
   }
+}
+
+/** a put with `ifAbsent` found the key there */
+export class BackendExists extends Error {
+  constructor(readonly key: string, location: string) {
+    super(`${location}: object already exists: ${key}`)
+    this.name = 'BackendExists'
+  }
+}
+
+export function isExists(e: unknown): e is BackendExists {
+  return e instanceof BackendExists
 }
 
 export function isNotFound(e: unknown): e is BackendNotFound {

@@ -2,7 +2,7 @@ import {randomBytes} from 'node:crypto'
 import {closeSync, constants as fsc, promises as fsp, open, read, readSync} from 'node:fs'
 import * as path from 'node:path'
 import {promisify} from 'node:util'
-import {Backend, BackendEntry, BackendNotFound, PutOptions} from './backend.js'
+import {Backend, BackendEntry, BackendExists, BackendNotFound, PutOptions} from './backend.js'
 
 const openP = promisify(open)
 const readP = (fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<number> =>
@@ -262,11 +262,15 @@ export class LocalBackend implements Backend {
     }
     await fh.close()
     try {
-      await fsp.rename(tmp, dest)
+      // link() fails on an existing name where rename() would replace it
+      if (opts.ifAbsent) await fsp.link(tmp, dest)
+      else await fsp.rename(tmp, dest)
     } catch (e) {
       await fsp.rm(tmp, {force: true})
+      if (opts.ifAbsent && (e as NodeJS.ErrnoException).code === 'EEXIST') throw new BackendExists(key, this.location)
       throw e
     }
+    if (opts.ifAbsent) await fsp.rm(tmp, {force: true})
     await syncDir(dir)
   }
 

@@ -1,5 +1,5 @@
 import {HolyshipError, isHolyshipError} from '../errors.js'
-import {Backend, BackendEntry, isNotFound} from './backend.js'
+import {Backend, BackendEntry, PutOptions, isNotFound} from './backend.js'
 
 export interface RetryOptions {
   /** total tries per operation, including the first (default 6) */
@@ -165,8 +165,8 @@ export class RetryBackend implements Backend {
     return this.run('getRange', key, () => this.inner.getRange(key, offset, length))
   }
 
-  put(key: string, data: Buffer): Promise<void> {
-    return this.run('put', key, () => this.inner.put(key, data))
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.run('put', key, () => this.inner.put(key, data, opts))
   }
 
   stat(key: string): Promise<number | undefined> {
@@ -245,8 +245,8 @@ export class LimitBackend implements Backend {
     return this.sem.with(() => this.inner.getRange(key, offset, length))
   }
 
-  put(key: string, data: Buffer): Promise<void> {
-    return this.sem.with(() => this.inner.put(key, data))
+  put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.sem.with(() => this.inner.put(key, data, opts))
   }
 
   stat(key: string): Promise<number | undefined> {

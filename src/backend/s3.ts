@@ -15,7 +15,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3'
 import {HolyshipError, isHolyshipError} from '../errors.js'
-import {Backend, BackendEntry, BackendNotFound, isNotFound} from './backend.js'
+import {Backend, BackendEntry, BackendExists, BackendNotFound, PutOptions, isExists, isNotFound} from './backend.js'
 
 const MiB = 1024 * 1024
 
@@ -174,17 +174,17 @@ export class S3Backend implements Backend {
     return body
   }
 
-  async put(key: string, data: Buffer): Promise<void> {
+  async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const Key = this.objectKey(key)
     try {
-      if (data.length > this.multipartThreshold) await this.putMultipart(key, Key, data)
-      else await this.putSingle(key, Key, data)
+      if (data.length > this.multipartThreshold && !opts.ifAbsent) await this.putMultipart(key, Key, data)
+      else await this.putSingle(key, Key, data, opts.ifAbsent)
     } catch (e) {
       throw await this.mapError(e, 'put', key)
     }
   }
 
-  private async putSingle(key: string, Key: string, data: Buffer): Promise<void> {
+  private async putSingle(key: string, Key: string, data: Buffer, ifAbsent = false): Promise<void> {
     const md5 = createHash('md5').update(data).digest()
     const md5hex = md5.toString('hex')
     const r = await this.client.send(
@@ -195,6 +195,7 @@ export class S3Backend implements Backend {
         ContentLength: data.length,
         ContentMD5: md5.toString('base64'),
         ContentType: 'application/octet-stream',
+        ...(ifAbsent ? {IfNoneMatch: '*'} : {}),
       }),
     )
     const encrypted = etagIsNotMd5(r)
@@ -360,11 +361,13 @@ export class S3Backend implements Backend {
 
   /** translate SDK / network errors into the taxonomy; never includes credentials */
   private async mapError(e: unknown, op: string, key: string): Promise<unknown> {
-    if (isHolyshipError(e) || isNotFound(e)) return e
+    if (isHolyshipError(e) || isNotFound(e) || isExists(e)) return e
     const name = errorName(e)
     const status = statusOf(e)
     const what = key ? `${this.location}/${key}` : this.location
     if (name === 'NoSuchBucket') return this.bucketMissing(e)
+    // If-None-Match: * and the key is there (409: a conditional write racing another)
+    if (op === 'put' && (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict')) return new BackendExists(key, this.location)
     if (name === 'NoSuchKey' || (status === 404 && (op === 'get' || op === 'getRange') && name !== 'NoSuchUpload')) {
       if (name !== 'NoSuchKey') await this.ensureBucket()
       return new BackendNotFound(key, this.location)

@@ -7,7 +7,7 @@
 import {randomBytes} from 'node:crypto'
 import * as os from 'node:os'
 import debugFactory from 'debug'
-import {Backend, isNotFound} from '../backend/backend.js'
+import {Backend, isExists, isNotFound} from '../backend/backend.js'
 import {HolyshipError, isHolyshipError} from '../errors.js'
 import {Chunker, DEFAULT_CHUNKER, cutAll} from './chunker.js'
 import {MasterKey} from './crypto.js'
@@ -74,6 +74,16 @@ export interface OpenOptions {
   loadIndex?: boolean
   /** an encrypted repository's passphrase (default: --password-file / HOLYSHIP_PASSWORD / a prompt) */
   password?: string
+}
+
+/** a new repository's config: never over one that another init wrote at the same moment */
+async function putConfig(backend: Backend, data: Buffer): Promise<void> {
+  try {
+    await backend.put('config', data, {ifAbsent: true})
+  } catch (e) {
+    if (isExists(e)) throw new HolyshipError('REPO_EXISTS', `a repository already exists at ${backend.location}`)
+    throw e
+  }
 }
 
 /**
@@ -180,7 +190,7 @@ export class Repository {
         chunker: {...DEFAULT_CHUNKER, seed: randomBytes(16).toString('hex')},
         encryption: null,
       }
-      await backend.put('config', Buffer.from(JSON.stringify(config, null, 2) + '\n'))
+      await putConfig(backend, Buffer.from(JSON.stringify(config, null, 2) + '\n'))
       return new Repository(backend, config)
     }
     // the passphrase first (nothing is written if none is given), then the key file, then the
@@ -199,7 +209,7 @@ export class Repository {
     }
     const keyId = await addKeyFile(backend, key, password, opts.kdf)
     try {
-      await backend.put('config', Buffer.from(JSON.stringify(stored, null, 2) + '\n'))
+      await putConfig(backend, Buffer.from(JSON.stringify(stored, null, 2) + '\n'))
     } catch (e) {
       await backend.delete(keyFileKey(keyId)).catch(() => undefined)
       throw e

@@ -10,7 +10,7 @@ import {LocalBackend} from '../backend/local.js'
 import {Catalogue, SnapshotFilter, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {Backend} from '../backend/backend.js'
+import {Backend, isExists} from '../backend/backend.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {copyKeyFiles, unlockRepository} from '../repo/keys.js'
 import {RepoLock} from '../repo/lock.js'
@@ -225,8 +225,15 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
     const local = new LocalBackend(dir)
     // key files first: a config without them could not be opened
     if (keysFrom) await copyKeyFiles(keysFrom, local)
-    await local.put('config', remoteConfig)
-    created = true
+    // create only: a pull that created it at the same moment keeps its config, and this one
+    // goes on with the repository that is there
+    created = await local.put('config', remoteConfig, {ifAbsent: true}).then(
+      () => true,
+      (e: unknown) => {
+        if (isExists(e)) return false
+        throw e
+      },
+    )
   } else if (!entries.includes('config')) {
     throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})
   }

@@ -19,7 +19,7 @@ import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {IndexFile, SnapshotManifest, dataKey, indexKey, snapshotKey} from '../repo/format.js'
-import {copyKeyFiles} from '../repo/keys.js'
+import {copyKeyFiles, keyFileKey} from '../repo/keys.js'
 import {withSharedLock} from '../repo/lock.js'
 import {parsePackHeader, sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
@@ -86,18 +86,27 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
   let rc = await readRemoteConfig(remote)
   if (!rc) {
     const raw = await repo.backend.get('config')
+    let keysCopied: string[] = []
     try {
       // an encrypted repository's key files go first (a remote with a config can be opened);
       // they travel only now: afterwards each side's passphrases are its own (`key ... --to`),
       // so a passphrase removed on one side is never brought back by a transfer
-      if (repo.encrypted) await copyKeyFiles(repo.backend, remote.backend)
-      await remote.backend.put('config', raw)
+      if (repo.encrypted) keysCopied = await copyKeyFiles(repo.backend, remote.backend)
+      // create only: of two first pushes at the same moment, one config stays, never
+      // replaced by the other's after the first went on as if it were the remote's
+      await remote.backend.put('config', raw, {ifAbsent: true})
       createdRemote = true
     } catch (e) {
-      // another host may have created it at the same moment: any valid config will do
+      // another host created it at the same moment: any valid config will do
       if (!(await readRemoteConfig(remote).catch(() => undefined))) throw e
     }
-    rc = (await readRemoteConfig(remote)) ?? {raw, config: repo.config}
+    rc = await settledConfig(remote)
+    // a store that ignores If-None-Match let a racing push replace ours: theirs is the remote's
+    if (!rc.raw.equals(raw)) createdRemote = false
+    if (!createdRemote && rc.config.id !== repo.id && keysCopied.length > 0) {
+      // the key files that went first open our master key, not that repository's
+      for (const id of keysCopied) await remote.backend.delete(keyFileKey(id))
+    }
   }
   const sameRepository = rc.config.id === repo.id
   if ((repo.encrypted || rc.config.encryption) && (!sameRepository || !!rc.config.encryption !== repo.encrypted)) {
@@ -226,6 +235,26 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
       durationMs: Date.now() - t0,
     }
   })
+}
+
+/**
+ * The remote's config right after it was created, by this push or one racing it: a store that
+ * writes an object in place (s3rver) shows a racing put's object as missing or cut for a
+ * moment, so a few reads are tried before that is an error.
+ */
+async function settledConfig(remote: RemoteHandle): Promise<NonNullable<Awaited<ReturnType<typeof readRemoteConfig>>>> {
+  for (let attempt = 1; ; attempt++) {
+    let failure: unknown
+    try {
+      const rc = await readRemoteConfig(remote)
+      if (rc) return rc
+      failure = new HolyshipError('REMOTE_CORRUPT', `${remote.location}: the config just written cannot be read back`)
+    } catch (e) {
+      failure = e
+    }
+    if (attempt >= 5) throw failure
+    await new Promise((r) => setTimeout(r, 100 * attempt))
+  }
 }
 
 /**

@@ -3,6 +3,7 @@ import {createRequire} from 'node:module'
 import type {AddressInfo} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
+import {Backend, BackendExists, PutOptions} from '../../src/backend/backend.js'
 
 /** the slice of s3rver's (untyped, CommonJS) API we use */
 interface S3rverInstance {
@@ -125,4 +126,27 @@ export function useS3rverEnv(): () => void {
       else process.env[k] = v
     }
   }
+}
+
+/**
+ * s3rver ignores `If-None-Match: *` on PUT (AWS S3, MinIO, R2 honour it): a wrapBackend that
+ * gives the backends it wraps a store's create-only puts, atomic among them (one lock for all)
+ */
+export function honourIfNoneMatch(): (b: Backend) => Backend {
+  let queue: Promise<unknown> = Promise.resolve()
+  return (b) =>
+    new Proxy(b, {
+      get(target, prop, receiver) {
+        if (prop !== 'put') return Reflect.get(target, prop, receiver)
+        return (key: string, data: Buffer, opts?: PutOptions): Promise<void> => {
+          if (!opts?.ifAbsent) return target.put(key, data, opts)
+          const run = queue.then(async () => {
+            if ((await target.stat(key)) !== undefined) throw new BackendExists(key, target.location)
+            await target.put(key, data, opts)
+          })
+          queue = run.catch(() => undefined)
+          return run
+        }
+      },
+    })
 }

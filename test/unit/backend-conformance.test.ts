@@ -1,5 +1,6 @@
 import {createHash, randomBytes, randomUUID} from 'node:crypto'
 import {mkdir, mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {readdirSync} from 'node:fs'
 import * as http from 'node:http'
 import type {AddressInfo} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -7,7 +8,7 @@ import {dirname, join} from 'node:path'
 import {Readable} from 'node:stream'
 import {GetObjectCommand, PutObjectCommand, S3Client} from '@aws-sdk/client-s3'
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
-import {Backend, BackendEntry, BackendNotFound} from '../../src/backend/backend.js'
+import {Backend, BackendEntry, BackendNotFound, isExists} from '../../src/backend/backend.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {LimitBackend, RetryBackend, isTransient} from '../../src/backend/retry.js'
 import {S3Backend, S3BackendOptions, parseS3Url} from '../../src/backend/s3.js'
@@ -185,6 +186,14 @@ function conformance(name: string, factory: () => Promise<Backend> | Backend, op
       expect(ks(await b.list('data'))).toEqual([{key: 'data/ab/same', size: 4096}])
     })
 
+    it('a create-only put (ifAbsent) of a new key stores it and nothing else', async () => {
+      const b = await factory()
+      const data = randomBytes(3000)
+      await b.put('config', data, {ifAbsent: true})
+      expect((await b.get('config')).equals(data)).toBe(true)
+      expect(ks(await b.list(''))).toEqual([{key: 'config', size: 3000}])
+    })
+
     it('rejects keys that escape the repository', async () => {
       const b = await factory()
       for (const key of ['../x', '/abs', 'a//b', 'a/./b', 'a/../b']) {
@@ -213,6 +222,21 @@ async function seedS3rver(b: Backend, objects: Array<[string, Buffer]>): Promise
 conformance('LocalBackend', localBackend)
 conformance('S3Backend (s3rver)', () => s3Backend(), {seed: seedS3rver})
 conformance('RetryBackend(LimitBackend(S3Backend))', () => new RetryBackend(new LimitBackend(s3Backend(), 4)), {seed: seedS3rver})
+
+describe('LocalBackend create-only puts', () => {
+  it('refuse an existing key (BackendExists), keep what is there and leave no temporary file; of two at once, one wins', async () => {
+    const b = await localBackend()
+    await b.put('config', Buffer.from('first'), {ifAbsent: true})
+    const e = await b.put('config', Buffer.from('second'), {ifAbsent: true}).catch((x: unknown) => x)
+    expect(isExists(e)).toBe(true)
+    expect((await b.get('config')).toString()).toBe('first')
+    const racing = await Promise.allSettled(['a', 'b', 'c', 'd'].map((x) => b.put('locks/one', Buffer.from(x), {ifAbsent: true})))
+    expect(racing.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+    expect(racing.filter((r) => r.status === 'rejected' && isExists(r.reason))).toHaveLength(3)
+    expect(readdirSync(join(b.location, 'locks'))).toEqual(['one'])
+    expect(readdirSync(b.location).sort()).toEqual(['config', 'locks'])
+  })
+})
 
 // ---------------------------------------------------------------------------------------------
 // S3-specific: aws-chunked corruption, upload verification, error mapping
@@ -303,7 +327,7 @@ interface Proxy {
   stop(): Promise<void>
 }
 
-async function startTruncatingProxy(target: string, opts: {match: (url: string) => boolean; times: number; lie?: boolean}): Promise<Proxy> {
+async function startTruncatingProxy(target: string, opts: {match: (url: string) => boolean; times: number; lie?: boolean; ifNoneMatch?: boolean}): Promise<Proxy> {
   let remaining = opts.times
   const state = {truncated: 0}
   const requests: Proxy['requests'] = []
@@ -323,6 +347,19 @@ async function startTruncatingProxy(target: string, opts: {match: (url: string) 
       }
       const headers = {...req.headers, 'content-length': String(out.length)}
       delete headers['transfer-encoding']
+      const forward = (): void => void up.end(out)
+      if (opts.ifNoneMatch && req.method === 'PUT' && req.headers['if-none-match'] === '*') {
+        // what AWS S3 does (s3rver ignores the header): 412 when the key is there
+        const head = http.request(`${target}${req.url}`, {method: 'HEAD', headers: {host: req.headers.host ?? ''}}, (hr) => {
+          hr.resume()
+          if (hr.statusCode === 200) {
+            res.writeHead(412, {'content-type': 'application/xml'})
+            res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>')
+          } else forward()
+        })
+        head.on('error', () => res.destroy())
+        head.end()
+      }
       const up = http.request(`${target}${req.url}`, {method: req.method, headers}, (ur) => {
         const h = {...ur.headers}
         if (cut && opts.lie && h.etag) h.etag = JSON.stringify(md5hex(body))
@@ -330,7 +367,7 @@ async function startTruncatingProxy(target: string, opts: {match: (url: string) 
         ur.pipe(res)
       })
       up.on('error', () => res.destroy())
-      up.end(out)
+      if (!(opts.ifNoneMatch && req.method === 'PUT' && req.headers['if-none-match'] === '*')) forward()
     })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -375,6 +412,25 @@ describe('S3Backend post-upload verification (fault-injecting proxy)', () => {
     // reads do not ask for checksums either (x-amz-checksum-mode)
     await b.get('data/small')
     expect(proxy.requests.at(-1)!.headers['x-amz-checksum-mode']).toBeUndefined()
+  })
+
+  it('a create-only put sends If-None-Match: * in one PutObject, even above the multipart threshold, and a 412 is BackendExists', async () => {
+    const proxy = await startTruncatingProxy(s3.endpoint, {match: () => false, times: 0, ifNoneMatch: true})
+    cleanups.push(proxy.stop)
+    const b = s3Backend({endpoint: proxy.endpoint, multipartThreshold: 6000, partSize: 5000})
+    const first = randomBytes(12_000)
+    await b.put('config', first, {ifAbsent: true})
+    const e = await b.put('config', randomBytes(100), {ifAbsent: true}).catch((x: unknown) => x)
+    expect(isExists(e)).toBe(true)
+    expect((await b.get('config')).equals(first)).toBe(true)
+    const puts = proxy.requests.filter((r) => r.method === 'PUT')
+    expect(puts.map((r) => [r.headers['if-none-match'], r.url.includes('uploadId') || r.url.includes('partNumber')])).toEqual([
+      ['*', false],
+      ['*', false],
+    ])
+    // an ordinary put still replaces
+    await b.put('config', Buffer.from('x'))
+    expect((await b.get('config')).toString()).toBe('x')
   })
 
   it('a truncated PUT is detected (ETag ≠ MD5), deleted and reported as REMOTE_CORRUPT', async () => {

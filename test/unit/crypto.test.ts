@@ -38,7 +38,7 @@ import {keyAdd, keyList, keyPasswd, keyRemove} from '../../src/services/key.js'
 import {pull, push, remoteAdd} from '../../src/services/remote.js'
 import {verifyRepository} from '../../src/services/verify.js'
 import {PackCheckError, verifyPack} from '../../src/transfer/common.js'
-import {S3RVER_CREDENTIALS, S3Server, startS3Server} from '../harness/s3.js'
+import {S3RVER_CREDENTIALS, S3Server, honourIfNoneMatch, s3rverObjectPath, startS3Server} from '../harness/s3.js'
 
 const PW = 'correct horse battery staple'
 const MARKERS = ['hunter2', 'SECRET_TOKEN', 'very-secret-name', 'CONTENT-MARKER-7f3a9']
@@ -604,5 +604,28 @@ describe('an encrypted repository through S3', () => {
       code: 'USAGE',
       message: expect.stringMatching(/only pushed to its own copy/),
     })
+  }, 60_000)
+
+  it('two encrypted repositories that first push to one empty remote at once (a store honouring If-None-Match): one creates it, the other is refused and leaves no key file there', async () => {
+    const A = {dir: newDir('RA'), catalogue: join(newDir('RA-cat'), 'c.sqlite3')}
+    const B = {dir: newDir('RB'), catalogue: join(newDir('RB-cat'), 'c.sqlite3')}
+    const [ra, rb] = [await encryptedRepo(A.dir), await encryptedRepo(B.dir)]
+    const [sa, sb] = [await snapshotOf(ra, {'a.txt': Buffer.from('a')}), await snapshotOf(rb, {'b.txt': Buffer.from('b')})]
+    const prefix = randomUUID()
+    const url = `s3://${s3.bucket}/${prefix}`
+    setEnv({HOLYSHIP_PASSWORD: PW})
+    const wrapBackend = honourIfNoneMatch()
+    const results = await Promise.allSettled([A, B].map((x) => push({repo: x.dir, catalogue: x.catalogue, remote: url, endpoint: s3.endpoint, wrapBackend})))
+    const won = results.findIndex((r) => r.status === 'fulfilled')
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+    const lost = results[1 - won] as PromiseRejectedResult
+    expect(lost.reason).toMatchObject({code: 'USAGE', message: expect.stringMatching(/only pushed to its own copy/)})
+    const [winner, loser] = won === 0 ? [ra, rb] : [rb, ra]
+    expect((results[won] as PromiseFulfilledResult<{createdRemote: boolean; snapshotsSent: string[]}>).value).toMatchObject({createdRemote: true, snapshotsSent: [won === 0 ? sa.id : sb.id]})
+    // the remote is the winner's: its config, and only its key file
+    expect(JSON.parse((await fsp.readFile(s3rverObjectPath(s3, `${prefix}/config`))).toString()).id).toBe(winner.id)
+    const bucket = await allFiles(join(s3.dir, s3.bucket, prefix))
+    expect([...bucket.keys()].filter((k) => k.startsWith('keys/') && k.endsWith('._S3rver_object'))).toEqual([`keys/${winner.keyId}._S3rver_object`])
+    expect(loser.keyId).not.toBe(winner.keyId)
   }, 60_000)
 })

@@ -201,3 +201,15 @@ describe('repository locks', () => {
     expect(await listLocks(b)).toEqual([])
   })
 })
+
+describe('creating a repository', () => {
+  it('two inits of one directory at the same moment: one repository is made, the other init is REPO_EXISTS', async () => {
+    const dir = path.join(work, `race-${n++}`)
+    await fsp.mkdir(dir)
+    const results = await Promise.allSettled([1, 2, 3].map(() => Repository.init(new LocalBackend(dir))))
+    const made = results.filter((r): r is PromiseFulfilledResult<Repository> => r.status === 'fulfilled')
+    expect(made).toHaveLength(1)
+    expect(results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason.code)).toEqual(['REPO_EXISTS', 'REPO_EXISTS'])
+    expect((await Repository.open(new LocalBackend(dir))).id).toBe(made[0].value.id)
+  })
+})
