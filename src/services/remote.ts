@@ -135,15 +135,18 @@ async function pullWith(
   // its key files (nothing is written anywhere before that)
   let key: MasterKey | undefined
   if (rc.config.encryption) key = (await unlockRepository(remote.backend)).key
-  progress.phase(`reading the snapshot list of ${remote.location}`)
-  await syncRemote(cat, remote, parallel, key)
   const base = {
     remote: remote.location,
     ...(remote.name ? {remoteName: remote.name} : {}),
     remoteRepository: rc.config.id,
   }
   const refs = opts.snapshots ?? []
+  const readList = async (): Promise<void> => {
+    progress.phase(`reading the snapshot list of ${remote.location}`)
+    await syncRemote(cat, remote, parallel, key)
+  }
   if (refs.length === 0) {
+    await readList()
     progress.done()
     return {
       ...base,
@@ -160,26 +163,31 @@ async function pullWith(
       durationMs: Date.now() - t0,
     }
   }
-  // resolve before touching the local side: a typo creates nothing
-  const ids = refs.map((r) => {
-    try {
-      return cat.resolveSnapshot(remote.namespace, r)
-    } catch (e) {
-      if (e instanceof HolyshipError && e.code === 'SNAPSHOT_NOT_FOUND') {
-        throw new HolyshipError('SNAPSHOT_NOT_FOUND', `${e.message} at ${remote.location}`, {hint: e.hint})
+  // the remote's index is read, and its packs fetched, under a shared lock there: a prune of it
+  // (exclusive) does not repack a pack from under this pull
+  return withRemoteReadLock(remote, 'pull', progress, async () => {
+    await readList()
+    // resolve before touching the local side: a typo creates nothing
+    const ids = refs.map((r) => {
+      try {
+        return cat.resolveSnapshot(remote.namespace, r)
+      } catch (e) {
+        if (e instanceof HolyshipError && e.code === 'SNAPSHOT_NOT_FOUND') {
+          throw new HolyshipError('SNAPSHOT_NOT_FOUND', `${e.message} at ${remote.location}`, {hint: e.hint})
+        }
+        throw e
       }
+    })
+    const {repo, created, lock} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw, rc.config.encryption ? remote.backend : undefined)
+    try {
+      return {...(await pullInto(repo, created, ids)), lock}
+    } catch (e) {
+      await lock.release().catch(() => undefined)
       throw e
     }
   })
-  const {repo, created, lock} = await openOrCreateLocal(opts.repo ?? defaultRepoPath(), cat, rc.raw, rc.config.encryption ? remote.backend : undefined)
-  try {
-    return {...(await pullInto(repo, created)), lock}
-  } catch (e) {
-    await lock.release().catch(() => undefined)
-    throw e
-  }
 
-  async function pullInto(repo: Repository, created: boolean): Promise<PullResult & {local: Repository}> {
+  async function pullInto(repo: Repository, created: boolean, ids: string[]): Promise<PullResult & {local: Repository}> {
     if ((key || repo.encrypted) && (repo.id !== rc.config.id || !key || !repo.masterKey || !repo.masterKey.equals(key))) {
       // one side's key cannot read the other's objects
       throw new HolyshipError(
@@ -204,6 +212,25 @@ async function pullWith(
       durationMs: Date.now() - t0,
       local: repo,
     }
+  }
+}
+
+/**
+ * Run fn under a shared lock of the remote. Credentials that may read but not write there (a
+ * restore-only key) cannot leave a lock: fn then runs without, after a note saying so.
+ */
+async function withRemoteReadLock<T>(remote: RemoteHandle, purpose: string, progress: Progress, fn: () => Promise<T>): Promise<T> {
+  let lock: RepoLock | undefined
+  try {
+    lock = await RepoLock.acquire(remote.backend, {exclusive: false, purpose, waitMs: 60_000, onWait: (m) => progress.note(m)})
+  } catch (e) {
+    if (!(e instanceof HolyshipError && e.code === 'REMOTE_DENIED')) throw e
+    progress.note(`note: no lock can be written to ${remote.location} (${e.message}): reading without it, so a prune there meanwhile could fail this ${purpose}`)
+  }
+  try {
+    return await fn()
+  } finally {
+    await lock?.release().catch(() => undefined)
   }
 }
 

@@ -12,6 +12,7 @@ import {restoreToDir} from '../../src/archive/restorer.js'
 import {Backend} from '../../src/backend/backend.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {HolyshipError} from '../../src/errors.js'
+import {silentProgress} from '../../src/progress.js'
 import {SnapshotManifest} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
 import {listRemoteSnapshots, pull, push, remoteAdd, remoteList, remoteRemove} from '../../src/services/remote.js'
@@ -387,6 +388,50 @@ describe('push and pull through S3', () => {
     const r = await push({repo: E.dir, catalogue: E.catalogue, remote: url, endpoint: endpoint()})
     expect(r.snapshotsSent).toEqual([second.id])
     expect(await remoteKeys(url, 'locks')).toEqual([])
+  })
+
+  it('pulls under a shared lock of the remote: a prune there (exclusive) holds the pull off; the snapshot list alone needs no lock; no lock is left', async () => {
+    const P = side('P')
+    const repoP = await newRepo(P)
+    const content = files(3, 'q')
+    const s = await volumeSnapshot(repoP, 'data', content)
+    const url = remoteUrl()
+    await push({repo: P.dir, catalogue: P.catalogue, remote: url, endpoint: endpoint()})
+    const remote = await openRemote({remote: url, endpoint: endpoint()})
+    const prune = await RepoLock.acquire(remote.backend, {exclusive: true, purpose: 'prune'})
+    const Q = side('Q')
+    let pulled = false
+    const p = pull({repo: Q.dir, catalogue: Q.catalogue, remote: url, endpoint: endpoint(), snapshots: [s.id]}).then((r) => {
+      pulled = true
+      return r
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 1500))
+      expect(pulled).toBe(false)
+      expect(existsSync(Q.dir)).toBe(false)
+      const list = await pull({repo: Q.dir, catalogue: Q.catalogue, remote: url, endpoint: endpoint()})
+      expect(list.remoteSnapshots?.map((r) => r.id)).toEqual([s.id])
+    } finally {
+      await prune.release()
+      await remote.close()
+    }
+    expect((await p).snapshotsPulled).toEqual([s.id])
+    await expectRestored(Q, s.tree, content)
+    expect(await remoteKeys(url, 'locks')).toEqual([])
+
+    // read-only credentials (no lock can be written): pulled without it, and told so
+    const R = side('R')
+    const notes: string[] = []
+    const readOnly = (b: Backend): Backend =>
+      new Proxy(b, {
+        get(target, prop, receiver) {
+          if (prop === 'put') return async (k: string) => Promise.reject(new HolyshipError('REMOTE_DENIED', `access denied to ${k}`))
+          return Reflect.get(target, prop, receiver)
+        },
+      })
+    const r = await pull({repo: R.dir, catalogue: R.catalogue, remote: url, endpoint: endpoint(), snapshots: [s.id], wrapBackend: readOnly, progress: {...silentProgress, note: (m) => notes.push(m)}})
+    expect(r.snapshotsPulled).toEqual([s.id])
+    expect(notes).toEqual([expect.stringMatching(/no lock can be written to .*reading without it/)])
   })
 
   it('reads the local repository under a shared lock: a local prune (exclusive) holds the push off until it is done, and no local lock is left', async () => {
