@@ -526,6 +526,7 @@ export async function restoreToDir(
   }
   if (root !== final) {
     for (const x of done.xattrsNotSet?.first ?? []) x.path = final + x.path.slice(root.length)
+    if (done.warnings) done.warnings = done.warnings.map((w) => w.split(root).join(final))
     try {
       // an empty directory made there meanwhile is replaced; anything else stays and fails this
       await fsp.rename(root, final)
@@ -615,6 +616,8 @@ class DirRestore {
   /** what --partial left out, with its place in the walk (jobs finish in any order) */
   private readonly skips: {seq: number; entry: SkippedEntry}[] = []
   private readonly xattrsNotSet: XattrsNotSet = {total: 0, first: []}
+  /** device nodes this process may not make, left out */
+  private readonly nodesNotMade: string[] = []
   private readonly jobs = new Jobs(RESTORE_PARALLEL)
   private readonly blobs: BlobFetcher
   private readonly partial: boolean
@@ -687,6 +690,10 @@ class DirRestore {
     const skipped = this.opts.skipped ?? []
     skipped.push(...this.skips.sort((a, b) => a.seq - b.seq).map((s) => s.entry))
     const warnings = await this.removeAsides()
+    if (this.nodesNotMade.length > 0) {
+      const first = this.nodesNotMade.slice(0, 3).join(', ')
+      warnings.push(`${this.nodesNotMade.length} device node${this.nodesNotMade.length > 1 ? 's' : ''} not made (mknod needs root with CAP_MKNOD): ${first}${this.nodesNotMade.length > 3 ? ', …' : ''}`)
+    }
     return {...this.stats, skipped, ...(this.xattrsNotSet.total > 0 ? {xattrsNotSet: this.xattrsNotSet} : {}), ...(warnings.length ? {warnings} : {})}
   }
 
@@ -886,6 +893,25 @@ class DirRestore {
         return
       }
     }
+    if (n.type === 'chardev' || n.type === 'blockdev') {
+      // only root with CAP_MKNOD makes device nodes: without, this entry alone is left out
+      // (named in a warning); made under a temporary name first, so what is at its path stays
+      if (!asRoot()) {
+        this.nodesNotMade.push(abs)
+        return
+      }
+      const dir = path.dirname(abs)
+      const at = this.tmpName(hasEscapes(dir) ? this.root : dir)
+      try {
+        await execFileP('mknod', [at, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)])
+      } catch (e) {
+        rmSync(at, {force: true})
+        if (!/Operation not permitted/.test(String((e as {stderr?: unknown}).stderr ?? ''))) throw e
+        this.nodesNotMade.push(abs)
+        return
+      }
+      tmp = at
+    }
     try {
       if (replace) await this.moveAside(abs)
       switch (n.type) {
@@ -907,7 +933,8 @@ class DirRestore {
           break
         case 'chardev':
         case 'blockdev':
-          await this.makeNode(abs, (at) => execFileP('mknod', [at, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)]))
+          await fsp.rename(fsPath(tmp!), fsPath(abs))
+          tmp = undefined
           break
       }
       this.made(abs)

@@ -5,9 +5,10 @@
  */
 import {execFileSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
-import {closeSync, mkdtempSync, openSync, promises as fsp, readdirSync, readlinkSync, rmSync} from 'node:fs'
+import {chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import {fileURLToPath} from 'node:url'
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
@@ -484,5 +485,76 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     await repo.flush()
     const r = await restoreToDir(repo, clean, '', path.join(work, 'out-clean'))
     expect(r.xattrsNotSet).toBeUndefined()
+  })
+})
+
+describe('restoreToDir and device nodes', () => {
+  const CHILD = fileURLToPath(new URL('./helpers/restore-child.ts', import.meta.url))
+  let work: string
+  let tree: string
+  const T: [number, number] = [1_600_000_000, 0]
+
+  beforeAll(async () => {
+    work = mkdtempSync(path.join(os.tmpdir(), 'hs-rdev-'))
+    // an unprivileged user must read the repository and write the targets
+    chmodSync(work, 0o755)
+    const repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+    const a = new Archiver(repo)
+    const meta = {mode: 0o666, uid: 0, gid: 0, mtime: T}
+    await a.add({path: '', type: 'dir', ...meta, mode: 0o755})
+    await a.add({path: 'dev', type: 'dir', ...meta, mode: 0o755})
+    await a.add({path: 'dev/null', type: 'chardev', ...meta, devMajor: 1, devMinor: 3})
+    await a.add({path: 'dev/loop9', type: 'blockdev', ...meta, mode: 0o660, devMajor: 7, devMinor: 9})
+    await a.add({path: 'dev/readme', type: 'file', ...meta, mode: 0o644, size: 3, content: (async function* () {
+      yield Buffer.from('hi\n')
+    })()})
+    tree = await a.finish()
+    await repo.flush()
+    execFileSync('chmod', ['-R', 'a+rX', path.join(work, 'repo')])
+  })
+
+  afterAll(() => rmSync(work, {recursive: true, force: true}))
+
+  /** restoreToDir in a child process with these setpriv options */
+  const restoreAs = (setpriv: string[], target: string, overwrite = false): {warnings?: string[]; files: number} => {
+    const out = execFileSync('setpriv', [...setpriv, process.execPath, '--import', 'tsx', CHILD, JSON.stringify({repo: path.join(work, 'repo'), tree, target, overwrite})], {
+      cwd: path.resolve(path.dirname(CHILD), '../../..'),
+      encoding: 'utf8',
+      env: {...process.env, HOME: '/tmp'},
+    })
+    if (out.startsWith('ERROR')) throw new Error(out)
+    return JSON.parse(out)
+  }
+
+  it('as root: made as they were', async () => {
+    const out = path.join(work, 'as-root')
+    const r = await restoreToDir(await Repository.open(new LocalBackend(path.join(work, 'repo'))), tree, '', out)
+    expect(r.warnings).toBeUndefined()
+    const st = await fsp.lstat(path.join(out, 'dev/null'))
+    expect([st.isCharacterDevice(), st.rdev]).toEqual([true, (1 << 8) | 3])
+    expect((await fsp.lstat(path.join(out, 'dev/loop9'))).isBlockDevice()).toBe(true)
+  })
+
+  it('without the right to make them: left out and named in a warning (under the target\'s own name), the rest restored', () => {
+    const targets = path.join(work, 'nobody')
+    mkdirSync(targets, {mode: 0o777})
+    chmodSync(targets, 0o777)
+    const out = path.join(targets, 'out')
+    const r = restoreAs(['--reuid=nobody', '--regid=nogroup', '--clear-groups'], out)
+    expect(r.warnings).toEqual([expect.stringMatching(/^2 device nodes not made \(mknod needs root with CAP_MKNOD\): /)])
+    expect(r.warnings![0]).toContain(`${out}/dev/null`)
+    expect(r.warnings![0]).toContain(`${out}/dev/loop9`)
+    expect(readdirSync(path.join(out, 'dev')).sort()).toEqual(['readme'])
+    expect(readFileSync(path.join(out, 'dev/readme'), 'utf8')).toBe('hi\n')
+  })
+
+  it('root without CAP_MKNOD (a container\'s root): the same, and with --force an entry at a node\'s path stays as it was', async () => {
+    const out = path.join(work, 'no-cap')
+    await fsp.mkdir(path.join(out, 'dev'), {recursive: true})
+    await fsp.writeFile(path.join(out, 'dev/null'), 'mine')
+    const r = restoreAs(['--inh-caps=-mknod', '--bounding-set=-mknod'], out, true)
+    expect(r.warnings).toEqual([expect.stringMatching(/^2 device nodes not made .*no-cap\/dev\/null/)])
+    expect(readFileSync(path.join(out, 'dev/null'), 'utf8')).toBe('mine')
+    expect(readdirSync(path.join(out, 'dev')).sort()).toEqual(['null', 'readme'])
   })
 })
