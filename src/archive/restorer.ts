@@ -681,9 +681,17 @@ class DirRestore {
       // the failure says where what could not be put back is (it is never removed)
       if (notBack.length && e instanceof Error) e.message = `${e.message}; not put back: ${notBack.join(', ')}`
       for (const {abs, st} of this.foundDirs.reverse()) {
-        // the same directory still (lutimes follows no symlink either)
+        // the same directory still (lutimes follows no symlink either); one already finished
+        // (a failure in the loop above, deepest first) also gets its owner and mode back
         const now = lstatSync(fsPath(abs), {throwIfNoEntry: false})
-        if (now?.isDirectory() && now.ino === st.ino) lutimesSync(fsPath(abs), st.atimeMs / 1000, st.mtimeMs / 1000)
+        if (!now?.isDirectory() || now.ino !== st.ino) continue
+        try {
+          if (asRoot() && (now.uid !== st.uid || now.gid !== st.gid)) lchownSync(fsPath(abs), st.uid, st.gid)
+          if ((now.mode & 0o7777) !== (st.mode & 0o7777)) chmodSync(fsPath(abs), st.mode & 0o7777)
+          lutimesSync(fsPath(abs), st.atimeMs / 1000, st.mtimeMs / 1000)
+        } catch {
+          // what cannot be set back (a read-only file system) stays as the failure left it
+        }
       }
       throw e
     }

@@ -3,7 +3,7 @@
  * read session: what that must not change (contents, links, holes, metadata, what a failure
  * leaves behind), and the session itself (exact ranges, nothing stale, nothing left open).
  */
-import {execFileSync} from 'node:child_process'
+import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
 import {chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
@@ -556,5 +556,43 @@ describe('restoreToDir and device nodes', () => {
     expect(r.warnings).toEqual([expect.stringMatching(/^2 device nodes not made .*no-cap\/dev\/null/)])
     expect(readFileSync(path.join(out, 'dev/null'), 'utf8')).toBe('mine')
     expect(readdirSync(path.join(out, 'dev')).sort()).toEqual(['null', 'readme'])
+  })
+})
+
+describe('restoreToDir failing while it finishes directories', () => {
+  it('a directory it found and had already given the snapshot\'s mode and owner gets its own back', async () => {
+    const work = mkdtempSync(path.join(os.tmpdir(), 'hs-rfin-'))
+    const x = path.join(work, 'target', 'x')
+    const a = path.join(x, 'a')
+    try {
+      const repo = await Repository.init(new LocalBackend(path.join(work, 'repo')))
+      const ar = new Archiver(repo)
+      const T: [number, number] = [1_600_000_000, 0]
+      await ar.add({path: '', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T})
+      await ar.add({path: 'x', type: 'dir', mode: 0o700, uid: 0, gid: 0, mtime: T})
+      await ar.add({path: 'x/a', type: 'dir', mode: 0o700, uid: 123, gid: 456, mtime: T})
+      await ar.add({path: 'x/a/f', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: T, size: 2, content: (async function* () {
+        yield Buffer.from('f\n')
+      })()})
+      const tree = await ar.finish()
+      await repo.flush()
+      // x: a read-only file system (its mode cannot be set: the finish fails there), with a
+      // writable one at x/a, which is finished first (deepest first)
+      mkdirSync(x, {recursive: true})
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=755', 'tmpfs', x])
+      mkdirSync(a)
+      execFileSync('mount', ['-o', 'remount,ro', x])
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=751', 'tmpfs', a])
+      await fsp.utimes(a, 1_300_000_000, 1_300_000_000)
+      const before = await fsp.stat(a)
+      const e = await restoreToDir(repo, tree, '', path.join(work, 'target')).catch((err: unknown) => err)
+      expect(e).toMatchObject({code: 'EROFS'})
+      const after = await fsp.stat(a)
+      expect([after.mode & 0o7777, after.uid, after.gid, after.mtimeMs]).toEqual([before.mode & 0o7777, before.uid, before.gid, before.mtimeMs])
+      expect(readdirSync(a)).toEqual([])
+    } finally {
+      for (const m of [a, x]) spawnSync('umount', [m])
+      rmSync(work, {recursive: true, force: true})
+    }
   })
 })
