@@ -487,6 +487,11 @@ export async function restoreToDir(
   // names, each sized before all its data is in)
   let root = final
   let firstCreated: string | undefined
+  /** directories above the target this restore made, deepest first: removed only while empty */
+  const madeParents: string[] = []
+  const removeMadeParents = async (): Promise<void> => {
+    for (const d of madeParents) await fsp.rmdir(d).catch(() => undefined)
+  }
   const absent = (() => {
     try {
       return !lstatSync(final, {throwIfNoEntry: false})
@@ -499,16 +504,26 @@ export async function restoreToDir(
     if (root === final) return e
     e.message = e.message.split(root).join(final)
     const x = e as T & {path?: unknown}
-    if (x.path === root) x.path = final
+    if (typeof x.path === 'string' && (x.path === root || x.path.startsWith(root + path.sep))) x.path = final + x.path.slice(root.length)
     return e
   }
   if (!opts.fresh && absent) {
     const parentMade = await makeTarget(path.dirname(final))
-    root = path.join(path.dirname(final), `.${path.basename(final)}.holyship-partial-${randomBytes(4).toString('hex')}`)
-    await fsp.mkdir(root).catch((e: Error) => {
-      throw named(e)
-    })
-    firstCreated = parentMade ?? root
+    if (parentMade) {
+      for (let d = path.dirname(final); ; d = path.dirname(d)) {
+        madeParents.push(d)
+        if (d === parentMade || d === path.dirname(d)) break
+      }
+    }
+    // a long name keeps its first 32 characters: the temporary one must fit where it does
+    root = path.join(path.dirname(final), `.${[...path.basename(final)].slice(0, 32).join('')}.holyship-partial-${randomBytes(4).toString('hex')}`)
+    try {
+      await fsp.mkdir(root)
+    } catch (e) {
+      await removeMadeParents()
+      throw named(e as Error)
+    }
+    firstCreated = root
   } else firstCreated = await makeTarget(final)
   const endReads = retainReads(repo.backend)
   let done: RestoredDir
@@ -520,6 +535,7 @@ export async function restoreToDir(
     if (whole && !opts.root) run.keepTargetMeta = true
     done = await run.restore(rel, whole && opts.root ? {...opts.root, name: '', type: 'dir', subtree: treeId} : node)
   } catch (e) {
+    await removeMadeParents()
     throw e instanceof Error ? named(e) : e
   } finally {
     endReads()
@@ -531,8 +547,15 @@ export async function restoreToDir(
       // an empty directory made there meanwhile is replaced; anything else stays and fails this
       await fsp.rename(root, final)
     } catch (e) {
-      const left = await fsp.rm(firstCreated!, {recursive: true, force: true}).then(() => '', (err: Error) => `; ${root} is left (${err.message})`)
-      throw new HolyshipError('TARGET_EXISTS', `the target ${final} appeared during the restore (${(e as Error).message}); nothing of the restore was kept${left}`, {cause: e})
+      // only what this restore wrote goes: what appeared at the target, and beside it, stays
+      const left = await fsp.rm(root, {recursive: true, force: true}).then(() => '', (err: Error) => `; ${root} is left (${err.message})`)
+      await removeMadeParents()
+      const code = (e as NodeJS.ErrnoException).code ?? ''
+      if (['EEXIST', 'ENOTEMPTY', 'ENOTDIR', 'EISDIR'].includes(code)) {
+        throw new HolyshipError('TARGET_EXISTS', `the target ${final} appeared during the restore (${(e as Error).message}); nothing of the restore was kept${left}`, {cause: e})
+      }
+      if (e instanceof Error) e.message = `${e.message}; nothing of the restore was kept${left}`
+      throw e
     }
   }
   return done

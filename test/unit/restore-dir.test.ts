@@ -5,7 +5,7 @@
  */
 import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
-import {chmodSync, closeSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync} from 'node:fs'
+import {chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -136,6 +136,33 @@ describe('restoreToDir with many entries in flight', () => {
     }
     // no temporary file is left anywhere
     expect(Object.keys(await describeTree(out)).filter((p) => p.includes('.holyship-restore-'))).toEqual([])
+  })
+
+  it('a target that appears while it is restored: TARGET_EXISTS, and only what the restore wrote goes (not what is in the target or beside it, in directories it made)', async () => {
+    const parent = path.join(work, 'new-parent', 'deeper')
+    const out = path.join(parent, 'out')
+    let planted = false
+    const e = await restoreToDir(repo, root, '', out, {
+      onBytes: () => {
+        if (planted) return
+        planted = true
+        mkdirSync(out)
+        writeFileSync(path.join(out, 'theirs.txt'), 'theirs')
+        writeFileSync(path.join(parent, 'beside.txt'), 'beside')
+      },
+    }).catch((x: unknown) => x)
+    expect(e).toMatchObject({code: 'TARGET_EXISTS', message: expect.stringMatching(/appeared during the restore/)})
+    expect(readdirSync(out)).toEqual(['theirs.txt'])
+    expect(readdirSync(parent).sort()).toEqual(['beside.txt', 'out'])
+    // a failure in a directory it made that nobody else wrote into: the directories go too
+    const lone = path.join(work, 'lone-parent', 'out')
+    const damaged = await restoreToDir(repo, root, '', lone, {
+      onBytes: () => {
+        throw new Error('disk on fire')
+      },
+    }).catch((x: unknown) => x)
+    expect(damaged).toMatchObject({message: expect.stringMatching(/disk on fire/)})
+    expect(existsSync(path.join(work, 'lone-parent'))).toBe(false)
   })
 
   it('restores over an existing target with overwrite, and refuses without it', async () => {
