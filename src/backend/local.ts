@@ -37,6 +37,27 @@ interface OpenFile {
 }
 
 /**
+ * The complete file `tmp` at `dest` unless something is there (EEXIST): link() fails on an
+ * existing name where rename() replaces it. A file system without hard links (vfat, exFAT,
+ * some FUSE mounts) gets an exclusive copy, synced, instead.
+ */
+async function placeNew(tmp: string, dest: string): Promise<void> {
+  try {
+    await fsp.link(tmp, dest)
+    return
+  } catch (e) {
+    if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e
+  }
+  await fsp.copyFile(tmp, dest, fsc.COPYFILE_EXCL)
+  const fh = await fsp.open(dest, 'r+')
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/**
  * A repository in a local directory. put() writes a temporary file, fsyncs it, renames it
  * into place and fsyncs the directory, so a crash leaves either the old state or the whole
  * new object, never a torn one. Temporary files start with `.tmp-` and are ignored by list().
@@ -262,8 +283,7 @@ export class LocalBackend implements Backend {
     }
     await fh.close()
     try {
-      // link() fails on an existing name where rename() would replace it
-      if (opts.ifAbsent) await fsp.link(tmp, dest)
+      if (opts.ifAbsent) await placeNew(tmp, dest)
       else await fsp.rename(tmp, dest)
     } catch (e) {
       await fsp.rm(tmp, {force: true})

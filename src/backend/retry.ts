@@ -18,6 +18,8 @@ export interface RetryOptions {
 
 const TRANSIENT_NAMES = new Set([
   'SlowDown',
+  // 409 of a conditional write while another on the same key is in flight: AWS says retry
+  'ConditionalRequestConflict',
   'Throttling',
   'ThrottlingException',
   'TooManyRequestsException',
@@ -166,7 +168,9 @@ export class RetryBackend implements Backend {
   }
 
   put(key: string, data: Buffer, opts?: PutOptions): Promise<void> {
-    return this.run('put', key, () => this.inner.put(key, data, opts))
+    // not `released`: a retry sends the same buffer again, the caller must not reuse it first
+    const inner: PutOptions = opts?.ifAbsent ? {ifAbsent: true} : {}
+    return this.run('put', key, () => this.inner.put(key, data, inner))
   }
 
   stat(key: string): Promise<number | undefined> {

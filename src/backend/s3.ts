@@ -14,8 +14,11 @@ import {
   type CompletedPart,
   type S3ClientConfig,
 } from '@aws-sdk/client-s3'
+import debugFactory from 'debug'
 import {HolyshipError, isHolyshipError} from '../errors.js'
 import {Backend, BackendEntry, BackendExists, BackendNotFound, PutOptions, isExists, isNotFound} from './backend.js'
+
+const debug = debugFactory('holyship:s3')
 
 const MiB = 1024 * 1024
 
@@ -177,10 +180,33 @@ export class S3Backend implements Backend {
   async put(key: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const Key = this.objectKey(key)
     try {
-      if (data.length > this.multipartThreshold && !opts.ifAbsent) await this.putMultipart(key, Key, data)
-      else await this.putSingle(key, Key, data, opts.ifAbsent)
+      if (opts.ifAbsent) await this.putIfAbsent(key, Key, data)
+      else if (data.length > this.multipartThreshold) await this.putMultipart(key, Key, data)
+      else await this.putSingle(key, Key, data)
     } catch (e) {
       throw await this.mapError(e, 'put', key)
+    }
+  }
+
+  /**
+   * One PutObject with If-None-Match: *. 412: the key is there (BackendExists); a store that
+   * refuses the header (501, or 400 naming it) gets a plain put, as one that ignores it does.
+   * What the HEAD after it finds that is not ours is another writer's (a store that ignored the
+   * header and a put racing ours): BackendExists too, and it is left alone, never deleted.
+   */
+  private async putIfAbsent(key: string, Key: string, data: Buffer): Promise<void> {
+    try {
+      await this.putSingle(key, Key, data, true)
+    } catch (e) {
+      const status = statusOf(e)
+      const name = errorName(e)
+      if (status === 412 || name === 'PreconditionFailed') throw new BackendExists(key, this.location)
+      if (status === 501 || name === 'NotImplemented' || (status === 400 && /if-none-match/i.test((e as Error).message))) {
+        debug('%s: the store refuses If-None-Match (%s): a plain put', this.location, name || status)
+        await this.putSingle(key, Key, data)
+        return
+      }
+      throw e
     }
   }
 
@@ -203,7 +229,7 @@ export class S3Backend implements Backend {
       await this.discard(Key)
       throw new HolyshipError('REMOTE_CORRUPT', `${this.location}/${key}: upload corrupted: the store reports ETag ${cleanEtag(r.ETag)}, expected MD5 ${md5hex} (object deleted)`)
     }
-    await this.verifyUpload(key, Key, data.length, encrypted ? undefined : [md5hex])
+    await this.verifyUpload(key, Key, data.length, encrypted ? undefined : [md5hex], !ifAbsent)
   }
 
   private async putMultipart(key: string, Key: string, data: Buffer): Promise<void> {
@@ -251,7 +277,8 @@ export class S3Backend implements Backend {
   }
 
   /** HEAD the object just written; on any mismatch delete it and throw REMOTE_CORRUPT */
-  private async verifyUpload(key: string, Key: string, size: number, etags: string[] | undefined): Promise<void> {
+  /** `ours` false (a create-only put): what is there may be another writer's, never deleted */
+  private async verifyUpload(key: string, Key: string, size: number, etags: string[] | undefined, ours = true): Promise<void> {
     let head
     try {
       head = await this.client.send(new HeadObjectCommand({Bucket: this.bucket, Key}))
@@ -266,6 +293,7 @@ export class S3Backend implements Backend {
     if (etags && !etagIsNotMd5(head) && head.ETag !== undefined && !etags.includes(cleanEtag(head.ETag))) {
       problems.push(`stored ETag ${cleanEtag(head.ETag)}, expected ${etags.join(' or ')}`)
     }
+    if (problems.length && !ours) throw new BackendExists(key, this.location)
     if (problems.length) {
       await this.discard(Key)
       throw new HolyshipError('REMOTE_CORRUPT', `${this.location}/${key}: upload corrupted: ${problems.join('; ')} (object deleted)`)
@@ -366,8 +394,6 @@ export class S3Backend implements Backend {
     const status = statusOf(e)
     const what = key ? `${this.location}/${key}` : this.location
     if (name === 'NoSuchBucket') return this.bucketMissing(e)
-    // If-None-Match: * and the key is there (409: a conditional write racing another)
-    if (op === 'put' && (name === 'PreconditionFailed' || status === 412 || name === 'ConditionalRequestConflict')) return new BackendExists(key, this.location)
     if (name === 'NoSuchKey' || (status === 404 && (op === 'get' || op === 'getRange') && name !== 'NoSuchUpload')) {
       if (name !== 'NoSuchKey') await this.ensureBucket()
       return new BackendNotFound(key, this.location)

@@ -12,7 +12,7 @@ import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {Backend, isExists} from '../backend/backend.js'
 import type {MasterKey} from '../repo/crypto.js'
-import {copyKeyFiles, unlockRepository} from '../repo/keys.js'
+import {copyKeyFiles, keyFileKey, unlockRepository} from '../repo/keys.js'
 import {RepoLock} from '../repo/lock.js'
 import {Repository} from '../repo/repository.js'
 import {readRemoteConfig} from '../transfer/common.js'
@@ -251,7 +251,7 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
     await fsp.mkdir(dir, {recursive: true, mode: 0o700})
     const local = new LocalBackend(dir)
     // key files first: a config without them could not be opened
-    if (keysFrom) await copyKeyFiles(keysFrom, local)
+    const keysCopied = keysFrom ? await copyKeyFiles(keysFrom, local) : []
     // create only: a pull that created it at the same moment keeps its config, and this one
     // goes on with the repository that is there
     created = await local.put('config', remoteConfig, {ifAbsent: true}).then(
@@ -261,6 +261,11 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
         throw e
       },
     )
+    if (!created && keysCopied.length > 0 && !(await local.get('config')).equals(remoteConfig)) {
+      // another remote's repository won: the key files copied for this one open its master
+      // key, not that repository's
+      for (const id of keysCopied) await local.delete(keyFileKey(id))
+    }
   } else if (!entries.includes('config')) {
     throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})
   }

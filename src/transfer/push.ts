@@ -15,6 +15,7 @@
  * never a manifest whose data is missing.
  */
 import debugFactory from 'debug'
+import {isExists} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
@@ -97,8 +98,9 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
       await remote.backend.put('config', raw, {ifAbsent: true})
       createdRemote = true
     } catch (e) {
-      // another host created it at the same moment: any valid config will do
-      if (!(await readRemoteConfig(remote).catch(() => undefined))) throw e
+      // another host created it at the same moment: any valid config will do (theirs may
+      // take a moment to show)
+      if (!isExists(e) && !(await readRemoteConfig(remote).catch(() => undefined))) throw e
     }
     rc = await settledConfig(remote)
     // a store that ignores If-None-Match let a racing push replace ours: theirs is the remote's

@@ -327,7 +327,7 @@ interface Proxy {
   stop(): Promise<void>
 }
 
-async function startTruncatingProxy(target: string, opts: {match: (url: string) => boolean; times: number; lie?: boolean; ifNoneMatch?: boolean}): Promise<Proxy> {
+async function startTruncatingProxy(target: string, opts: {match: (url: string) => boolean; times: number; lie?: boolean; ifNoneMatch?: boolean | 'refuse'}): Promise<Proxy> {
   let remaining = opts.times
   const state = {truncated: 0}
   const requests: Proxy['requests'] = []
@@ -347,27 +347,32 @@ async function startTruncatingProxy(target: string, opts: {match: (url: string) 
       }
       const headers = {...req.headers, 'content-length': String(out.length)}
       delete headers['transfer-encoding']
-      const forward = (): void => void up.end(out)
-      if (opts.ifNoneMatch && req.method === 'PUT' && req.headers['if-none-match'] === '*') {
-        // what AWS S3 does (s3rver ignores the header): 412 when the key is there
-        const head = http.request(`${target}${req.url}`, {method: 'HEAD', headers: {host: req.headers.host ?? ''}}, (hr) => {
-          hr.resume()
-          if (hr.statusCode === 200) {
-            res.writeHead(412, {'content-type': 'application/xml'})
-            res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>')
-          } else forward()
+      const forward = (): void => {
+        const up = http.request(`${target}${req.url}`, {method: req.method, headers}, (ur) => {
+          const h = {...ur.headers}
+          if (cut && opts.lie && h.etag) h.etag = JSON.stringify(md5hex(body))
+          res.writeHead(ur.statusCode ?? 502, h)
+          ur.pipe(res)
         })
-        head.on('error', () => res.destroy())
-        head.end()
+        up.on('error', () => res.destroy())
+        up.end(out)
       }
-      const up = http.request(`${target}${req.url}`, {method: req.method, headers}, (ur) => {
-        const h = {...ur.headers}
-        if (cut && opts.lie && h.etag) h.etag = JSON.stringify(md5hex(body))
-        res.writeHead(ur.statusCode ?? 502, h)
-        ur.pipe(res)
+      if (!(opts.ifNoneMatch && req.method === 'PUT' && req.headers['if-none-match'] === '*')) return forward()
+      if (opts.ifNoneMatch === 'refuse') {
+        // a store that does not implement conditional writes and says so
+        res.writeHead(501, {'content-type': 'application/xml'})
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>')
+        return
+      }
+      // what AWS S3 does (s3rver ignores the header): 412 when the key is there
+      const head = http.request(`${target}${req.url}`, {method: 'HEAD', headers: {host: req.headers.host ?? ''}}, (hr) => {
+        hr.resume()
+        if (hr.statusCode !== 200) return forward()
+        res.writeHead(412, {'content-type': 'application/xml'})
+        res.end('<?xml version="1.0" encoding="UTF-8"?><Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>')
       })
-      up.on('error', () => res.destroy())
-      if (!(opts.ifNoneMatch && req.method === 'PUT' && req.headers['if-none-match'] === '*')) forward()
+      head.on('error', () => res.destroy())
+      head.end()
     })
   })
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -431,6 +436,13 @@ describe('S3Backend post-upload verification (fault-injecting proxy)', () => {
     // an ordinary put still replaces
     await b.put('config', Buffer.from('x'))
     expect((await b.get('config')).toString()).toBe('x')
+    // a store that refuses the header (501) gets a plain put
+    const refusing = await startTruncatingProxy(s3.endpoint, {match: () => false, times: 0, ifNoneMatch: 'refuse'})
+    cleanups.push(refusing.stop)
+    const r = s3Backend({endpoint: refusing.endpoint})
+    await r.put('config', Buffer.from('plain'), {ifAbsent: true})
+    expect((await r.get('config')).toString()).toBe('plain')
+    expect(refusing.requests.filter((q) => q.method === 'PUT').map((q) => q.headers['if-none-match'])).toEqual(['*', undefined])
   })
 
   it('a truncated PUT is detected (ETag ≠ MD5), deleted and reported as REMOTE_CORRUPT', async () => {

@@ -628,4 +628,23 @@ describe('an encrypted repository through S3', () => {
     expect([...bucket.keys()].filter((k) => k.startsWith('keys/') && k.endsWith('._S3rver_object'))).toEqual([`keys/${winner.keyId}._S3rver_object`])
     expect(loser.keyId).not.toBe(winner.keyId)
   }, 60_000)
+
+  it('two pulls from two encrypted remotes into one new directory at once: one repository is made there, with only its own key file', async () => {
+    const remotes: {url: string; repo: Repository}[] = []
+    for (const n of ['X', 'Y']) {
+      const dir = newDir(n)
+      const repo = await encryptedRepo(dir)
+      await snapshotOf(repo, {[`${n}.txt`]: Buffer.from(n)})
+      const url = `s3://${s3.bucket}/${randomUUID()}`
+      setEnv({HOLYSHIP_PASSWORD: PW})
+      await push({repo: dir, catalogue: join(newDir(`${n}-cat`), 'c.sqlite3'), remote: url, endpoint: s3.endpoint})
+      remotes.push({url, repo})
+    }
+    const Z = newDir('Z')
+    const results = await Promise.allSettled(remotes.map((r, i) => pull({repo: Z, catalogue: join(newDir(`Z${i}-cat`), 'c.sqlite3'), remote: r.url, endpoint: s3.endpoint, snapshots: ['latest']})))
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+    const winner = remotes[results.findIndex((r) => r.status === 'fulfilled')].repo
+    expect(JSON.parse(await fsp.readFile(join(Z, 'config'), 'utf8')).id).toBe(winner.id)
+    expect(await fsp.readdir(join(Z, 'keys'))).toEqual([winner.keyId])
+  }, 60_000)
 })
