@@ -232,10 +232,13 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
   for (const p of packs.values()) if (stored.has(p.id)) indexBlob(p)
   // a tree from a pack that is stored: the repository's index keeps the first location it
   // read, which may be a pack that is gone while another holds the same blob
+  const blobsOf = new Map<string, Map<string, PackBlob>>() // of packs trees were read from
   const loadTree = async (id: string): Promise<Buffer> => {
     let failure: unknown = new Error(`blob ${id.slice(0, 16)} is in no stored pack`)
     for (const pid of where.get(id) ?? []) {
-      const b = packs.get(pid)!.blobs.find((x) => x.id === id)!
+      let inPack = blobsOf.get(pid)
+      if (!inPack) blobsOf.set(pid, (inPack = new Map(packs.get(pid)!.blobs.map((x) => [x.id, x]))))
+      const b = inPack.get(id)!
       try {
         return decodeBlob(await backend.getRange(dataKey(pid), b.offset, b.length), id, b.raw, dataKey(pid), repo.masterKey)
       } catch (e) {

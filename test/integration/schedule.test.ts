@@ -25,7 +25,10 @@ import {afterAll, beforeAll, describe, expect, inject, it} from 'vitest'
 import {fileContent, findNode} from '../../src/archive/restorer.js'
 import {openContext} from '../../src/services/context.js'
 import {unlock} from '../../src/services/locking.js'
-import {listSchedule} from '../../src/services/schedule.js'
+import {LocalBackend} from '../../src/backend/local.js'
+import {Repository} from '../../src/repo/repository.js'
+import {EMPTY_CONFIG} from '../../src/schedule/config.js'
+import {RunRecord, listSchedule, runScheduler} from '../../src/services/schedule.js'
 import {status} from '../../src/services/status.js'
 import {verifyRepository} from '../../src/services/verify.js'
 import {holyship} from '../harness/cli.js'
@@ -232,5 +235,52 @@ describe('holyship schedule run', () => {
     expect(remoteSnaps.filter((f) => f.endsWith('._S3rver_object')).length).toBeGreaterThanOrEqual(count(lateRun))
     // no lock left behind
     expect(await unlock({repo: env.HOLYSHIP_REPO})).toMatchObject({kept: [], removed: []})
+  }, 60_000)
+})
+
+describe('a scheduled snapshot whose repository lock is taken away meanwhile', () => {
+  it('stops before its manifest (the lock is lost), records the failure and writes no snapshot', async () => {
+    const info = inject('holyshipEngineA')
+    const docker = connectEngine(info).docker
+    const work = mkdtempSync(path.join(os.tmpdir(), 'hs-sched-lock-'))
+    const name = `sched-lock-${process.pid}`
+    const repo = path.join(work, 'repo')
+    try {
+      await fsp.mkdir(repo)
+      await Repository.init(new LocalBackend(repo))
+      const c = await docker.createContainer({
+        name,
+        Image: inject('holyshipBusyboxImage'),
+        Cmd: ['sleep', '100000'],
+        // the pre-hook runs under the scheduler's lock: while it sleeps, `unlock --all` removes it
+        Labels: {'holyship.schedule': '* * * * * *', 'holyship.pre': 'echo hook-start; sleep 2'},
+      })
+      await c.start()
+      const stop = new AbortController()
+      const runs: RunRecord[] = []
+      let unlocked: Promise<unknown> | undefined
+      await runScheduler({
+        repo,
+        catalogue: path.join(work, 'cat.sqlite3'),
+        configObject: {...EMPTY_CONFIG, rescanSeconds: 1},
+        dockerHost: info.dockerHost,
+        handleSignals: false,
+        signal: stop.signal,
+        log: (line) => {
+          if (/pre\| hook-start/.test(line)) unlocked ??= unlock({repo, all: true})
+        },
+        onRun: (r) => {
+          runs.push(r)
+          stop.abort()
+        },
+      })
+      expect((await unlocked) as {removed: unknown[]}).toMatchObject({removed: [expect.anything()]})
+      expect(runs[0]).toMatchObject({target: `container:${name}`, ok: false, error: expect.stringMatching(/lost the shared lock .* was removed by someone else/)})
+      expect(await fsp.readdir(path.join(repo, 'snapshots'))).toEqual([])
+      expect((await docker.getContainer(name).inspect()).State).toMatchObject({Running: true, Paused: false})
+    } finally {
+      await docker.getContainer(name).remove({force: true}).catch(() => {})
+      rmSync(work, {recursive: true, force: true})
+    }
   }, 60_000)
 })
