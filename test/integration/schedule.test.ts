@@ -270,13 +270,15 @@ describe('a scheduled snapshot whose repository lock is taken away meanwhile', (
           if (/pre\| hook-start/.test(line)) unlocked ??= unlock({repo, all: true})
         },
         onRun: (r) => {
+          // (the next second's run is skipped while this one goes on)
+          if (r.skipped) return
           runs.push(r)
           stop.abort()
         },
       })
       expect((await unlocked) as {removed: unknown[]}).toMatchObject({removed: [expect.anything()]})
       expect(runs[0]).toMatchObject({target: `container:${name}`, ok: false, error: expect.stringMatching(/lost the shared lock .* was removed by someone else/)})
-      expect(await fsp.readdir(path.join(repo, 'snapshots'))).toEqual([])
+      expect(await fsp.readdir(path.join(repo, 'snapshots')).catch((e: NodeJS.ErrnoException) => (e.code === 'ENOENT' ? [] : Promise.reject(e)))).toEqual([])
       expect((await docker.getContainer(name).inspect()).State).toMatchObject({Running: true, Paused: false})
     } finally {
       await docker.getContainer(name).remove({force: true}).catch(() => {})
