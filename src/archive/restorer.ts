@@ -544,11 +544,13 @@ export async function restoreToDir(
     for (const x of done.xattrsNotSet?.first ?? []) x.path = final + x.path.slice(root.length)
     if (done.warnings) done.warnings = done.warnings.map((w) => w.split(root).join(final))
     try {
-      // an empty directory made there meanwhile is replaced; anything else stays and fails this
+      // rename() would replace an empty directory made there meanwhile: refused first (what
+      // appears between the look and the rename is still replaced if empty, never if not)
+      if (lstatSync(final, {throwIfNoEntry: false})) throw Object.assign(new Error(`EEXIST: ${final} exists`), {code: 'EEXIST'})
       await fsp.rename(root, final)
     } catch (e) {
       // only what this restore wrote goes: what appeared at the target, and beside it, stays
-      const left = await fsp.rm(root, {recursive: true, force: true}).then(() => '', (err: Error) => `; ${root} is left (${err.message})`)
+      const left = await removeTree(root).then(() => '', (err: Error) => `; ${root} is left (${err.message})`)
       await removeMadeParents()
       const code = (e as NodeJS.ErrnoException).code ?? ''
       if (['EEXIST', 'ENOTEMPTY', 'ENOTDIR', 'EISDIR'].includes(code)) {
@@ -569,6 +571,27 @@ export interface RestoredDir {
   xattrsNotSet?: XattrsNotSet
   /** what `overwrite` moved aside and could not remove once the restore succeeded, a line each; absent when none */
   warnings?: string[]
+}
+
+/**
+ * rm -rf `dir`, a tree this restore wrote: directories the snapshot made read-only (0555) are
+ * made writable first where this process is not root and rm cannot remove what is in them
+ */
+async function removeTree(dir: string): Promise<void> {
+  try {
+    await fsp.rm(dir, {recursive: true, force: true})
+    return
+  } catch (e) {
+    if (!['EACCES', 'EPERM'].includes((e as NodeJS.ErrnoException).code ?? '')) throw e
+  }
+  const writable = async (d: Buffer): Promise<void> => {
+    await fsp.chmod(d, 0o700).catch(() => undefined)
+    for (const ent of await fsp.readdir(d, {withFileTypes: true, encoding: 'buffer'}).catch(() => [])) {
+      if (ent.isDirectory()) await writable(Buffer.concat([d, Buffer.from('/'), ent.name]))
+    }
+  }
+  await writable(Buffer.from(dir))
+  await fsp.rm(dir, {recursive: true, force: true})
 }
 
 /**
@@ -934,7 +957,8 @@ class DirRestore {
       const dir = path.dirname(abs)
       const at = this.tmpName(hasEscapes(dir) ? this.root : dir)
       try {
-        await execFileP('mknod', [at, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)])
+        // its message in English whatever the locale: it is matched below
+        await execFileP('mknod', [at, n.type === 'chardev' ? 'c' : 'b', String(n.devMajor ?? 0), String(n.devMinor ?? 0)], {env: {...process.env, LC_ALL: 'C'}})
       } catch (e) {
         rmSync(at, {force: true})
         if (!/Operation not permitted/.test(String((e as {stderr?: unknown}).stderr ?? ''))) throw e

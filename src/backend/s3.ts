@@ -203,14 +203,15 @@ export class S3Backend implements Backend {
       if (status === 412 || name === 'PreconditionFailed') throw new BackendExists(key, this.location)
       if (status === 501 || name === 'NotImplemented' || (status === 400 && /if-none-match/i.test((e as Error).message))) {
         debug('%s: the store refuses If-None-Match (%s): a plain put', this.location, name || status)
-        await this.putSingle(key, Key, data)
+        // checked as a create-only put still: what else is there after it is another writer's
+        await this.putSingle(key, Key, data, false, false)
         return
       }
       throw e
     }
   }
 
-  private async putSingle(key: string, Key: string, data: Buffer, ifAbsent = false): Promise<void> {
+  private async putSingle(key: string, Key: string, data: Buffer, ifAbsent = false, ours = !ifAbsent): Promise<void> {
     const md5 = createHash('md5').update(data).digest()
     const md5hex = md5.toString('hex')
     const r = await this.client.send(
@@ -229,7 +230,7 @@ export class S3Backend implements Backend {
       await this.discard(Key)
       throw new HolyshipError('REMOTE_CORRUPT', `${this.location}/${key}: upload corrupted: the store reports ETag ${cleanEtag(r.ETag)}, expected MD5 ${md5hex} (object deleted)`)
     }
-    await this.verifyUpload(key, Key, data.length, encrypted ? undefined : [md5hex], !ifAbsent)
+    await this.verifyUpload(key, Key, data.length, encrypted ? undefined : [md5hex], ours)
   }
 
   private async putMultipart(key: string, Key: string, data: Buffer): Promise<void> {

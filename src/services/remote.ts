@@ -216,6 +216,29 @@ async function pullWith(
 }
 
 /**
+ * Whether the config a racing pull wrote in `local` is another repository's than `ours`. Only
+ * a config read whole says so: one still being copied (a file system without hard links) is
+ * read again for a moment, and then taken as maybe ours (key files are kept, never lost).
+ */
+async function otherRepository(local: Backend, ours: Buffer): Promise<boolean> {
+  const idOf = (b: Buffer): string | undefined => {
+    try {
+      const id = (JSON.parse(b.toString('utf8')) as {id?: unknown}).id
+      return typeof id === 'string' ? id : undefined
+    } catch {
+      return undefined
+    }
+  }
+  const mine = idOf(ours)
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const theirs = idOf(await local.get('config').catch(() => Buffer.alloc(0)))
+    if (theirs !== undefined) return theirs !== mine
+    await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
+  }
+  return false
+}
+
+/**
  * Run fn under a shared lock of the remote. Credentials that may read but not write there (a
  * restore-only key) cannot leave a lock: fn then runs without, after a note saying so.
  */
@@ -261,7 +284,7 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
         throw e
       },
     )
-    if (!created && keysCopied.length > 0 && !(await local.get('config')).equals(remoteConfig)) {
+    if (!created && keysCopied.length > 0 && (await otherRepository(local, remoteConfig))) {
       // another remote's repository won: the key files copied for this one open its master
       // key, not that repository's
       for (const id of keysCopied) await local.delete(keyFileKey(id))

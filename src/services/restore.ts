@@ -713,11 +713,13 @@ async function volumeDir(opts: RestoreOptions, name: string, containerId: string
  * Write a volume's tree into its new directory `dir` (volumeDir); returns what --partial left
  * out (paths in the volume), and adds the extended attributes it could not set to `xattrs`
  */
-async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet): Promise<SkippedEntry[] | undefined> {
+async function fillVolumeDir(opts: RestoreOptions, m: MountRecord, dir: string, partial: boolean, xattrs: XattrsNotSet, warnings: string[]): Promise<SkippedEntry[] | undefined> {
   const progress = opts.progress ?? silentProgress
   const left: SkippedEntry[] | undefined = partial ? [] : undefined
   const r = await restoreToDir(opts.repo, m.tree, '', dir, {root: m.root, fresh: true, onBytes: (n) => progress.add(n), skipped: left})
   addXattrsNotSet(xattrs, r.xattrsNotSet)
+  // device nodes it may not make, under the volume's name
+  for (const w of r.warnings ?? []) warnings.push(`volume ${m.source}: ${w.split(dir).join('')}`)
   return left
 }
 
@@ -731,6 +733,7 @@ async function fillMount(
   m: MountRecord,
   destination: string,
   xattrs: XattrsNotSet,
+  warnings: string[],
   skipped?: SkippedEntry[],
   volume?: string,
   without: string[] = [],
@@ -740,7 +743,7 @@ async function fillMount(
   progress.phase(`${m.type} ${m.type === 'volume' ? m.source : m.destination}`, m.stats.bytes)
   const dir = volume === undefined ? undefined : await volumeDir(opts, volume, containerId)
   if (dir !== undefined) {
-    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs)
+    const left = await fillVolumeDir(opts, m, dir, skipped !== undefined, xattrs, warnings)
     if (left) skipped!.push(...underBase(destination, left))
     return
   }
@@ -1051,6 +1054,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
 
   let bytes = 0
   const xattrs: XattrsNotSet = {total: 0, first: []}
+  const writeWarnings: string[] = []
   // every mount is filled through one helper container that has them all where the container
   // has them, but writable: the container's own may be read-only (:ro, --read-only), and a
   // mount inside another gets what the engine's archive of the outer one held of it, as before
@@ -1064,7 +1068,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
       // mounts inside it that are taken as they are (putBack) keep what they hold
       const asIs = innerMounts(mounts.filter((o, j) => !o.file && opts.attachAsIs?.has(names[j])), m)
       replaced.wrote.add(m.source)
-      await fillMount(opts, helper, m, m.destination, xattrs, skipped, m.type === 'volume' ? names[i] : undefined, without, asIs)
+      await fillMount(opts, helper, m, m.destination, xattrs, writeWarnings, skipped, m.type === 'volume' ? names[i] : undefined, without, asIs)
     }
   })
   let started = false
@@ -1081,7 +1085,7 @@ async function restoreContainer(opts: RestoreOptions, created: Created, replaced
     binds: mounts.filter((m) => m.type === 'bind').map((m) => ({source: m.source, destination: m.destination})),
     bytes,
     ...(skipped ? {skipped} : {}),
-    ...(networks.warnings.length ? {warnings: networks.warnings} : {}),
+    ...(networks.warnings.length + writeWarnings.length ? {warnings: [...networks.warnings, ...writeWarnings]} : {}),
     ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {}),
   }
 }
@@ -1161,16 +1165,17 @@ async function restoreVolumes(opts: RestoreOptions, created: Created, replaced: 
   let bytes = 0
   const skipped: SkippedEntry[] | undefined = opts.partial ? [] : undefined
   const xattrs: XattrsNotSet = {total: 0, first: []}
+  const warnings: string[] = []
   for (let i = 0; i < mounts.length; i++) {
     if (opts.attachAsIs?.has(names[i])) continue
     const left: SkippedEntry[] | undefined = skipped ? [] : undefined
     // written straight into the volume's directory where it can be (volumeDir), else through the helper
-    await withHelper(opts, [`${names[i]}:/holyship-volume:nocopy`], undefined, (helper) => fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, left, names[i]))
+    await withHelper(opts, [`${names[i]}:/holyship-volume:nocopy`], undefined, (helper) => fillMount(opts, helper, mounts[i], '/holyship-volume', xattrs, warnings, left, names[i]))
     // paths inside the volume, named after it
     if (left) skipped!.push(...left.map((e) => ({path: `${names[i]}:${e.path.slice('/holyship-volume'.length)}`, reason: e.reason})))
     bytes += mounts[i].stats.bytes
   }
-  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes, ...(skipped ? {skipped} : {}), ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {})}
+  return {snapshot: opts.snapshotId, kind: 'volume', volumes: names.map((n) => ({name: n, destination: ''})), binds: [], bytes, ...(skipped ? {skipped} : {}), ...(warnings.length ? {warnings} : {}), ...(xattrs.total > 0 ? {xattrsNotSet: xattrs} : {})}
 }
 
 export interface RestorePathOptions {

@@ -154,6 +154,18 @@ describe('restoreToDir with many entries in flight', () => {
     expect(e).toMatchObject({code: 'TARGET_EXISTS', message: expect.stringMatching(/appeared during the restore/)})
     expect(readdirSync(out)).toEqual(['theirs.txt'])
     expect(readdirSync(parent).sort()).toEqual(['beside.txt', 'out'])
+    // an empty directory that appears there is not replaced either (rename() would)
+    const emptyOut = path.join(work, 'empty-appears')
+    let made = false
+    const e2 = await restoreToDir(repo, root, '', emptyOut, {
+      onBytes: () => {
+        if (!made) mkdirSync(emptyOut, 0o711)
+        made = true
+      },
+    }).catch((x: unknown) => x)
+    expect(e2).toMatchObject({code: 'TARGET_EXISTS'})
+    expect([readdirSync(emptyOut), (await fsp.stat(emptyOut)).mode & 0o777]).toEqual([[], 0o711])
+    expect(readdirSync(work).filter((f) => f.includes('holyship-partial'))).toEqual([])
     // a failure in a directory it made that nobody else wrote into: the directories go too
     const lone = path.join(work, 'lone-parent', 'out')
     const damaged = await restoreToDir(repo, root, '', lone, {
