@@ -718,14 +718,17 @@ class DirRestore {
           }
         }
       }
-      for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch(() => undefined)
+      const notRemoved: string[] = []
+      for (const p of this.created.reverse()) await fsp.rm(fsPath(p), {recursive: true, force: true}).catch((err: Error) => notRemoved.push(`${p} (${err.message})`))
       // what was replaced comes back (rename: nothing is at its name once what this restore made is gone)
       const notBack: string[] = []
       for (const {abs, aside} of this.asides.reverse()) {
         await fsp.rename(fsPath(aside), fsPath(abs)).catch((err: Error) => notBack.push(`${abs} is at ${aside} (${err.message})`))
       }
-      // the failure says where what could not be put back is (it is never removed)
+      // the failure says where what could not be put back is (it is never removed), and what
+      // of its own it could not remove
       if (notBack.length && e instanceof Error) e.message = `${e.message}; not put back: ${notBack.join(', ')}`
+      if (notRemoved.length && e instanceof Error) e.message = `${e.message}; left behind: ${notRemoved.join(', ')}`
       for (const {abs, st} of this.foundDirs.reverse()) {
         // the same directory still (lutimes follows no symlink either); one already finished
         // (a failure in the loop above, deepest first) also gets its owner and mode back
