@@ -547,6 +547,11 @@ describe('restoreToDir and device nodes', () => {
     await a.add({path: 'dev/readme', type: 'file', ...meta, mode: 0o644, size: 3, content: (async function* () {
       yield Buffer.from('hi\n')
     })()})
+    // a directory nobody may write into once it is finished
+    await a.add({path: 'ro', type: 'dir', ...meta, mode: 0o555})
+    await a.add({path: 'ro/inner', type: 'file', ...meta, mode: 0o644, size: 1, content: (async function* () {
+      yield Buffer.from('i')
+    })()})
     tree = await a.finish()
     await repo.flush()
     execFileSync('chmod', ['-R', 'a+rX', path.join(work, 'repo')])
@@ -555,8 +560,8 @@ describe('restoreToDir and device nodes', () => {
   afterAll(() => rmSync(work, {recursive: true, force: true}))
 
   /** restoreToDir in a child process with these setpriv options */
-  const restoreAs = (setpriv: string[], target: string, overwrite = false): {warnings?: string[]; files: number} => {
-    const out = execFileSync('setpriv', [...setpriv, process.execPath, '--import', 'tsx', CHILD, JSON.stringify({repo: path.join(work, 'repo'), tree, target, overwrite})], {
+  const restoreAs = (setpriv: string[], target: string, overwrite = false, appear = false): {warnings?: string[]; files: number} => {
+    const out = execFileSync('setpriv', [...setpriv, process.execPath, '--import', 'tsx', CHILD, JSON.stringify({repo: path.join(work, 'repo'), tree, target, overwrite, appear})], {
       cwd: path.resolve(path.dirname(CHILD), '../../..'),
       encoding: 'utf8',
       env: {...process.env, HOME: '/tmp'},
@@ -585,6 +590,11 @@ describe('restoreToDir and device nodes', () => {
     expect(r.warnings![0]).toContain(`${out}/dev/loop9`)
     expect(readdirSync(path.join(out, 'dev')).sort()).toEqual(['readme'])
     expect(readFileSync(path.join(out, 'dev/readme'), 'utf8')).toBe('hi\n')
+    // a target that appears meanwhile: the partial tree goes, its 0555 directory too
+    const raced = path.join(targets, 'raced')
+    expect(() => restoreAs(['--reuid=nobody', '--regid=nogroup', '--clear-groups'], raced, false, true)).toThrow(/ERROR TARGET_EXISTS .*appeared during the restore/)
+    expect(readdirSync(raced)).toEqual(['theirs'])
+    expect(readdirSync(targets).sort()).toEqual(['out', 'raced'])
   })
 
   it('root without CAP_MKNOD (a container\'s root): the same, and with --force an entry at a node\'s path stays as it was', async () => {
