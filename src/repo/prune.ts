@@ -501,17 +501,18 @@ export async function pruneRepository(repo: Repository, opts: PruneOptions = {})
     for (const id of lost) stillIndexed.add(id)
     if (lost.length > 0) await writeIndex(lost.map((id) => ({id, size: packs.get(id)!.size, blobs: packs.get(id)!.blobs})))
   }
-  for (const round of ['before', 'after'] as const) {
+  const recheck = async (): Promise<void> => {
     const late = await rescue()
     rescued = [...rescued, ...late]
     await reindexRescued(late)
-    if (round === 'after') break
-    await opts.lock!.assertHeld()
-    for (const id of dirtyIndex) {
-      await backend.delete(indexKey(id))
-      result.indexFiles.deleted++
-    }
   }
+  await recheck()
+  await opts.lock!.assertHeld()
+  for (const id of dirtyIndex) {
+    await backend.delete(indexKey(id))
+    result.indexFiles.deleted++
+  }
+  await recheck()
   result.packs.rescued = rescued.length
 
   await opts.lock!.assertHeld()

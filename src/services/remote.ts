@@ -13,7 +13,7 @@ import {Progress, silentProgress} from '../progress.js'
 import {Backend, isExists} from '../backend/backend.js'
 import type {MasterKey} from '../repo/crypto.js'
 import {copyKeyFiles, keyFileKey, unlockRepository} from '../repo/keys.js'
-import {RepoLock} from '../repo/lock.js'
+import {RepoLock, withSharedLock} from '../repo/lock.js'
 import {Repository} from '../repo/repository.js'
 import {readRemoteConfig} from '../transfer/common.js'
 import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
@@ -243,17 +243,21 @@ async function otherRepository(local: Backend, ours: Buffer): Promise<boolean> {
  * restore-only key) cannot leave a lock: fn then runs without, after a note saying so.
  */
 async function withRemoteReadLock<T>(remote: RemoteHandle, purpose: string, progress: Progress, fn: () => Promise<T>): Promise<T> {
-  let lock: RepoLock | undefined
+  let held = false
   try {
-    lock = await RepoLock.acquire(remote.backend, {exclusive: false, purpose, waitMs: 60_000, onWait: (m) => progress.note(m)})
+    return await withSharedLock(
+      remote.backend,
+      purpose,
+      () => {
+        held = true
+        return fn()
+      },
+      {waitMs: 60_000, onWait: (m) => progress.note(m)},
+    )
   } catch (e) {
-    if (!(e instanceof HolyshipError && e.code === 'REMOTE_DENIED')) throw e
+    if (held || !(e instanceof HolyshipError && e.code === 'REMOTE_DENIED')) throw e
     progress.note(`note: no lock can be written to ${remote.location} (${e.message}): reading without it, so a prune there meanwhile could fail this ${purpose}`)
-  }
-  try {
-    return await fn()
-  } finally {
-    await lock?.release().catch(() => undefined)
+    return fn()
   }
 }
 

@@ -280,17 +280,14 @@ export async function remoteHas(remote: RemoteHandle, ids: string[], parallel: n
     debug('snapshots/%s on %s has %d bytes, ours %d: sent again', id.slice(0, 12), remote.location, size, want)
     return false
   }
-  const has = new Set<string>()
+  let sizeThere = (id: string): Promise<number | undefined> => remote.backend.stat(snapshotKey(id))
   if (ids.length > LIST_INSTEAD_OF_HEAD) {
     const listed = new Map((await remote.backend.list('snapshots/')).map((e) => [e.key.slice('snapshots/'.length), e.size]))
-    await pool(ids, parallel, async (id) => {
-      const size = listed.get(id)
-      if (size !== undefined && (await intact(id, size))) has.add(id)
-    })
-    return has
+    sizeThere = async (id) => listed.get(id)
   }
+  const has = new Set<string>()
   await pool(ids, parallel, async (id) => {
-    const size = await remote.backend.stat(snapshotKey(id))
+    const size = await sizeThere(id)
     if (size !== undefined && (await intact(id, size))) has.add(id)
   })
   return has

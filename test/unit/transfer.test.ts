@@ -85,6 +85,13 @@ async function volumeSnapshot(repo: Repository, volume: string, content: Record<
   return {id, tree}
 }
 
+/** `count` snapshots of volumes PREFIX0, PREFIX1, … (one file each), an hour apart, oldest first; their ids */
+async function oneFileSnapshots(repo: Repository, count: number, prefix: string): Promise<string[]> {
+  const ids: string[] = []
+  for (let i = 0; i < count; i++) ids.push((await volumeSnapshot(repo, `${prefix}${i}`, files(1, `${prefix}${i}`), new Date(Date.UTC(2025, 0, 1, i)))).id)
+  return ids
+}
+
 async function keys(dir: string, sub: string): Promise<string[]> {
   const b = new LocalBackend(dir)
   return (await b.list(sub)).map((e) => e.key)
@@ -203,8 +210,7 @@ describe('push and pull through S3', () => {
   it('a damaged manifest on the remote (another size than ours) is not taken for the snapshot: the next push sends it again', async () => {
     const D = side('D')
     const repoD = await newRepo(D)
-    const snaps: string[] = []
-    for (let i = 0; i < LIST_INSTEAD_OF_HEAD + 1; i++) snaps.push((await volumeSnapshot(repoD, `m${i}`, files(1, `m${i}`), new Date(Date.UTC(2025, 1, 1, i)))).id)
+    const snaps = await oneFileSnapshots(repoD, LIST_INSTEAD_OF_HEAD + 1, 'm')
     const url = remoteUrl()
     await push({repo: D.dir, catalogue: D.catalogue, remote: url, endpoint: endpoint()})
     const manifestFile = (id: string): string => s3rverObjectPath(s3, `${url.slice(`s3://${s3.bucket}/`.length)}/snapshots/${id}`)
@@ -227,8 +233,7 @@ describe('push and pull through S3', () => {
   it('looks up a few named snapshots with one HEAD each, not a listing of every snapshot on the remote', async () => {
     const A = side('A')
     const repoA = await newRepo(A)
-    const snaps: string[] = []
-    for (let i = 0; i < LIST_INSTEAD_OF_HEAD + 2; i++) snaps.push((await volumeSnapshot(repoA, `v${i}`, files(1, `s${i}`), new Date(Date.UTC(2025, 0, 1, i)))).id)
+    const snaps = await oneFileSnapshots(repoA, LIST_INSTEAD_OF_HEAD + 2, 'v')
     const url = remoteUrl()
     await push({repo: A.dir, catalogue: A.catalogue, remote: url, endpoint: endpoint(), snapshots: snaps.slice(0, 2)})
     const ops = (): {calls: string[]; wrap: (b: Backend) => Backend} => {
