@@ -56,7 +56,7 @@ describe('the engine restarting in the middle of a snapshot', () => {
     }
     const c = await engine.docker.createContainer({name, Image: image, Cmd: ['sleep', '100000'], HostConfig: {Binds: ['busydata:/data']}})
     await c.start()
-    const r = await dockerExec(engine.docker, c.id, ['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do dd if=/dev/urandom of=/data/f$i bs=1M count=6 2>/dev/null; done'])
+    const r = await dockerExec(engine.docker, c.id, ['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do dd if=/dev/urandom of=/data/f$i bs=1M count=24 2>/dev/null; done'])
     expect(r.exitCode).toBe(0)
     expect((await holyship(['init'], env)).code).toBe(0)
   }, 180_000)
