@@ -10,12 +10,12 @@ import {LocalBackend} from '../backend/local.js'
 import {Catalogue, SnapshotFilter, SnapshotRow, defaultCataloguePath} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
-import {Backend, isExists} from '../backend/backend.js'
+import {Backend} from '../backend/backend.js'
 import type {MasterKey} from '../repo/crypto.js'
-import {copyKeyFiles, keyFileKey, unlockRepository} from '../repo/keys.js'
+import {unlockRepository} from '../repo/keys.js'
 import {RepoLock, withSharedLock} from '../repo/lock.js'
 import {Repository} from '../repo/repository.js'
-import {readRemoteConfig} from '../transfer/common.js'
+import {createRepositoryCopy, readRemoteConfig} from '../transfer/common.js'
 import {PullTransferStats, pullSnapshots, syncRemote} from '../transfer/pull.js'
 import {PushResult, pushSnapshots} from '../transfer/push.js'
 import {OpenRemoteOptions, RemoteHandle, RemoteRecord, addRemote, listRemotes, openRemote, removeRemote} from '../transfer/remotes.js'
@@ -216,29 +216,6 @@ async function pullWith(
 }
 
 /**
- * Whether the config a racing pull wrote in `local` is another repository's than `ours`. Only
- * a config read whole says so: one still being copied (a file system without hard links) is
- * read again for a moment, and then taken as maybe ours (key files are kept, never lost).
- */
-async function otherRepository(local: Backend, ours: Buffer): Promise<boolean> {
-  const idOf = (b: Buffer): string | undefined => {
-    try {
-      const id = (JSON.parse(b.toString('utf8')) as {id?: unknown}).id
-      return typeof id === 'string' ? id : undefined
-    } catch {
-      return undefined
-    }
-  }
-  const mine = idOf(ours)
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const theirs = idOf(await local.get('config').catch(() => Buffer.alloc(0)))
-    if (theirs !== undefined) return theirs !== mine
-    await new Promise((r) => setTimeout(r, 100 * (attempt + 1)))
-  }
-  return false
-}
-
-/**
  * Run fn under a shared lock of the remote. Credentials that may read but not write there (a
  * restore-only key) cannot leave a lock: fn then runs without, after a note saying so.
  */
@@ -276,23 +253,9 @@ async function openOrCreateLocal(dirArg: string, cat: Catalogue, remoteConfig: B
   let created = false
   if (!entries || entries.length === 0) {
     await fsp.mkdir(dir, {recursive: true, mode: 0o700})
-    const local = new LocalBackend(dir)
-    // key files first: a config without them could not be opened
-    const keysCopied = keysFrom ? await copyKeyFiles(keysFrom, local) : []
-    // create only: a pull that created it at the same moment keeps its config, and this one
-    // goes on with the repository that is there
-    created = await local.put('config', remoteConfig, {ifAbsent: true}).then(
-      () => true,
-      (e: unknown) => {
-        if (isExists(e)) return false
-        throw e
-      },
-    )
-    if (!created && keysCopied.length > 0 && (await otherRepository(local, remoteConfig))) {
-      // another remote's repository won: the key files copied for this one open its master
-      // key, not that repository's
-      for (const id of keysCopied) await local.delete(keyFileKey(id))
-    }
+    // a pull that created it at the same moment keeps its config, and this one goes on with
+    // the repository that is there
+    created = (await createRepositoryCopy(new LocalBackend(dir), remoteConfig, keysFrom)).created
   } else if (!entries.includes('config')) {
     throw new HolyshipError('REPO_EXISTS', `${dir} is not empty and not a holyship repository`, {hint: 'pass --repo with an empty or new directory'})
   }

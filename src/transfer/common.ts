@@ -3,11 +3,12 @@
  * pack verification, walking a snapshot's trees, and caching a remote's index files and
  * manifests in the catalogue under the remote's own namespace.
  */
-import {isNotFound} from '../backend/backend.js'
+import {Backend, isExists, isNotFound} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {FORMAT_NAME, FORMAT_VERSION, IndexFile, PackBlob, RepoConfig, SnapshotManifest, Tree, indexKey, manifestVersion, snapshotKey} from '../repo/format.js'
 import type {MasterKey} from '../repo/crypto.js'
+import {copyKeyFiles, keyFileKey} from '../repo/keys.js'
 import {CorruptBlobError, CorruptObjectError, decodeBlob, openJson, parsePackHeader, sealJson, sha256} from '../repo/pack.js'
 import {Repository, checkEncryptionConfig} from '../repo/repository.js'
 import {RemoteHandle} from './remotes.js'
@@ -132,6 +133,54 @@ export function parseRepoConfig(raw: Buffer, where: string): RepoConfig {
   }
   checkEncryptionConfig(config, where, 'REMOTE_CORRUPT')
   return config
+}
+
+/**
+ * Make `to` (empty) a copy of the repository whose config is `config`: an encrypted one's key
+ * files first, from `keysFrom` (a config without them could not be opened; they travel only
+ * now: afterwards each side's passphrases are its own, so one removed on one side is never
+ * brought back), then the config, create only: of two copies made at the same moment one
+ * config stays, never replaced by the other's after the first went on as if it were there.
+ * Returns the config there afterwards, parsed, and whether it is ours (`created`). When another
+ * repository's config won, the key files copied for this one are deleted: they open our master
+ * key, not that repository's.
+ */
+export async function createRepositoryCopy(to: Backend, config: Buffer, keysFrom?: Backend): Promise<{created: boolean; raw: Buffer; config: RepoConfig}> {
+  const keysCopied = keysFrom ? await copyKeyFiles(keysFrom, to) : []
+  let created = false
+  try {
+    await to.put('config', config, {ifAbsent: true})
+    created = true
+  } catch (e) {
+    // another copy was made at the same moment: its config will do (it may take a moment to show)
+    if (!isExists(e) && !(await to.get('config').catch(() => undefined))) throw e
+  }
+  const there = await settledConfig(to)
+  // a store that ignores If-None-Match let a racing copy replace ours: theirs is the one there
+  if (!there.raw.equals(config)) created = false
+  if (!created && keysCopied.length > 0 && there.config.id !== parseRepoConfig(config, 'this repository').id) {
+    for (const id of keysCopied) await to.delete(keyFileKey(id))
+  }
+  return {created, ...there}
+}
+
+/**
+ * The config of a repository copy just created, by us or one racing us: a store that writes an
+ * object in place (s3rver, a file system without hard links) shows a racing put's object as
+ * missing or cut for a moment, so a few reads are tried before that is an error.
+ */
+async function settledConfig(to: Backend): Promise<{raw: Buffer; config: RepoConfig}> {
+  for (let attempt = 1; ; attempt++) {
+    let failure: unknown
+    try {
+      const raw = await to.get('config')
+      return {raw, config: parseRepoConfig(raw, to.location)}
+    } catch (e) {
+      failure = isNotFound(e) ? new HolyshipError('REMOTE_CORRUPT', `${to.location}: the config just written cannot be read back`) : e
+    }
+    if (attempt >= 5) throw failure
+    await new Promise((r) => setTimeout(r, 100 * attempt))
+  }
 }
 
 /** the root trees of a snapshot: image, filesystem diff, every mount */

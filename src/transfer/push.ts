@@ -15,16 +15,14 @@
  * never a manifest whose data is missing.
  */
 import debugFactory from 'debug'
-import {isExists} from '../backend/backend.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {HolyshipError} from '../errors.js'
 import {Progress, silentProgress} from '../progress.js'
 import {IndexFile, SnapshotManifest, dataKey, indexKey, snapshotKey} from '../repo/format.js'
-import {copyKeyFiles, keyFileKey} from '../repo/keys.js'
 import {withSharedLock} from '../repo/lock.js'
 import {parsePackHeader, sha256} from '../repo/pack.js'
 import {Repository} from '../repo/repository.js'
-import {IndexBatcher, cachedTreeChildren, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex} from './common.js'
+import {IndexBatcher, cachedTreeChildren, createRepositoryCopy, pool, readRemoteConfig, snapshotRoots, syncRemoteIndex} from './common.js'
 import {RemoteHandle} from './remotes.js'
 
 const debug = debugFactory('holyship:push')
@@ -86,29 +84,9 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
   let createdRemote = false
   let rc = await readRemoteConfig(remote)
   if (!rc) {
-    const raw = await repo.backend.get('config')
-    let keysCopied: string[] = []
-    try {
-      // an encrypted repository's key files go first (a remote with a config can be opened);
-      // they travel only now: afterwards each side's passphrases are its own (`key ... --to`),
-      // so a passphrase removed on one side is never brought back by a transfer
-      if (repo.encrypted) keysCopied = await copyKeyFiles(repo.backend, remote.backend)
-      // create only: of two first pushes at the same moment, one config stays, never
-      // replaced by the other's after the first went on as if it were the remote's
-      await remote.backend.put('config', raw, {ifAbsent: true})
-      createdRemote = true
-    } catch (e) {
-      // another host created it at the same moment: any valid config will do (theirs may
-      // take a moment to show)
-      if (!isExists(e) && !(await readRemoteConfig(remote).catch(() => undefined))) throw e
-    }
-    rc = await settledConfig(remote)
-    // a store that ignores If-None-Match let a racing push replace ours: theirs is the remote's
-    if (!rc.raw.equals(raw)) createdRemote = false
-    if (!createdRemote && rc.config.id !== repo.id && keysCopied.length > 0) {
-      // the key files that went first open our master key, not that repository's
-      for (const id of keysCopied) await remote.backend.delete(keyFileKey(id))
-    }
+    const made = await createRepositoryCopy(remote.backend, await repo.backend.get('config'), repo.encrypted ? repo.backend : undefined)
+    createdRemote = made.created
+    rc = {raw: made.raw, config: made.config}
   }
   const sameRepository = rc.config.id === repo.id
   if ((repo.encrypted || rc.config.encryption) && (!sameRepository || !!rc.config.encryption !== repo.encrypted)) {
@@ -237,26 +215,6 @@ export async function pushSnapshots(o: PushSnapshotsOptions): Promise<PushResult
       durationMs: Date.now() - t0,
     }
   })
-}
-
-/**
- * The remote's config right after it was created, by this push or one racing it: a store that
- * writes an object in place (s3rver) shows a racing put's object as missing or cut for a
- * moment, so a few reads are tried before that is an error.
- */
-async function settledConfig(remote: RemoteHandle): Promise<NonNullable<Awaited<ReturnType<typeof readRemoteConfig>>>> {
-  for (let attempt = 1; ; attempt++) {
-    let failure: unknown
-    try {
-      const rc = await readRemoteConfig(remote)
-      if (rc) return rc
-      failure = new HolyshipError('REMOTE_CORRUPT', `${remote.location}: the config just written cannot be read back`)
-    } catch (e) {
-      failure = e
-    }
-    if (attempt >= 5) throw failure
-    await new Promise((r) => setTimeout(r, 100 * attempt))
-  }
 }
 
 /**
