@@ -515,8 +515,7 @@ export async function restoreToDir(
         if (d === parentMade || d === path.dirname(d)) break
       }
     }
-    // a long name keeps its first 32 characters: the temporary one must fit where it does
-    root = path.join(path.dirname(final), `.${[...path.basename(final)].slice(0, 32).join('')}.holyship-partial-${randomBytes(4).toString('hex')}`)
+    root = path.join(path.dirname(final), `${partialPrefix(final)}${randomBytes(4).toString('hex')}`)
     try {
       await fsp.mkdir(root)
     } catch (e) {
@@ -559,8 +558,23 @@ export async function restoreToDir(
       if (e instanceof Error) e.message = `${e.message}; nothing of the restore was kept${left}`
       throw e
     }
+    const stale = await stalePartials(final)
+    if (stale.length > 0) {
+      const first = stale.slice(0, 3).map((n) => path.join(path.dirname(final), n)).join(', ')
+      ;(done.warnings ??= []).push(`an earlier restore to ${final} that did not finish left ${first}${stale.length > 3 ? `, … (${stale.length})` : ''}: remove ${stale.length > 1 ? 'them' : 'it'} once no restore to ${final} is running`)
+    }
   }
   return done
+}
+
+/** the temporary name of a target restored anew, but for its random end: a long name keeps its first 32 characters (the temporary one must fit where it does) */
+const partialPrefix = (final: string): string => `.${[...path.basename(final)].slice(0, 32).join('')}.holyship-partial-`
+
+/** what restores to `final` that were killed left beside it (never removed here: one may still be running) */
+async function stalePartials(final: string): Promise<string[]> {
+  const prefix = partialPrefix(final)
+  const names = await fsp.readdir(path.dirname(final)).catch(() => [] as string[])
+  return names.filter((n) => n.startsWith(prefix) && /^[0-9a-f]{8}$/.test(n.slice(prefix.length))).sort()
 }
 
 /** what restoreToDir wrote: files and bytes, what --partial left out, the extended attributes it could not set (none: absent) */
@@ -569,7 +583,7 @@ export interface RestoredDir {
   bytes: number
   skipped: SkippedEntry[]
   xattrsNotSet?: XattrsNotSet
-  /** what `overwrite` moved aside and could not remove once the restore succeeded, a line each; absent when none */
+  /** what `overwrite` moved aside and could not remove once the restore succeeded, device nodes not made, what killed restores to the target left beside it: a line each; absent when none */
   warnings?: string[]
 }
 

@@ -177,6 +177,22 @@ describe('restoreToDir with many entries in flight', () => {
     expect(existsSync(path.join(work, 'lone-parent'))).toBe(false)
   })
 
+  it('what a killed restore to the same target left beside it is named in a warning, and left alone', async () => {
+    const parent = path.join(work, 'stale-parent')
+    const stale = path.join(parent, '.out.holyship-partial-0badcafe')
+    mkdirSync(stale, {recursive: true})
+    writeFileSync(path.join(stale, 'half.txt'), 'half')
+    // names that only look alike are not a restore's
+    mkdirSync(path.join(parent, '.out.holyship-partial-notmine'))
+    mkdirSync(path.join(parent, '.outer.holyship-partial-0badcafe'))
+    const r = await restoreToDir(repo, root, '', path.join(parent, 'out'))
+    expect(r.warnings).toEqual([`an earlier restore to ${path.join(parent, 'out')} that did not finish left ${stale}: remove it once no restore to ${path.join(parent, 'out')} is running`])
+    expect(readFileSync(path.join(stale, 'half.txt'), 'utf8')).toBe('half')
+    expect(readdirSync(parent).sort()).toEqual(['.out.holyship-partial-0badcafe', '.out.holyship-partial-notmine', '.outer.holyship-partial-0badcafe', 'out'])
+    // a restore that found nothing of the kind warns of nothing
+    expect((await restoreToDir(repo, root, '', path.join(parent, 'other'))).warnings).toBeUndefined()
+  })
+
   it('restores over an existing target with overwrite, and refuses without it', async () => {
     const out = path.join(work, 'again')
     await restoreToDir(repo, root, '', out)
