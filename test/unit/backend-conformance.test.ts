@@ -8,7 +8,7 @@ import {dirname, join} from 'node:path'
 import {Readable} from 'node:stream'
 import {GetObjectCommand, PutObjectCommand, S3Client} from '@aws-sdk/client-s3'
 import {afterAll, beforeAll, describe, expect, it, vi} from 'vitest'
-import {Backend, BackendEntry, BackendNotFound, isExists} from '../../src/backend/backend.js'
+import {Backend, BackendEntry, BackendExists, BackendNotFound, PutOptions, isExists} from '../../src/backend/backend.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {LimitBackend, RetryBackend, isTransient} from '../../src/backend/retry.js'
 import {S3Backend, S3BackendOptions, parseS3Url} from '../../src/backend/s3.js'
@@ -657,6 +657,24 @@ describe('RetryBackend', () => {
     const b = new RetryBackend(fake, {attempts: 10, sleep: async () => {}})
     await b.put('k', Buffer.from('x'))
     expect(fake.calls).toBe(7)
+  })
+
+  it('retries a create-only put refused with 409 ConditionalRequestConflict (another write to the key in flight), create-only again; a 412 is final', async () => {
+    const conflict = () => Object.assign(new Error('A conflicting operation is in progress'), {name: 'ConditionalRequestConflict', $metadata: {httpStatusCode: 409}})
+    const fake = new FlakyBackend([conflict(), conflict()])
+    const seen: (PutOptions | undefined)[] = []
+    const put = fake.put.bind(fake)
+    fake.put = (...a: Parameters<Backend['put']>) => (seen.push(a[2]), put())
+    const b = new RetryBackend(fake, {sleep: async () => {}})
+    await b.put('config', Buffer.from('x'), {ifAbsent: true, released: () => {}})
+    expect(seen).toEqual([{ifAbsent: true}, {ifAbsent: true}, {ifAbsent: true}])
+    // a 409 of another kind (the bucket's own state) is not retried
+    const other = new FlakyBackend([Object.assign(new Error('BucketAlreadyOwnedByYou'), {name: 'BucketAlreadyOwnedByYou', $metadata: {httpStatusCode: 409}})])
+    await expect(new RetryBackend(other, {sleep: async () => {}}).put('config', Buffer.from('x'), {ifAbsent: true})).rejects.toThrow(/BucketAlreadyOwnedByYou/)
+    expect(other.calls).toBe(1)
+    const exists = new FlakyBackend([new BackendExists('config', 'fake://flaky')])
+    await expect(new RetryBackend(exists, {sleep: async () => {}}).put('config', Buffer.from('x'), {ifAbsent: true})).rejects.toBeInstanceOf(BackendExists)
+    expect(exists.calls).toBe(1)
   })
 
   it('gives up after N attempts with a clear message, keeping the cause', async () => {
