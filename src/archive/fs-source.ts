@@ -11,7 +11,7 @@
  * ctime), so an unchanged tree spawns no `getfattr` at all.
  */
 import {execFile} from 'node:child_process'
-import {BigIntStats, closeSync, lstatSync, openSync, read, readSync} from 'node:fs'
+import {BigIntStats, closeSync, constants as fsc, existsSync, fstatSync, lstatSync, openSync, read, readSync} from 'node:fs'
 import * as path from 'node:path'
 import debugFactory from 'debug'
 import {NodeType, Tree, TreeNode} from '../repo/format.js'
@@ -215,8 +215,39 @@ function unchangedSince(c: Child): boolean {
 }
 
 /** lstat, or undefined when the entry is gone */
-function lstatOrGone(abs: string): BigIntStats | undefined {
-  return lstatSync(fsPath(abs), {bigint: true, throwIfNoEntry: false})
+function lstatOrGone(at: string): BigIntStats | undefined {
+  return lstatSync(fsPath(at), {bigint: true, throwIfNoEntry: false})
+}
+
+/**
+ * The walk reaches each entry through the descriptor of the directory it listed it from
+ * (`/proc/self/fd/N/NAME`, as openat(2) would), never by its path from the root: whatever can
+ * still write below the root meanwhile (a second container on a shared volume, a snapshot
+ * with --no-pause) could swap a directory or a file for a symlink between two system calls, and
+ * a walk by path, as root, would then read the host's files where it points and store them as
+ * the volume's. Each directory and file is opened without following a symlink and checked to
+ * be the inode lstat saw; what is not was replaced while read (stats.changed).
+ */
+const ANCHORED = existsSync('/proc/self/fd')
+
+const O_DIR = fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW
+// O_NONBLOCK: a fifo swapped in for a file must not block the walk (and the paused container)
+const O_FILE = fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK
+
+/** open the entry lstat saw as `st`; undefined when it is gone or no longer that inode (replaced meanwhile) */
+function openSame(at: string, flags: number, st: BigIntStats): number | undefined {
+  let fd: number
+  try {
+    fd = openSync(fsPath(at), flags)
+  } catch (e) {
+    // ELOOP: a symlink now; ENOTDIR: not a directory now; ENXIO: a socket now
+    if (['ENOENT', 'ELOOP', 'ENOTDIR', 'ENXIO'].includes((e as NodeJS.ErrnoException).code ?? '')) return undefined
+    throw e
+  }
+  const now = fstatSync(fd, {bigint: true})
+  if (now.ino === st.ino && now.dev === st.dev && (now.mode & BigInt(S_IFMT)) === (st.mode & BigInt(S_IFMT))) return fd
+  closeSync(fd)
+  return undefined
 }
 
 // file type bits of st_mode (BigIntStats' isFile() etc. allocate BigInts on every call)
@@ -232,6 +263,8 @@ const S_IFIFO = 0o010000
 interface Child {
   rel: string
   abs: string
+  /** where the walk's system calls reach it: through its directory's descriptor (ANCHORED) */
+  at: string
   st: BigIntStats
   /** st_mode & S_IFMT */
   kind: number
@@ -244,12 +277,13 @@ interface Child {
   keepXattrs: boolean
 }
 
-function childOf(rel: string, abs: string, st: BigIntStats, prev: TreeNode | undefined): Child {
+function childOf(rel: string, abs: string, at: string, st: BigIntStats, prev: TreeNode | undefined): Child {
   const ctime = timeOf(st.ctimeNs)
   const inode = Number(st.ino)
   return {
     rel,
     abs,
+    at,
     st,
     kind: Number(st.mode) & S_IFMT,
     mtime: timeOf(st.mtimeNs),
@@ -321,10 +355,24 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
    * (then its tree is the parent's, not serialised and hashed again).
    */
   const visitDir = async (c: Child, subtreeKnown: boolean): Promise<boolean> => {
+    const fd = ANCHORED ? openSame(c.at, O_DIR, c.st) : undefined
+    if (ANCHORED && fd === undefined) {
+      changed.push(c.rel)
+      return false
+    }
+    try {
+      return await visitOpenDir(c, subtreeKnown, fd === undefined ? c.abs : `/proc/self/fd/${fd}`)
+    } finally {
+      if (fd !== undefined) closeSync(fd)
+    }
+  }
+
+  /** visitDir of a directory open at `here` */
+  const visitOpenDir = async (c: Child, subtreeKnown: boolean, here: string): Promise<boolean> => {
     await archiver.add(entryOf(c, 'dir'))
     let names: string[]
     try {
-      names = listNames(c.abs)
+      names = listNames(here)
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         changed.push(c.rel)
@@ -339,6 +387,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
     let same = before !== undefined && unchangedSince(c) && c.prev?.type === 'dir' && c.prev.subtree !== undefined
     let recorded = 0
     const dirSlash = c.abs.endsWith('/') ? c.abs : `${c.abs}/`
+    const hereSlash = here.endsWith('/') ? here : `${here}/`
     const relSlash = c.rel === '' ? '' : `${c.rel}/`
     for (let i = 0; i < names.length; i += BATCH) {
       // stat a batch, then read the attributes of those that changed in one go
@@ -349,14 +398,14 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         const name = names[j]
         const rel = relSlash + name
         if (opts.exclude?.has(rel)) continue
-        const abs = dirSlash + name
-        const st = lstatOrGone(abs)
+        const at = hereSlash + name
+        const st = lstatOrGone(at)
         if (!st) {
           changed.push(rel)
           same = false
           continue
         }
-        const child = childOf(rel, abs, st, before?.get(name))
+        const child = childOf(rel, dirSlash + name, at, st, before?.get(name))
         batch.push(child)
         if (subtreeKnown || child.keepXattrs) continue
         // a directory the parent snapshot does not have: everything below it is new
@@ -412,17 +461,12 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         }
         // open and close are synchronous like lstat: a round trip through libuv's thread pool
         // costs far more than the system call, and the walk would wait for it on every file
-        let fd: number
-        try {
-          fd = openSync(fsPath(c.abs), 'r')
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-            changed.push(rel)
-            // gone: its other names are not links to it (the next one seen is the file)
-            if (key !== undefined) links.delete(key)
-            return false
-          }
-          throw err
+        const fd = openSame(c.at, O_FILE, st)
+        if (fd === undefined) {
+          changed.push(rel)
+          // gone or replaced: its other names are not links to it (the next one seen is the file)
+          if (key !== undefined) links.delete(key)
+          return false
         }
         if (racyFrom !== undefined && (st.mtimeNs >= racyFrom || st.ctimeNs >= racyFrom)) delete e.ctime
         try {
@@ -432,7 +476,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         } finally {
           closeSync(fd)
         }
-        const after = lstatOrGone(c.abs)
+        const after = lstatOrGone(c.at)
         if (!after || after.size !== st.size || after.mtimeNs !== st.mtimeNs) changed.push(rel)
         return false
       }
@@ -441,7 +485,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
         let target = c.keepXattrs && prev?.type === 'symlink' ? prev.target : undefined
         if (target === undefined) {
           try {
-            target = linkTarget(c.abs)
+            target = linkTarget(c.at)
           } catch (err) {
             if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
               changed.push(rel)
@@ -482,7 +526,7 @@ export async function archiveDir(root: string, archiver: Archiver, opts: FsSourc
   const rootPrev: TreeNode | undefined = opts.parent?.tree
     ? {...(opts.parent.root ?? {name: '', type: 'dir', mode: 0, uid: 0, gid: 0, mtime: [0, 0]}), subtree: opts.parent.tree}
     : undefined
-  const rootChild = childOf('', root, st, rootPrev)
+  const rootChild = childOf('', root, root, st, rootPrev)
   // an overlay upper dir's root is not recorded (only what is below it), so its attributes are not needed
   if (!rootChild.keepXattrs && !opts.overlay) await xattrs.fetch([''], [])
   // not a directory (a bind-mounted file): the archiver refuses it

@@ -9,7 +9,7 @@ import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {archiveDir} from '../../src/archive/fs-source.js'
-import {findNode, restoreToDir, walkTree} from '../../src/archive/restorer.js'
+import {fileContent, findNode, restoreToDir, walkTree} from '../../src/archive/restorer.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import type {TreeNode} from '../../src/repo/format.js'
 import {Repository} from '../../src/repo/repository.js'
@@ -134,6 +134,54 @@ describe('archiver and restorer', () => {
     expect(await fsp.readFile(path.join(out, 'c'), 'utf8')).toBe('data of b and c\n')
     expect(await fsp.readdir(out)).toEqual(['a-dir', 'c'])
   })
+
+  it('never reads through an entry swapped for a symlink (or a fifo) while the walk runs: nothing of the host outside the root is stored', async () => {
+    const dir = path.join(work, 'swapped')
+    const host = path.join(work, 'host-only')
+    await fsp.mkdir(path.join(host, 'etc'), {recursive: true})
+    await fsp.writeFile(path.join(host, 'secret'), 'HOST SECRET')
+    await fsp.writeFile(path.join(host, 'x'), 'HOST SECRET')
+    await fsp.writeFile(path.join(host, 'etc/shadow'), 'HOST SECRET')
+    await fsp.mkdir(path.join(dir, 'sub'), {recursive: true})
+    await fsp.writeFile(path.join(dir, 'sub/x'), 'x')
+    await fsp.writeFile(path.join(dir, 'aaa'), 'first')
+    await fsp.writeFile(path.join(dir, 'victim'), 'harmless')
+    await fsp.writeFile(path.join(dir, 'pipe'), 'a file, then a fifo')
+    await fsp.mkdir(path.join(dir, 'deep/etc'), {recursive: true})
+    await fsp.writeFile(path.join(dir, 'deep/etc/a'), 'a')
+    await fsp.writeFile(path.join(dir, 'deep/etc/shadow'), 'harmless')
+    const a = new Archiver(repo)
+    const add = a.add.bind(a)
+    // what shares the volume swaps entries the walk has stat'ed but not yet read
+    a.add = async (e) => {
+      if (e.path === 'aaa') {
+        await fsp.rename(path.join(dir, 'sub'), path.join(work, 'sub.old'))
+        await fsp.symlink(host, path.join(dir, 'sub'))
+        await fsp.rm(path.join(dir, 'victim'))
+        await fsp.symlink(path.join(host, 'secret'), path.join(dir, 'victim'))
+        await fsp.rm(path.join(dir, 'pipe'))
+        execFileSync('mkfifo', [path.join(dir, 'pipe')])
+      }
+      // a directory above the next file: a walk by path would go through the symlink
+      if (e.path === 'deep/etc/a') {
+        await fsp.rename(path.join(dir, 'deep'), path.join(work, 'deep.old'))
+        await fsp.symlink(host, path.join(dir, 'deep'))
+      }
+      return add(e)
+    }
+    const changed = await archiveDir(dir, a, {racyMs: -1})
+    const tree = await a.finish()
+    await repo.flush()
+    expect(changed.sort()).toEqual(['pipe', 'sub', 'victim'])
+    const files: Record<string, string> = {}
+    for await (const {path: p, node} of walkTree(repo, tree)) {
+      if (node.type !== 'file') continue
+      let body = ''
+      for await (const b of fileContent(repo, node)) body += b.toString()
+      files[p] = body
+    }
+    expect(files).toEqual({'aaa': 'first', 'deep/etc/a': 'a', 'deep/etc/shadow': 'harmless'})
+  }, 30_000)
 })
 
 describe('direct reader with a parent snapshot', () => {
