@@ -5,7 +5,7 @@ import {Readable} from 'node:stream'
 import {HolyshipError, classify, isHolyshipError} from '../errors.js'
 import {NodeType} from '../repo/format.js'
 import {Archiver, FILE_ROOT, SourceEntry, normalise} from './archiver.js'
-import {nameFromBytes} from './names.js'
+import {hasEscapes, nameFromBytes} from './names.js'
 import {TarItem, TarRecord, readTar} from './tar-reader.js'
 import {TYPEFLAG} from './tarwriter.js'
 import {badRelPath} from './tree-check.js'
@@ -21,6 +21,11 @@ export interface TarSourceOptions {
    * device) not at all; without it such a root is refused
    */
   fileRoot?: string
+  /**
+   * directories to record as opaque (overlay's: made anew over the image's, whose entries
+   * below are all gone); `seen` is called with each one the stream has
+   */
+  opaque?: {has: (path: string) => boolean; seen: (path: string) => void}
 }
 
 /** what each typeflag is: the ones our writer writes, and the old and contiguous flags of a file */
@@ -131,6 +136,10 @@ export async function archiveTar(stream: Readable, archiver: Archiver, opts: Tar
         }
       }
       if (se.type === 'file') se.content = entry.body
+      if (se.type === 'dir' && opts.opaque?.has(path)) {
+        se.opaque = true
+        opts.opaque.seen(path)
+      }
       await archiver.add(se)
     }
     return rootType
@@ -161,4 +170,51 @@ export async function firstEntryOutside(stream: Readable, inner: string[]): Prom
     if (path !== '' && !inner.some((i) => path === i || path.startsWith(`${i}/`) || i.startsWith(`${path}/`))) return path
   }
   return undefined
+}
+
+/**
+ * The container's layer through the API: `changes` (added, modified, deleted paths) picks what
+ * of the export to record, and each deleted path becomes a whiteout. Returns the deleted paths
+ * the engine could not spell (names that are not UTF-8), with a leading /.
+ *
+ * A deleted path the export still has is a directory made anew over the image's (rm -rf, then
+ * mkdir: overlay's opaque directory, which an engine diffing natively names deleted; one that
+ * diffs naively names each entry of the image's that is gone instead): recorded as opaque, not
+ * as a whiteout, or the image's old entries in it would come back on restore.
+ */
+export async function archiveChanges(
+  changes: {Path: string; Kind: number}[],
+  mountPaths: Set<string>,
+  exported: () => Promise<Readable>,
+  archiver: Archiver,
+): Promise<string[]> {
+  const keep = new Set<string>()
+  const deleted = new Set<string>()
+  for (const c of changes) {
+    const p = c.Path.replace(/^\/+/, '')
+    if (mountPaths.has(p)) continue
+    if (c.Kind === 2) deleted.add(p)
+    else keep.add(p)
+  }
+  // every parent of a kept path is kept too, with its metadata
+  for (const p of [...keep, ...deleted]) {
+    for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
+  }
+  // `changes` is JSON, where Go puts U+FFFD for each byte of a name that is not UTF-8; the
+  // export's tar holds the bytes (escaped, names.ts): such a path is looked up as `changes`
+  // spells it. Two names that differ only there are both kept: more than changed, never less
+  const spelt = (set: Set<string>, p: string): string | undefined => (set.has(p) ? p : hasEscapes(p) && set.has(asGoJson(p)) ? asGoJson(p) : undefined)
+  const remade = new Set<string>()
+  const opaque = {has: (p: string) => spelt(deleted, p) !== undefined, seen: (p: string) => void remade.add(spelt(deleted, p)!)}
+  const filter = (p: string): boolean => spelt(keep, p) !== undefined || spelt(deleted, p) !== undefined
+  await archiveTar(await exported(), archiver, {filter, opaque})
+  for (const p of deleted) {
+    if (!remade.has(p)) await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
+  }
+  return [...deleted].filter((p) => p.includes('\ufffd')).map((p) => `/${p}`)
+}
+
+/** a path as the engine's JSON spells it: each byte that is not UTF-8 (escaped here, names.ts) is U+FFFD */
+export function asGoJson(p: string): string {
+  return p.replace(/[\udc80-\udcff]/gu, '\ufffd')
 }

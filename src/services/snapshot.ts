@@ -10,7 +10,7 @@ import debugFactory from 'debug'
 import type Docker from 'dockerode'
 import {Archiver, FILE_ROOT} from '../archive/archiver.js'
 import {archiveDir} from '../archive/fs-source.js'
-import {fsPath, hasEscapes, nameFromBytes} from '../archive/names.js'
+import {fsPath, nameFromBytes} from '../archive/names.js'
 import {Catalogue} from '../catalogue/catalogue.js'
 import {Access, Probe, VolumeSite, goDirect, volumeReadPath} from '../docker/direct.js'
 import {ContainerInspect, Engine} from '../docker/engine.js'
@@ -269,28 +269,8 @@ async function readFsDiff(
   } else {
     const changes = await engine.changes(info.Id)
     if (changes.length === 0) return {stats: emptyStats()}
-    const keep = new Set<string>()
-    const deleted: string[] = []
-    for (const c of changes) {
-      const p = c.Path.replace(/^\/+/, '')
-      if (mountPaths.has(p)) continue
-      if (c.Kind === 2) deleted.push(p)
-      else keep.add(p)
-    }
-    // every parent of a kept path is kept too, with its metadata
-    for (const p of [...keep, ...deleted]) {
-      for (let i = p.lastIndexOf('/'); i > 0; i = p.lastIndexOf('/', i - 1)) keep.add(p.slice(0, i))
-    }
-    // `changes` is JSON, where Go puts U+FFFD for each byte of a name that is not UTF-8; the
-    // export's tar holds the bytes (escaped, names.ts): such a path is looked up as `changes`
-    // spells it. Two names that differ only there are both kept: more than changed, never less
-    const {archiveTar} = await tarSource()
-    const filter = (p: string): boolean => keep.has(p) || (hasEscapes(p) && keep.has(asGoJson(p)))
-    await apiRead('the container filesystem', async () => archiveTar(await engine.exportContainer(info.Id), archiver, {filter}))
-    for (const p of deleted) {
-      await archiver.add({path: p, type: 'whiteout', mode: 0, uid: 0, gid: 0, mtime: [0, 0]})
-    }
-    unnamed = deleted.filter((p) => p.includes('\ufffd')).map((p) => `/${p}`)
+    const {archiveChanges} = await tarSource()
+    unnamed = await apiRead('the container filesystem', () => archiveChanges(changes, mountPaths, () => engine.exportContainer(info.Id), archiver))
   }
   const s = archiver.stats
   const more = unnamed.length ? {unnamedDeletions: unnamed} : {}
@@ -431,11 +411,6 @@ export function snapshotWarnings(r: SnapshotResult): string[] {
     )
   }
   return out
-}
-
-/** a path as the engine's JSON spells it: each byte that is not UTF-8 (escaped here, names.ts) is U+FFFD */
-export function asGoJson(p: string): string {
-  return p.replace(/[\udc80-\udcff]/gu, '\ufffd')
 }
 
 function latestOf(catalogue: Catalogue, repo: Repository, name: string): string | undefined {

@@ -25,7 +25,7 @@ export interface EngineLike {
 // ------------------------------------------------------------------------------------------------
 // busybox
 
-const BUSYBOX_RECIPE = 'busybox-v1'
+const BUSYBOX_RECIPE = 'busybox-v2'
 
 /** Imports the busybox test image into `engine` (no-op when the tag is there); returns its image id. */
 export async function importBusybox(engine: EngineLike, tag = BUSYBOX_IMAGE): Promise<string> {
@@ -72,6 +72,9 @@ export function busyboxRootfsTar(): string {
       'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
     )
     fs.writeFileSync(path.join(root, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n')
+    // an image directory with entries, for a container that removes and remakes it (opaque)
+    fs.mkdirSync(path.join(root, 'home/old'), {mode: 0o755})
+    fs.writeFileSync(path.join(root, 'home/old/.profile'), 'export PS1=old\n')
     return createTarball(root, out)
   } finally {
     removeBuildDir(build)

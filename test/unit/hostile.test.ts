@@ -18,7 +18,7 @@ import {PassThrough, Readable, Writable} from 'node:stream'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
 import {Archiver} from '../../src/archive/archiver.js'
 import {restoreToDir, walkTree, writeTreeAsTar} from '../../src/archive/restorer.js'
-import {archiveTar, firstEntryOutside} from '../../src/archive/tar-source.js'
+import {archiveChanges, archiveTar, firstEntryOutside} from '../../src/archive/tar-source.js'
 import {END_OF_ARCHIVE, TarHeader, TarWriter, encodeHeader, padding} from '../../src/archive/tarwriter.js'
 import {LocalBackend} from '../../src/backend/local.js'
 import {Engine} from '../../src/docker/engine.js'
@@ -445,6 +445,26 @@ describe('crafted tar streams from the engine', () => {
     open.write(rawTar([d('app/'), [h('app/z'), Buffer.from('z')]], {end: false}))
     expect(await firstEntryOutside(open, [])).toBe('z')
     expect(open.destroyed).toBe(true)
+  })
+
+  it("the container's layer through the API: a directory removed and made anew is opaque (however the engine names it), a deleted path a whiteout", async () => {
+    const d = (name: string): [TarHeader] => [h(name, {type: 'dir', mode: 0o755})]
+    const exported = () => Promise.resolve(Readable.from([rawTar([d('./'), d('bin/'), d('home/'), [h('home/only'), Buffer.from('fresh\n')], d('etc/'), [h('etc/motd'), Buffer.from('hi\n')]])]))
+    const layer = async (changes: {Path: string; Kind: number}[]): Promise<string[]> => {
+      const a = new Archiver(repo)
+      expect(await archiveChanges(changes, new Set(), exported, a)).toEqual([])
+      const tree = await a.finish()
+      await repo.flush()
+      const out: string[] = []
+      for await (const e of walkTree(repo, tree)) out.push(`${e.path}:${e.node.type}${e.node.type === 'dir' && e.node.opaque ? ':opaque' : ''}`)
+      return out
+    }
+    // an engine diffing overlay natively names the remade directory deleted (and modified, as the parent of what was added)
+    expect(await layer([{Path: '/home', Kind: 2}, {Path: '/home', Kind: 0}, {Path: '/home/only', Kind: 1}, {Path: '/bin/vi', Kind: 2}])).toEqual(['bin:dir', 'bin/vi:whiteout', 'home:dir:opaque', 'home/only:file'])
+    // one diffing naively names what of the image's is gone in it
+    expect(await layer([{Path: '/home', Kind: 0}, {Path: '/home/only', Kind: 1}, {Path: '/home/old', Kind: 2}, {Path: '/bin/vi', Kind: 2}])).toEqual(['bin:dir', 'bin/vi:whiteout', 'home:dir', 'home/old:whiteout', 'home/only:file'])
+    // remade and left empty: only the deletion is named
+    expect(await layer([{Path: '/etc', Kind: 2}])).toEqual(['etc:dir:opaque'])
   })
 
   it('a bind-mounted file (fileRoot): its archive\'s root file under the given name; a device root, nothing', async () => {
