@@ -1126,9 +1126,11 @@ class DirRestore {
       const f = await opening
       if (failure) throw failure.e
       if (end < total) ftruncateSync(f, total)
+      // owner, attributes, mode: a chown clears file capabilities, and a read-only mode keeps
+      // its (non-root) owner from setting user.* attributes
       if (asRoot()) fchownSync(f, n.uid, n.gid)
-      fchmodSync(f, n.mode & 0o7777)
       await setXattrs(tmp, n, this.xattrFailed(abs))
+      fchmodSync(f, n.mode & 0o7777)
       futimesSync(f, seconds(n), seconds(n))
     } catch (e) {
       await opening.catch(() => undefined)
@@ -1334,16 +1336,19 @@ async function setXattrs(abs: string, n: TreeNode, report: XattrReport): Promise
         const child = execFile('setfattr', ['-h', '--restore=-'], (e, _stdout, stderr) => resolve(e ? setfattrFailure(e, stderr) : undefined))
         // a setfattr that exits before reading it all (or is missing) must not crash the restore
         child.stdin?.on('error', () => undefined)
-        child.stdin?.end(`# file: ${name}\n${k}=0s${v}\n\n`)
+        child.stdin?.end(`# file: ${name}\n${k}=${setfattrValue(v)}\n\n`)
       })
       if (why !== undefined) report(k, why)
     }
     return
   }
   for (const [k, v] of Object.entries(n.xattrs)) {
-    await execFileP('setfattr', ['-h', '-n', k, '-v', `0s${v}`, abs]).catch((e: unknown) => report(k, setfattrFailure(e, (e as {stderr?: string}).stderr)))
+    await execFileP('setfattr', ['-h', '-n', k, '-v', setfattrValue(v), abs]).catch((e: unknown) => report(k, setfattrFailure(e, (e as {stderr?: string}).stderr)))
   }
 }
+
+/** a value (base64) as setfattr takes it: an empty one as "" (setfattr sets nothing for `0s`, and says nothing) */
+const setfattrValue = (v: string): string => (v === '' ? '""' : `0s${v}`)
 
 /** what setXattrs tells of an attribute it could not set (its name, and why) */
 type XattrReport = (name: string, reason: string) => void
@@ -1364,20 +1369,23 @@ function setfattrFailure(e: unknown, stderr?: string | Buffer): string {
 async function finishDir(abs: string, n: TreeNode, report: XattrReport): Promise<void> {
   const fd = openSync(fsPath(abs), fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW)
   try {
+    // owner, attributes, mode: as in applyMeta
     if (asRoot()) fchownSync(fd, n.uid, n.gid)
+    await setXattrs(abs, n, report)
     fchmodSync(fd, n.mode & 0o7777)
   } finally {
     closeSync(fd)
   }
-  await setXattrs(abs, n, report)
   setTimes(abs, n)
 }
 
 /** owner, mode, xattrs and times of what is at `abs` (not a directory: see finishDir) */
 async function applyMeta(abs: string, n: TreeNode, report: XattrReport): Promise<void> {
   const p = fsPath(abs)
+  // owner, attributes, mode: a chown clears file capabilities, and a read-only mode keeps its
+  // (non-root) owner from setting user.* attributes
   if (asRoot()) lchownSync(p, n.uid, n.gid)
-  if (n.type !== 'symlink') chmodSync(p, n.mode & 0o7777)
   await setXattrs(abs, n, report)
+  if (n.type !== 'symlink') chmodSync(p, n.mode & 0o7777)
   setTimes(abs, n)
 }

@@ -5,7 +5,7 @@
  */
 import {execFileSync, spawnSync} from 'node:child_process'
 import {createHash, randomBytes} from 'node:crypto'
-import {chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
+import {chmodSync, closeSync, existsSync, mkdirSync, mkdtempSync, openSync, promises as fsp, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {fileURLToPath} from 'node:url'
@@ -483,6 +483,10 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     await a.add({path: 'd/odd.txt', type: 'file', ...meta, xattrs: {'user.note': b64('kept too'), 'bogus.file': b64('y')}, content: bytes('odd\n')})
     // a name that is not UTF-8 (Latin-1 é): setfattr reads it from a dump, one run an attribute
     await a.add({path: `d/${latin1}`, type: 'file', ...meta, xattrs: {'user.note': b64('kept three'), 'bogus.latin': b64('z')}, content: bytes('é\n')})
+    // empty values: an attribute that is there with nothing in it (setfattr -v 0s sets nothing)
+    await a.add({path: 'e', type: 'dir', ...meta, mode: 0o755, xattrs: {'user.flag': ''}})
+    await a.add({path: 'e/f', type: 'file', ...meta, xattrs: {'user.flag': ''}, content: bytes('f\n')})
+    await a.add({path: `e/${latin1}`, type: 'file', ...meta, xattrs: {'user.flag': ''}, content: bytes('l\n')})
     tree = await a.finish()
     await repo.flush()
   })
@@ -507,6 +511,9 @@ describe('restoreToDir and extended attributes it cannot set', () => {
       ['d/odd.txt', 'bogus.file'],
     ])
     for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/not supported/i)
+    // the empty ones are there, empty
+    const flags = execFileSync('getfattr', ['-d', '-e', 'base64', '--absolute-names', '-R', path.join(target, 'e')], {encoding: 'latin1'})
+    for (const p of ['e', 'e/f', 'e/caf\xe9']) expect(flags).toContain(`# file: ${path.join(target, p)}\nuser.flag=0s\n`)
   })
 
   it('says so when setfattr is not installed', async () => {
@@ -518,7 +525,7 @@ describe('restoreToDir and extended attributes it cannot set', () => {
     } finally {
       process.env.PATH = pathVar
     }
-    expect(r.xattrsNotSet?.total).toBe(6)
+    expect(r.xattrsNotSet?.total).toBe(9)
     for (const x of r.xattrsNotSet!.first) expect(x.reason).toMatch(/setfattr is not installed/)
   })
 
@@ -563,8 +570,12 @@ describe('restoreToDir and device nodes', () => {
     await a.add({path: 'dev/readme', type: 'file', ...meta, mode: 0o644, size: 3, content: (async function* () {
       yield Buffer.from('hi\n')
     })()})
-    // a directory nobody may write into once it is finished
-    await a.add({path: 'ro', type: 'dir', ...meta, mode: 0o555})
+    // a directory nobody may write into once it is finished, and a read-only file: their
+    // attributes are set before their mode (user.* wants write access, even of the owner)
+    await a.add({path: 'ro', type: 'dir', ...meta, mode: 0o555, xattrs: {'user.d': Buffer.from('dir').toString('base64')}})
+    await a.add({path: 'ro-file', type: 'file', ...meta, mode: 0o444, size: 1, xattrs: {'user.k': Buffer.from('file').toString('base64')}, content: (async function* () {
+      yield Buffer.from('r')
+    })()})
     await a.add({path: 'ro/inner', type: 'file', ...meta, mode: 0o644, size: 1, content: (async function* () {
       yield Buffer.from('i')
     })()})
@@ -576,7 +587,7 @@ describe('restoreToDir and device nodes', () => {
   afterAll(() => rmSync(work, {recursive: true, force: true}))
 
   /** restoreToDir in a child process with these setpriv options */
-  const restoreAs = (setpriv: string[], target: string, overwrite = false, appear = false): {warnings?: string[]; files: number} => {
+  const restoreAs = (setpriv: string[], target: string, overwrite = false, appear = false): {warnings?: string[]; files: number; xattrsNotSet?: unknown} => {
     const out = execFileSync('setpriv', [...setpriv, process.execPath, '--import', 'tsx', CHILD, JSON.stringify({repo: path.join(work, 'repo'), tree, target, overwrite, appear})], {
       cwd: path.resolve(path.dirname(CHILD), '../../..'),
       encoding: 'utf8',
@@ -606,6 +617,10 @@ describe('restoreToDir and device nodes', () => {
     expect(r.warnings![0]).toContain(`${out}/dev/loop9`)
     expect(readdirSync(path.join(out, 'dev')).sort()).toEqual(['readme'])
     expect(readFileSync(path.join(out, 'dev/readme'), 'utf8')).toBe('hi\n')
+    expect(r.xattrsNotSet).toBeUndefined()
+    const attr = (p: string, name: string): string => execFileSync('getfattr', ['--only-values', '-n', name, path.join(out, p)], {encoding: 'utf8'})
+    expect([attr('ro', 'user.d'), attr('ro-file', 'user.k')]).toEqual(['dir', 'file'])
+    expect([statSync(path.join(out, 'ro')).mode & 0o777, statSync(path.join(out, 'ro-file')).mode & 0o777]).toEqual([0o555, 0o444])
     // a target that appears meanwhile: the partial tree goes, its 0555 directory too
     const raced = path.join(targets, 'raced')
     expect(() => restoreAs(['--reuid=nobody', '--regid=nogroup', '--clear-groups'], raced, false, true)).toThrow(/ERROR TARGET_EXISTS .*appeared during the restore/)
