@@ -3,7 +3,8 @@
  * they work across processes and hosts on any Backend (a directory, an S3 bucket).
  *
  *   {"version":1,"exclusive":false,"purpose":"snapshot","host":"h","pid":42,"user":"root",
- *    "boot":"<boot id>","start":"<process start tick>","created":"<ISO>","time":"<ISO>"}
+ *    "boot":"<boot id>","start":"<process start tick>","pidns":"pid:[…]","machine":"<machine id>",
+ *    "created":"<ISO>","time":"<ISO>"}
  *
  * - shared: writers (snapshot, forget, pull); any number at once. Exclusive: prune.
  * - acquire = write our lock, then list `locks/`: a shared lock gives up if another live
@@ -16,8 +17,10 @@
  *   than `staleMs` (30 min) must assume its lock is gone (assertHeld throws): another host may
  *   have removed it as stale.
  * - stale: not refreshed for `staleMs`, or written on THIS host by a process that is gone
- *   (pid not running, or running since another start time: pid reuse, or another boot), in
- *   this PID namespace (a holder in a container with the host's name is never judged). Locks
+ *   (pid not running, or running since another start time: pid reuse, or last written before
+ *   this host booted), in this PID namespace (a holder in a container with the host's name is
+ *   never judged). This host: the same name and machine id (another machine of the same name,
+ *   a cloned VM or a container given one --hostname, is judged like any other host). Locks
  *   of dead processes on this host are ignored (and removed) by acquire; locks that are only
  *   old (maybe a suspended process on another host) keep blocking until `holyship unlock
  *   --remove-stale` removes them.
@@ -51,6 +54,8 @@ export interface LockInfo {
    * that shares the host's name (--uts=host, --network=host) has pids that mean nothing here
    */
   pidns?: string
+  /** the holder's /etc/machine-id: a machine with our host name is not this host (cloned VMs, containers given one --hostname) */
+  machine?: string
   /** when the holder first took the lock */
   created: string
   /** when this lock object was written (the last refresh) */
@@ -107,13 +112,33 @@ function readPidNamespace(): string | undefined {
   }
 }
 
+function readMachineId(): string | undefined {
+  for (const f of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
+    try {
+      const id = readFileSync(f, 'utf8').trim()
+      if (id) return id
+    } catch {
+      // the next, or none
+    }
+  }
+  return undefined
+}
+
 const BOOT_ID = readBootId()
 const PID_NS = readPidNamespace()
+const MACHINE_ID = readMachineId()
 
 /** Why a lock written on this host belongs to a process that is gone, or undefined. */
-export function deadReason(info: LockInfo, host = os.hostname()): string | undefined {
+export function deadReason(info: LockInfo, host = os.hostname(), bootedAt = Date.now() - os.uptime() * 1000): string | undefined {
   if (info.host !== host) return undefined
-  if (info.boot && BOOT_ID && info.boot !== BOOT_ID) return 'written before this host rebooted'
+  // another machine that has our name
+  if (info.machine !== undefined && MACHINE_ID !== undefined && info.machine !== MACHINE_ID) return undefined
+  if (info.boot && BOOT_ID && info.boot !== BOOT_ID) {
+    // another boot id: this host before it rebooted, or another machine with our name and
+    // machine id (a clone); a live holder refreshes every LOCK_REFRESH_MS, so only a lock last
+    // written before this boot can be this host's from before it
+    return Date.parse(info.time) < bootedAt ? 'written before this host rebooted' : undefined
+  }
   if (!Number.isInteger(info.pid) || info.pid <= 0) return undefined
   // its pid is not one of ours to look up (a lock of an older holyship has no namespace: it
   // is judged as before)
@@ -268,6 +293,7 @@ export class RepoLock {
       ...(BOOT_ID ? {boot: BOOT_ID} : {}),
       ...(processStart(process.pid) ? {start: processStart(process.pid)} : {}),
       ...(PID_NS ? {pidns: PID_NS} : {}),
+      ...(MACHINE_ID ? {machine: MACHINE_ID} : {}),
       created: now,
       time: now,
     }

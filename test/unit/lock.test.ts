@@ -4,7 +4,7 @@
  * locks, and `unlock`.
  */
 import {spawnSync} from 'node:child_process'
-import {mkdtempSync, promises as fsp, readlinkSync, rmSync} from 'node:fs'
+import {mkdtempSync, promises as fsp, readFileSync, readlinkSync, rmSync} from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import {afterAll, beforeAll, describe, expect, it} from 'vitest'
@@ -104,17 +104,31 @@ describe('repository locks', () => {
     // our own pid but another start time: the pid was reused
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, start: '1', user: 'u', created: '', time: ''})).toMatch(/another process/)
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, start: processStart(process.pid), user: 'u', created: '', time: ''})).toBeUndefined()
-    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, boot: 'not-this-boot', user: 'u', created: '', time: ''})).toMatch(/rebooted/)
+    // another boot: this host's before it rebooted only if written before this boot (a live holder refreshes every 5 minutes)
+    const bootedAt = Date.now() - os.uptime() * 1000
+    const at = (ms: number): string => new Date(ms).toISOString()
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, boot: 'not-this-boot', user: 'u', created: '', time: at(bootedAt - 60_000)})).toMatch(/rebooted/)
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: process.pid, boot: 'not-this-boot', user: 'u', created: '', time: at(Date.now())})).toBeUndefined()
+    // another machine with this host's name (its machine id says so): never judged, dead pid or other boot
+    const machine = readFileSync('/etc/machine-id', 'utf8').trim()
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, machine: 'f'.repeat(32), user: 'u', created: '', time: at(bootedAt - 60_000)})).toBeUndefined()
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, boot: 'not-this-boot', machine: 'f'.repeat(32), user: 'u', created: '', time: at(bootedAt - 60_000)})).toBeUndefined()
+    expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, machine, user: 'u', created: '', time: ''})).toMatch(/not running/)
     // another host's process: we cannot tell, it is alive as far as we know
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host: 'elsewhere', pid: dead, user: 'u', created: '', time: ''})).toBeUndefined()
     // this host's name but another PID namespace (a container with --uts=host): its pid is not ours to judge
     const ourNs = readlinkSync('/proc/self/ns/pid')
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, pidns: 'pid:[1]', user: 'u', created: '', time: ''})).toBeUndefined()
     expect(deadReason({version: 1, exclusive: true, purpose: 'p', host, pid: dead, pidns: ourNs, user: 'u', created: '', time: ''})).toMatch(/not running/)
-    // and a lock we write names our namespace
+    // and a lock we write names our namespace and machine
     const mine = await RepoLock.acquire(b, {exclusive: false, purpose: 'ns'})
-    expect((await listLocks(b)).map((l) => l.info?.pidns)).toEqual([ourNs])
+    expect((await listLocks(b)).map((l) => [l.info?.pidns, l.info?.machine])).toEqual([[ourNs, machine]])
     await mine.release()
+    // a live exclusive lock of a clone with our name (another boot, written a moment ago) blocks
+    const clone = await plant(b, {host, pid: process.pid, boot: 'other-boot', exclusive: true, purpose: 'prune'})
+    await expect(RepoLock.acquire(b, {exclusive: false, purpose: 'snapshot'})).rejects.toMatchObject({code: 'REPO_LOCKED'})
+    expect((await listLocks(b)).map((l) => l.key)).toEqual([clone])
+    await b.delete(clone)
 
     // a dead exclusive lock of this host does not block and is cleaned up
     const deadKey = await plant(b, {host, pid: dead, exclusive: true, purpose: 'prune'})
