@@ -69,6 +69,9 @@ export interface ScheduleConfig {
   concurrency: number
 }
 
+/** the longest wait a timer can take, in seconds (2^31-1 ms) */
+const MAX_TIMER_SECONDS = 2_147_483
+
 export const EMPTY_CONFIG: ScheduleConfig = {containers: {}, volumes: {}, lockWaitSeconds: 600, hookTimeoutSeconds: 3600, rescanSeconds: 10, concurrency: 1}
 
 export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string {
@@ -162,10 +165,12 @@ export function parseConfig(text: string, file = 'config'): ScheduleConfig {
     if (p.graceMinutes !== undefined && !(typeof p.graceMinutes === 'number' && p.graceMinutes >= 0)) throw bad('prune.graceMinutes must be a number ≥ 0')
     cfg.prune = {schedule: p.schedule, ...(p.graceMinutes !== undefined ? {graceMinutes: p.graceMinutes as number} : {})}
   }
-  for (const k of ['lockWaitSeconds', 'hookTimeoutSeconds', 'rescanSeconds'] as const) {
+  // a timer takes at most 2^31-1 ms (~24.8 days): a longer one fires at once; a hook timeout
+  // of 0 would fail every hook
+  for (const [k, min] of [['lockWaitSeconds', 0], ['hookTimeoutSeconds', 1], ['rescanSeconds', 1]] as const) {
     const v = raw[k]
     if (v === undefined) continue
-    if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) throw bad(`${k} must be a number ≥ 0`)
+    if (typeof v !== 'number' || !(v >= min && v <= MAX_TIMER_SECONDS)) throw bad(`${k} must be a number from ${min} to ${MAX_TIMER_SECONDS} (seconds)`)
     cfg[k] = v
   }
   if (raw.concurrency !== undefined) {

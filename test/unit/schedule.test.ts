@@ -70,7 +70,10 @@ describe('schedule config', () => {
     ['{"webhook": "ftp://x"}', /http or https/],
     ['{"webhook": {"url": "http://x", "onFailure": true}}', /webhook: unknown key "onFailure"/],
     ['{"prune": {"schedule": "every day"}}', /prune: invalid cron/],
-    ['{"rescanSeconds": -1}', /rescanSeconds must be a number/],
+    ['{"rescanSeconds": -1}', /rescanSeconds must be a number from 1 to 2147483/],
+    ['{"hookTimeoutSeconds": 0}', /hookTimeoutSeconds must be a number from 1 to 2147483 \(seconds\)/],
+    ['{"hookTimeoutSeconds": 2592000}', /hookTimeoutSeconds must be a number from 1/],
+    ['{"lockWaitSeconds": "600"}', /lockWaitSeconds must be a number from 0/],
   ])('refuses %s', (text, re) => usage(() => parseConfig(text, 'cfg.json'), re))
 
   it('an explicit file must exist; the default may be absent', async () => {
