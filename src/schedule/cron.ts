@@ -195,12 +195,50 @@ function dayMatches(s: CronSchedule, cal: Cal, t: Date): boolean {
 
 /**
  * The first time strictly after `after` (whole seconds) at which the schedule fires, or
- * undefined when there is none within 8 years.
+ * undefined when there is none within 8 years. A local time that a clock change skips (02:30
+ * on the night summer time begins, in Europe) fires at the first instant after the gap, as
+ * cron does: a nightly backup at such a time is not skipped for a day. Schedules with every
+ * hour are not made up for (they fire again within the hour).
  */
 export function nextRun(s: CronSchedule, after: Date): Date | undefined {
+  const limit = after.getTime() + 8 * 366 * 86_400_000
+  const plain = nextWallRun(s, after, limit)
+  return afterGap(s, after, plain?.getTime() ?? limit) ?? plain
+}
+
+/** the first instant after a local clock change that skipped a time the schedule fires at, after `after` and before `before` */
+function afterGap(s: CronSchedule, after: Date, before: number): Date | undefined {
+  if (s.utc || s.hours.size === 24) return undefined
+  const HOUR = 3_600_000
+  const MINUTE = 60_000
+  let off = after.getTimezoneOffset()
+  for (let t = after.getTime() + HOUR; t - HOUR < before; t += HOUR) {
+    const o = new Date(t).getTimezoneOffset()
+    if (o >= off) {
+      off = o
+      continue
+    }
+    // the clock went forward by off - o minutes within the last hour: its first minute after
+    let g = Math.ceil((t - HOUR) / MINUTE) * MINUTE
+    while (new Date(g).getTimezoneOffset() !== o) g += MINUTE
+    const at = new Date(g)
+    if (g > after.getTime() && g < before) {
+      // the wall-clock minutes skipped: those before the gap's end, as UTC fields
+      const end = Date.UTC(at.getFullYear(), at.getMonth(), at.getDate(), at.getHours(), at.getMinutes())
+      for (let k = 1; k <= off - o; k++) {
+        const w = new Date(end - k * MINUTE)
+        if (s.months.has(w.getUTCMonth() + 1) && dayMatches(s, UTC, w) && s.hours.has(w.getUTCHours()) && s.minutes.has(w.getUTCMinutes())) return at
+      }
+    }
+    off = o
+  }
+  return undefined
+}
+
+/** nextRun by the wall clock alone: times a clock change skips are skipped */
+function nextWallRun(s: CronSchedule, after: Date, limit: number): Date | undefined {
   const cal = s.utc ? UTC : LOCAL
   let t = new Date(Math.floor(after.getTime() / 1000) * 1000 + 1000)
-  const limit = after.getTime() + 8 * 366 * 86_400_000
   // every step moves t forward to the start of the next candidate unit
   const advance = (next: Date): void => {
     // a DST transition can make a "next" local time land on or before t: always move forward

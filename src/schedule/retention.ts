@@ -91,7 +91,8 @@ function buckets(utc: boolean): Record<Exclude<KeepRule, 'last'>, Bucket> {
     return utc ? [d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate(), d.getUTCHours()] : [d.getFullYear(), d.getMonth(), d.getDate(), d.getHours()]
   }
   return {
-    hourly: (t) => parts(t).join('-'),
+    // the offset too: the hour a clock change repeats (02:00-03:00 twice when summer time ends) is two hours
+    hourly: (t) => (utc ? parts(t).join('-') : `${parts(t).join('-')}${new Date(t).getTimezoneOffset()}`),
     daily: (t) => parts(t).slice(0, 3).join('-'),
     weekly: (t) => {
       const [y, m, d] = parts(t)

@@ -126,6 +126,30 @@ describe('cron: next runs', () => {
     expect([n.getFullYear(), n.getMonth(), n.getDate(), n.getHours(), n.getMinutes(), n.getSeconds()]).toEqual([2024, 5, 2, 4, 30, 0])
   })
 
+  it('a local time the clock skips (summer time begins) fires right after the gap, not a day later; a repeated one fires once', () => {
+    const saved = process.env.TZ
+    const runs = (tz: string, expr: string, from: string, n: number): string[] => {
+      process.env.TZ = tz
+      return nextRuns(parseCron(expr), new Date(from), n).map((d) => d.toISOString())
+    }
+    try {
+      // Berlin, 2025-03-30: 02:00 CET -> 03:00 CEST (01:00Z)
+      expect(runs('Europe/Berlin', '30 2 * * *', '2025-03-29T12:00:00Z', 3)).toEqual(['2025-03-30T01:00:00.000Z', '2025-03-31T00:30:00.000Z', '2025-04-01T00:30:00.000Z'])
+      // New York, 2025-03-09: 02:00 EST -> 03:00 EDT (07:00Z)
+      expect(runs('America/New_York', '0 2 * * *', '2025-03-08T12:00:00Z', 2)).toEqual(['2025-03-09T07:00:00.000Z', '2025-03-10T06:00:00.000Z'])
+      // Santiago, 2025-09-07: midnight is skipped (00:00 -> 01:00, 04:00Z); @daily still runs that day
+      expect(runs('America/Santiago', '@daily', '2025-09-06T12:00:00Z', 2)).toEqual(['2025-09-07T04:00:00.000Z', '2025-09-08T03:00:00.000Z'])
+      // a time the gap does not touch, and an every-hour schedule, are as the wall clock says
+      expect(runs('Europe/Berlin', '0 4 * * *', '2025-03-29T12:00:00Z', 2)).toEqual(['2025-03-30T02:00:00.000Z', '2025-03-31T02:00:00.000Z'])
+      expect(runs('Europe/Berlin', '30 * * * *', '2025-03-30T00:00:00Z', 2)).toEqual(['2025-03-30T00:30:00.000Z', '2025-03-30T01:30:00.000Z'])
+      // summer time ends, 2025-10-26: 02:30 happens twice, the job runs once
+      expect(runs('Europe/Berlin', '30 2 * * *', '2025-10-25T12:00:00Z', 2)).toEqual(['2025-10-26T00:30:00.000Z', '2025-10-27T01:30:00.000Z'])
+    } finally {
+      if (saved === undefined) delete process.env.TZ
+      else process.env.TZ = saved
+    }
+  })
+
   it('interval between runs', () => {
     expect(intervalMs(utc('*/2 * * * * *'), at('2024-01-01T00:00:00Z'))).toBe(2000)
     expect(intervalMs(utc('0 3 * * *'), at('2024-01-01T00:00:00Z'))).toBe(86_400_000)

@@ -147,4 +147,20 @@ describe('retention policy', () => {
     const b = applyRetention([...s].reverse(), {last: 1}, {utc: true})
     expect(a.keep.map((k) => k.item.id)).toEqual(b.keep.map((k) => k.item.id))
   })
+
+  it('local hours: the hour a clock change repeats counts twice, so hourly=N spans N real hours', () => {
+    const saved = process.env.TZ
+    process.env.TZ = 'Europe/Berlin'
+    try {
+      // 2025-10-26 in Berlin: 02:10 CEST (00:10Z) and 02:10 CET (01:10Z) are two hours
+      const times = ['2025-10-25T22:10:00Z', '2025-10-25T23:10:00Z', '2025-10-26T00:10:00Z', '2025-10-26T01:10:00Z', '2025-10-26T02:10:00Z', '2025-10-26T03:10:00Z']
+      const items = times.map((t, i) => ({id: `h${i}`, time: Date.parse(t)}))
+      expect(applyRetention(items, {hourly: 10}).remove).toEqual([])
+      // and daily still sees one day
+      expect(applyRetention(items, {daily: 1}).keep.map((k) => k.item.id)).toEqual(['h5'])
+    } finally {
+      if (saved === undefined) delete process.env.TZ
+      else process.env.TZ = saved
+    }
+  })
 })
